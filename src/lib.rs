@@ -1,0 +1,26 @@
+//! comfyd: a fleet of ComfyUI servers behind one reliable HTTP API.
+//!
+//! # Layout
+//! - [`config`]: settings from `config/*.toml`, `.env` and the environment.
+//! - [`workflow`]: workflows as data: manifests, parameter validation, graph rendering.
+//! - [`comfy`]: the ComfyUI protocol (serde types and HTTP calls); only `dispatch::backend` uses it.
+//! - [`dispatch`]: the `Supervisor` (durable queue, routing) and one `Backend` actor per ComfyUI server.
+//! - [`postprocess`]: actors after execution: `Uploader`, `Recorder`, `Cleaner`, `Notifier`.
+//! - [`storage`]: where outputs go: S3 or a local folder.
+//! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
+//! - [`store`] and [`entity`]: the database.
+//! - [`routes`]: the HTTP API.
+//! - [`startup`]: builds and runs the application.
+
+pub mod comfy;
+pub mod config;
+pub mod dispatch;
+pub mod entity;
+pub mod outbound;
+pub mod postprocess;
+pub mod routes;
+pub mod startup;
+pub mod storage;
+pub mod store;
+pub mod telemetry;
+pub mod workflow;
