@@ -1,0 +1,598 @@
+//! Where outputs go: an S3-compatible bucket or a local folder.
+//!
+//! [`Store`] is the one place that writes output bytes; the `Uploader` (in `postprocess`) calls
+//! [`Store::put`] for every output image and `/healthz` calls [`Store::check`]. Writes are idempotent
+//! (same key, same result), so post-processing can retry them freely.
+//!
+//! The S3 client is built without the SDK's default features (one TLS library: rustls with ring),
+//! so the HTTP client is set explicitly here. It works on the actix System's current-thread tokio
+//! runtimes: the SDK's connection tasks are spawned with `tokio::spawn` on the runtime that opened
+//! the connection, so keep one `Store` for the life of the process (built on the System thread),
+//! rather than a `Store` per short-lived runtime.
+
+use std::fmt;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+/// Time allowed to open a TCP (and TLS) connection to the S3 endpoint.
+const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for one S3 operation, retries included.
+const S3_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts per S3 operation (the first one included), with the SDK's standard backoff.
+const S3_MAX_ATTEMPTS: u32 = 3;
+/// S3 refuses longer keys; refusing them here gives a clearer error.
+const MAX_KEY_LEN: usize = 1024;
+
+/// S3 settings, set by operators in the `[s3]` section of the config (see the README).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Bucket that receives the outputs; it must exist.
+    pub bucket: String,
+    /// Region used for signing; most S3-compatible servers accept the default.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Endpoint of an S3-compatible server (`http://127.0.0.1:9000`); unset means AWS S3.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Static access key; unset means the `AWS_ACCESS_KEY_ID` environment variable.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Static secret key; unset means the `AWS_SECRET_ACCESS_KEY` environment variable.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Prefix put before every key (`comfyd/outputs`); slashes at either end do not matter.
+    #[serde(default)]
+    pub key_prefix: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+impl fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("force_path_style", &self.force_path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "[redacted]"),
+            )
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+impl S3Settings {
+    /// Builds an S3 client from these settings. No network traffic happens until the first call.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http_client)
+            .region(Region::new(self.region.clone()))
+            .force_path_style(self.force_path_style)
+            // Many S3-compatible servers reject the SDK's default streamed checksum uploads
+            // over plain http; checksums only when an operation requires them works everywhere.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(S3_CONNECT_TIMEOUT)
+                    .operation_timeout(S3_OPERATION_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(S3_MAX_ATTEMPTS));
+        if let Some(endpoint) = &self.endpoint_url {
+            builder = builder.endpoint_url(endpoint);
+        }
+        match self.credentials() {
+            Some(credentials) => builder = builder.credentials_provider(credentials),
+            None => tracing::warn!(
+                "No S3 credentials in the settings or in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; \
+                 S3 calls will fail"
+            ),
+        }
+        aws_sdk_s3::Client::from_conf(builder.build())
+    }
+
+    /// Static credentials from the settings, else from the usual environment variables.
+    fn credentials(&self) -> Option<Credentials> {
+        if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
+            return Some(Credentials::new(id, secret, None, None, "comfyd-settings"));
+        }
+        let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok()?;
+        let token = std::env::var("AWS_SESSION_TOKEN").ok();
+        Some(Credentials::new(
+            id,
+            secret,
+            token,
+            None,
+            "comfyd-environment",
+        ))
+    }
+}
+
+/// Where outputs are written.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// A folder on this machine; keys become relative paths under `root`.
+    Local {
+        /// Folder that holds every output.
+        root: PathBuf,
+    },
+    /// An S3-compatible bucket.
+    S3 {
+        /// Client configured from [`S3Settings`].
+        client: aws_sdk_s3::Client,
+        /// Bucket that receives the outputs.
+        bucket: String,
+        /// Normalised prefix (no slash at either end), empty for none.
+        key_prefix: String,
+    },
+}
+
+/// A failed storage operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key is empty, too long, absolute, or has `.`/`..`/empty segments.
+    #[error("invalid storage key: {0}")]
+    InvalidKey(&'static str),
+    /// The local filesystem refused a read or write.
+    #[error("local storage at {path}: {source}")]
+    Io {
+        /// File or folder that was being written.
+        path: PathBuf,
+        /// What the filesystem said.
+        #[source]
+        source: io::Error,
+    },
+    /// An S3 call failed (after the SDK's own retries).
+    #[error("S3 {operation} failed: {message}")]
+    S3 {
+        /// S3 operation name (`PutObject`, `HeadBucket`).
+        operation: &'static str,
+        /// Readable cause: the service's code and message, or the transport error chain.
+        message: String,
+        /// HTTP status when the server answered.
+        status: Option<u16>,
+        /// Whether trying again later may succeed (network trouble, 5xx, throttling).
+        transient: bool,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed (an outage rather than a bad
+    /// request, bad credentials or a missing bucket).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::InvalidKey(_) => false,
+            StoreError::Io { source, .. } => !matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::InvalidInput
+                    | io::ErrorKind::ReadOnlyFilesystem
+                    | io::ErrorKind::NotADirectory
+                    | io::ErrorKind::IsADirectory
+            ),
+            StoreError::S3 { transient, .. } => *transient,
+        }
+    }
+
+    fn io(path: &Path, source: io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn s3<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let (message, transient) = match &err {
+            SdkError::ServiceError(service) => {
+                let inner = service.err();
+                let code = inner.code().unwrap_or("Unknown");
+                let message = match inner.message() {
+                    Some(message) => format!("{code}: {message}"),
+                    None => code.to_owned(),
+                };
+                let transient = matches!(status, Some(408 | 429 | 500..=599))
+                    || matches!(code, "SlowDown" | "RequestTimeout" | "InternalError");
+                (message, transient)
+            }
+            SdkError::DispatchFailure(dispatch) => {
+                // A "user" connector error is a local misconfiguration (bad URL, TLS setup).
+                let transient = !dispatch.is_user();
+                (DisplayErrorContext(&err).to_string(), transient)
+            }
+            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+                (DisplayErrorContext(&err).to_string(), true)
+            }
+            // Construction failures (missing credentials, invalid input) do not heal by retrying.
+            _ => (DisplayErrorContext(&err).to_string(), false),
+        };
+        let message = match status {
+            Some(status) => format!("{message} (HTTP {status})"),
+            None => message,
+        };
+        StoreError::S3 {
+            operation,
+            message,
+            status,
+            transient,
+        }
+    }
+}
+
+impl Store {
+    /// A store that writes under `root` (created on first write).
+    pub fn local(root: PathBuf) -> Store {
+        Store::Local { root }
+    }
+
+    /// A store that writes to the bucket in `settings`. Builds the client; no network yet.
+    pub fn s3(settings: &S3Settings) -> Store {
+        Store::S3 {
+            client: settings.client(),
+            bucket: settings.bucket.clone(),
+            key_prefix: settings.key_prefix.trim_matches('/').to_owned(),
+        }
+    }
+
+    /// Stores `bytes` under `key` (prefix applied). Idempotent: the same key again overwrites.
+    ///
+    /// Keys are relative, `/`-separated paths such as `jobs/<id>/0.png`.
+    pub async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Local { root } => put_local(root, key, &bytes).await,
+            Store::S3 {
+                client,
+                bucket,
+                key_prefix,
+            } => {
+                let length = i64::try_from(bytes.len())
+                    .map_err(|_| StoreError::InvalidKey("object too large"))?;
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(full_key(key_prefix, key))
+                    .content_type(content_type)
+                    .content_length(length)
+                    .body(ByteStream::from(bytes))
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::s3("PutObject", e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks that the store can take writes now: the bucket answers `HeadBucket`, or the folder
+    /// exists (or can be created) and a probe file can be written. For `/healthz`-style checks.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Local { root } => {
+                tokio::fs::create_dir_all(root)
+                    .await
+                    .map_err(|e| StoreError::io(root, e))?;
+                let probe = root.join(format!(".comfyd-check-{}", uuid::Uuid::new_v4()));
+                tokio::fs::write(&probe, b"ok")
+                    .await
+                    .map_err(|e| StoreError::io(&probe, e))?;
+                tokio::fs::remove_file(&probe)
+                    .await
+                    .map_err(|e| StoreError::io(&probe, e))
+            }
+            Store::S3 { client, bucket, .. } => {
+                client
+                    .head_bucket()
+                    .bucket(bucket)
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::s3("HeadBucket", e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Where outputs go, for logs: `s3://bucket/prefix` or `file:///path`.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Local { root } => {
+                let absolute = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+                format!("file://{}", absolute.display())
+            }
+            Store::S3 {
+                bucket, key_prefix, ..
+            } if key_prefix.is_empty() => format!("s3://{bucket}"),
+            Store::S3 {
+                bucket, key_prefix, ..
+            } => format!("s3://{bucket}/{key_prefix}"),
+        }
+    }
+
+    /// `"s3"` or `"local"`, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Local { .. } => "local",
+            Store::S3 { .. } => "s3",
+        }
+    }
+}
+
+/// The object key under a normalised prefix.
+fn full_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
+/// Refuses keys that could escape the root folder or that S3 and a folder would treat differently.
+fn validate_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey("empty"));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(StoreError::InvalidKey("longer than 1024 bytes"));
+    }
+    if key.contains('\0') || key.contains('\\') {
+        return Err(StoreError::InvalidKey("contains NUL or a backslash"));
+    }
+    if key.starts_with('/') || Path::new(key).is_absolute() {
+        return Err(StoreError::InvalidKey("absolute path"));
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err(StoreError::InvalidKey("empty path segment")),
+            "." | ".." => return Err(StoreError::InvalidKey("`.` or `..` segment")),
+            _ => {}
+        }
+    }
+    // Belt and braces: whatever the platform's path rules, only plain names may remain.
+    if !Path::new(key)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(StoreError::InvalidKey("not a plain relative path"));
+    }
+    Ok(())
+}
+
+/// Writes `root/key` atomically: a temporary file beside the target, synced, then renamed over it.
+async fn put_local(root: &Path, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let path = root.join(key);
+    // validate_key guarantees at least one normal component, so there is a parent and a name.
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(StoreError::InvalidKey("not a plain relative path"));
+    };
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| StoreError::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let written = write_synced(&tmp, bytes).await;
+    let renamed = match written {
+        Ok(()) => tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| StoreError::io(&path, e)),
+        Err(e) => Err(e),
+    };
+    if renamed.is_err() {
+        // Best effort: the temporary file may not exist, and the original error matters more.
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    renamed
+}
+
+async fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| StoreError::io(path, e))?;
+    file.write_all(bytes)
+        .await
+        .map_err(|e| StoreError::io(path, e))?;
+    file.sync_all().await.map_err(|e| StoreError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_key_accepts_plain_relative_paths() {
+        for key in [
+            "a.png",
+            "jobs/123/0.png",
+            "x/y/z-1_2.webp",
+            "..hidden/ok..png",
+        ] {
+            assert!(validate_key(key).is_ok(), "{key} should be accepted");
+        }
+    }
+
+    #[test]
+    fn validate_key_refuses_escapes_and_odd_paths() {
+        for key in [
+            "",
+            "/etc/passwd",
+            "../x.png",
+            "a/../../x.png",
+            "a/..",
+            "./a.png",
+            "a//b.png",
+            "a/",
+            "a\\b.png",
+            "a\0b",
+        ] {
+            assert!(
+                matches!(validate_key(key), Err(StoreError::InvalidKey(_))),
+                "{key:?} should be refused"
+            );
+        }
+        assert!(validate_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn full_key_joins_prefix_with_one_slash() {
+        assert_eq!(full_key("", "a/b.png"), "a/b.png");
+        assert_eq!(full_key("out", "a/b.png"), "out/a/b.png");
+    }
+
+    fn s3_settings(prefix: &str) -> S3Settings {
+        S3Settings {
+            bucket: "outputs".into(),
+            region: default_region(),
+            endpoint_url: Some("http://127.0.0.1:1".into()),
+            force_path_style: true,
+            access_key_id: Some("AKID".into()),
+            secret_access_key: Some("super-secret".into()),
+            key_prefix: prefix.into(),
+        }
+    }
+
+    #[test]
+    fn s3_settings_debug_redacts_the_secret() {
+        let shown = format!("{:?}", s3_settings(""));
+        assert!(!shown.contains("super-secret"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+        assert!(shown.contains("AKID"));
+    }
+
+    #[test]
+    fn s3_settings_deserialize_with_defaults() {
+        let settings: S3Settings = serde_json::from_str(r#"{"bucket":"b"}"#).expect("valid");
+        assert_eq!(settings.region, "us-east-1");
+        assert_eq!(settings.key_prefix, "");
+        assert!(!settings.force_path_style);
+        assert!(settings.endpoint_url.is_none());
+        assert!(serde_json::from_str::<S3Settings>(r#"{"bucket":"b","buckte":"c"}"#).is_err());
+    }
+
+    #[actix_rt::test]
+    async fn describe_and_kind_name_the_destination() {
+        let store = Store::s3(&s3_settings("/comfyd/out/"));
+        assert_eq!(store.describe(), "s3://outputs/comfyd/out");
+        assert_eq!(store.kind(), "s3");
+        assert_eq!(Store::s3(&s3_settings("")).describe(), "s3://outputs");
+        let local = Store::local(PathBuf::from("/var/lib/comfyd"));
+        assert_eq!(local.describe(), "file:///var/lib/comfyd");
+        assert_eq!(local.kind(), "local");
+    }
+
+    #[actix_rt::test]
+    async fn local_put_writes_creates_folders_and_overwrites() {
+        // Arrange
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::local(dir.path().join("outputs"));
+
+        // Act
+        store
+            .put("jobs/1/0.png", Bytes::from_static(b"first"), "image/png")
+            .await
+            .expect("first put");
+        store
+            .put("jobs/1/0.png", Bytes::from_static(b"second"), "image/png")
+            .await
+            .expect("second put");
+
+        // Assert
+        let path = dir.path().join("outputs/jobs/1/0.png");
+        assert_eq!(std::fs::read(&path).expect("read"), b"second");
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("parent"))
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+    }
+
+    #[actix_rt::test]
+    async fn local_put_refuses_escaping_keys_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("outputs");
+        let store = Store::local(root.clone());
+        let err = store
+            .put("../escape.png", Bytes::from_static(b"x"), "image/png")
+            .await
+            .expect_err("must refuse");
+        assert!(matches!(err, StoreError::InvalidKey(_)));
+        assert!(!err.is_transient());
+        assert!(!dir.path().join("escape.png").exists());
+        assert!(!root.exists());
+    }
+
+    #[actix_rt::test]
+    async fn local_check_passes_on_a_writable_folder_and_fails_on_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::local(dir.path().join("new/folder"));
+        store.check().await.expect("writable folder");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("new/folder"))
+                .expect("created")
+                .count(),
+            0,
+            "the probe file must be removed"
+        );
+
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").expect("write");
+        let err = Store::local(file)
+            .check()
+            .await
+            .expect_err("a file is not a folder");
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    }
+
+    #[actix_rt::test]
+    async fn s3_put_to_a_closed_port_is_a_transient_error() {
+        // Port 1 on loopback refuses connections: the SDK retries, then reports a dispatch failure.
+        let store = Store::s3(&s3_settings(""));
+        let err = store
+            .put("a.png", Bytes::from_static(b"x"), "image/png")
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(
+            matches!(
+                err,
+                StoreError::S3 {
+                    operation: "PutObject",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.is_transient(), "{err}");
+    }
+}
