@@ -17,7 +17,9 @@ pub fn check_against_object_info(set: &WorkflowSet, object_info: &Value) -> Vec<
     let Some(classes) = object_info.as_object() else {
         return vec!["object_info is not a JSON object".into()];
     };
-    set.iter().flat_map(|workflow| check_workflow(workflow, classes)).collect()
+    set.iter()
+        .flat_map(|workflow| check_workflow(workflow, classes))
+        .collect()
 }
 
 fn check_workflow(workflow: &Workflow, classes: &Map<String, Value>) -> Vec<String> {
@@ -26,21 +28,35 @@ fn check_workflow(workflow: &Workflow, classes: &Map<String, Value>) -> Vec<Stri
     let targeted: HashSet<(&str, &str)> = workflow
         .params
         .iter()
-        .flat_map(|p| p.targets.iter().map(|t| (t.node.as_str(), t.input.as_str())))
+        .flat_map(|p| {
+            p.targets
+                .iter()
+                .map(|t| (t.node.as_str(), t.input.as_str()))
+        })
         .collect();
 
     for (id, node) in &workflow.graph {
-        let class = node.get("class_type").and_then(Value::as_str).unwrap_or_default();
+        let class = node
+            .get("class_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let Some(info) = classes.get(class) else {
-            problems.push(format!("{name}: node `{id}`: class `{class}` is not available on the backend"));
+            problems.push(format!(
+                "{name}: node `{id}`: class `{class}` is not available on the backend"
+            ));
             continue;
         };
         let empty = Map::new();
-        let inputs = node.get("inputs").and_then(Value::as_object).unwrap_or(&empty);
+        let inputs = node
+            .get("inputs")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
 
         for required in section(info, "required").keys() {
             if !inputs.contains_key(required) {
-                problems.push(format!("{name}: node `{id}` ({class}) lacks required input `{required}`"));
+                problems.push(format!(
+                    "{name}: node `{id}` ({class}) lacks required input `{required}`"
+                ));
             }
         }
         for (input, value) in inputs {
@@ -48,7 +64,9 @@ fn check_workflow(workflow: &Workflow, classes: &Map<String, Value>) -> Vec<Stri
             if targeted.contains(&(id.as_str(), input.as_str())) || value.is_array() {
                 continue;
             }
-            let Some(options) = input_spec(info, input).and_then(combo_options) else { continue };
+            let Some(options) = input_spec(info, input).and_then(combo_options) else {
+                continue;
+            };
             if !options.contains(value) {
                 problems.push(format!(
                     "{name}: node `{id}` ({class}) input `{input}`: {value} is not offered by the backend ({})",
@@ -60,12 +78,22 @@ fn check_workflow(workflow: &Workflow, classes: &Map<String, Value>) -> Vec<Stri
 
     for param in &workflow.params {
         for target in &param.targets {
-            let Some(node) = workflow.graph.get(&target.node) else { continue };
-            let class = node.get("class_type").and_then(Value::as_str).unwrap_or_default();
-            let Some(info) = classes.get(class) else { continue };
+            let Some(node) = workflow.graph.get(&target.node) else {
+                continue;
+            };
+            let class = node
+                .get("class_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let Some(info) = classes.get(class) else {
+                continue;
+            };
             let place = format!("node `{}` ({class}) input `{}`", target.node, target.input);
             let Some(spec) = input_spec(info, &target.input) else {
-                problems.push(format!("{name}: param `{}`: {place} is not an input on the backend", param.name));
+                problems.push(format!(
+                    "{name}: param `{}`: {place} is not an input on the backend",
+                    param.name
+                ));
                 continue;
             };
             check_param_against(workflow, param, spec, &place, &mut problems);
@@ -84,7 +112,9 @@ fn check_param_against(
     let (name, pname) = (&workflow.name, &param.name);
     match &param.kind {
         ParamKind::Enum { values } => {
-            let Some(options) = combo_options(spec) else { return };
+            let Some(options) = combo_options(spec) else {
+                return;
+            };
             for value in values {
                 if !options.iter().any(|o| o.as_str() == Some(value)) {
                     problems.push(format!(
@@ -99,10 +129,18 @@ fn check_param_against(
             let max = max.map(|m| m as f64);
             check_range(name, pname, place, min, max, spec, problems);
         }
-        ParamKind::Float { min, max } => check_range(name, pname, place, *min, *max, spec, problems),
-        ParamKind::Seed => {
-            check_range(name, pname, place, Some(0.0), Some(super::MAX_SEED as f64), spec, problems)
+        ParamKind::Float { min, max } => {
+            check_range(name, pname, place, *min, *max, spec, problems)
         }
+        ParamKind::Seed => check_range(
+            name,
+            pname,
+            place,
+            Some(0.0),
+            Some(super::MAX_SEED as f64),
+            spec,
+            problems,
+        ),
         ParamKind::String { .. } | ParamKind::Boolean | ParamKind::Image => {}
     }
 }
@@ -147,7 +185,9 @@ fn section<'a>(info: &'a Value, section: &str) -> &'a Map<String, Value> {
 
 /// The spec `[type_or_options, {..}]` of one input, from any section.
 fn input_spec<'a>(info: &'a Value, input: &str) -> Option<&'a Value> {
-    ["required", "optional", "hidden"].iter().find_map(|s| section(info, s).get(input))
+    ["required", "optional", "hidden"]
+        .iter()
+        .find_map(|s| section(info, s).get(input))
 }
 
 /// The options of a combo input: `[[values...], {..}]`, or the newer `["COMBO", {"options": [...]}]`.
@@ -163,7 +203,11 @@ fn list_options(options: &[Value]) -> String {
     if options.is_empty() {
         return "it offers none".into();
     }
-    let shown: Vec<String> = options.iter().take(OPTIONS_SHOWN).map(Value::to_string).collect();
+    let shown: Vec<String> = options
+        .iter()
+        .take(OPTIONS_SHOWN)
+        .map(Value::to_string)
+        .collect();
     let more = options.len().saturating_sub(OPTIONS_SHOWN);
     if more > 0 {
         format!("offered: {} and {more} more", shown.join(", "))

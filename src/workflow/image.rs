@@ -43,9 +43,11 @@ impl fmt::Debug for ImageSource {
     // The bytes can be megabytes; their length is what a log or test failure needs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ImageSource::Bytes { bytes, ext } => {
-                f.debug_struct("Bytes").field("len", &bytes.len()).field("ext", ext).finish()
-            }
+            ImageSource::Bytes { bytes, ext } => f
+                .debug_struct("Bytes")
+                .field("len", &bytes.len())
+                .field("ext", ext)
+                .finish(),
             ImageSource::Url(url) => f.debug_tuple("Url").field(url).finish(),
         }
     }
@@ -116,7 +118,9 @@ pub(crate) fn parse_image(value: &Value) -> Result<ImageSource, String> {
         let url = url::Url::parse(text).map_err(|e| format!("invalid URL: {e}"))?;
         return match url.scheme() {
             "http" | "https" => Ok(ImageSource::Url(url.to_string())),
-            other => Err(format!("URL scheme `{other}` is not accepted: use http or https")),
+            other => Err(format!(
+                "URL scheme `{other}` is not accepted: use http or https"
+            )),
         };
     } else {
         text
@@ -129,11 +133,18 @@ pub(crate) fn parse_image(value: &Value) -> Result<ImageSource, String> {
 
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
 /// Decodes base64 that may be wrapped in lines (as MIME encoders do) and may lack padding.
 fn decode_base64(payload: &str) -> Option<Vec<u8>> {
-    let compact: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    STANDARD.decode(&compact).or_else(|_| URL_SAFE.decode(&compact)).ok()
+    let compact: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    STANDARD
+        .decode(&compact)
+        .or_else(|_| URL_SAFE.decode(&compact))
+        .ok()
 }

@@ -79,8 +79,12 @@ impl<'de> Deserialize<'de> for OrderedParams {
 /// Loads `path` (a `*.toml` manifest) and its graph; on failure, every problem found.
 pub(crate) fn load_file(path: &Path) -> Result<Workflow, Vec<String>> {
     let file = path.display().to_string();
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{file}: cannot read: {e}")])?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{file}: cannot read: {e}")])?;
     let raw = parse_manifest(&file, &text)?;
 
     let graph_name = raw.graph.clone().unwrap_or_else(|| format!("{stem}.json"));
@@ -90,8 +94,12 @@ pub(crate) fn load_file(path: &Path) -> Result<Workflow, Vec<String>> {
         )]);
     }
     let graph_path = path.parent().unwrap_or(Path::new(".")).join(&graph_name);
-    let graph_text = std::fs::read_to_string(&graph_path)
-        .map_err(|e| vec![format!("{file}: cannot read graph {}: {e}", graph_path.display())])?;
+    let graph_text = std::fs::read_to_string(&graph_path).map_err(|e| {
+        vec![format!(
+            "{file}: cannot read graph {}: {e}",
+            graph_path.display()
+        )]
+    })?;
     build(&file, &stem, raw, &graph_name, &graph_text)
 }
 
@@ -110,7 +118,9 @@ pub(crate) fn from_sources(
 fn parse_manifest(file: &str, text: &str) -> Result<RawManifest, Vec<String>> {
     toml::from_str(text).map_err(|e| {
         // toml's own Display spans several lines (with a source excerpt); keep one line per problem.
-        let line = e.span().map(|span| text.get(..span.start).unwrap_or(text).matches('\n').count() + 1);
+        let line = e
+            .span()
+            .map(|span| text.get(..span.start).unwrap_or(text).matches('\n').count() + 1);
         let message = e.message().trim().replace('\n', "; ");
         match line {
             Some(line) => vec![format!("{file}: line {line}: {message}")],
@@ -136,10 +146,16 @@ fn build(
     let mut problems = Vec::new();
 
     if raw.name != stem {
-        problems.push(format!("{file}: name `{}` must match the file name `{stem}`", raw.name));
+        problems.push(format!(
+            "{file}: name `{}` must match the file name `{stem}`",
+            raw.name
+        ));
     }
     if !is_workflow_name(&raw.name) {
-        problems.push(format!("{file}: name `{}` must match [a-z0-9_-]+", raw.name));
+        problems.push(format!(
+            "{file}: name `{}` must match [a-z0-9_-]+",
+            raw.name
+        ));
     }
 
     let graph = match parse_graph(graph_text) {
@@ -154,7 +170,9 @@ fn build(
     }
 
     if raw.outputs.nodes.is_empty() {
-        problems.push(format!("{file}: outputs.nodes must name at least one output node"));
+        problems.push(format!(
+            "{file}: outputs.nodes must name at least one output node"
+        ));
     }
     for (i, node) in raw.outputs.nodes.iter().enumerate() {
         if !graph.contains_key(node) {
@@ -197,12 +215,16 @@ fn build(
 
 fn is_workflow_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn is_param_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -210,7 +232,10 @@ fn is_param_name(name: &str) -> bool {
 fn parse_graph(text: &str) -> Result<Graph, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(graph) = value else {
-        return Err(format!("expected a JSON object of nodes, got {}", json_type_name(&value)));
+        return Err(format!(
+            "expected a JSON object of nodes, got {}",
+            json_type_name(&value)
+        ));
     };
     if graph.get("nodes").is_some_and(Value::is_array) && graph.contains_key("links") {
         return Err("this is a UI-format export; export the workflow in API format instead".into());
@@ -231,7 +256,10 @@ fn check_graph(graph: &Graph) -> Vec<String> {
         match node.get("inputs") {
             Some(Value::Object(inputs)) => {
                 // The per-task prefix is what keeps tasks' outputs apart; it must be a literal to rewrite.
-                if inputs.get("filename_prefix").is_some_and(|v| !v.is_string()) {
+                if inputs
+                    .get("filename_prefix")
+                    .is_some_and(|v| !v.is_string())
+                {
                     problems.push(format!(
                         "node `{id}`: `filename_prefix` must be a literal string (comfyd rewrites it per task)"
                     ));
@@ -306,11 +334,31 @@ fn build_param(name: &str, raw: RawParam, problems: &mut Vec<String>) -> Option<
     };
 
     let type_name = kind.type_name();
-    only_for("max_length", "string", raw.max_length.is_some() && type_name != "string", problems);
+    only_for(
+        "max_length",
+        "string",
+        raw.max_length.is_some() && type_name != "string",
+        problems,
+    );
     let has_bounds = matches!(kind, ParamKind::Integer { .. } | ParamKind::Float { .. });
-    only_for("min", "integer and float", raw.min.is_some() && !has_bounds, problems);
-    only_for("max", "integer and float", raw.max.is_some() && !has_bounds, problems);
-    only_for("values", "enum", raw.values.is_some() && type_name != "enum", problems);
+    only_for(
+        "min",
+        "integer and float",
+        raw.min.is_some() && !has_bounds,
+        problems,
+    );
+    only_for(
+        "max",
+        "integer and float",
+        raw.max.is_some() && !has_bounds,
+        problems,
+    );
+    only_for(
+        "values",
+        "enum",
+        raw.values.is_some() && type_name != "enum",
+        problems,
+    );
 
     let required = raw.required.unwrap_or(false);
     let default = match (&kind, raw.default) {
@@ -348,7 +396,14 @@ fn build_param(name: &str, raw: RawParam, problems: &mut Vec<String>) -> Option<
         problems.push("needs at least one target".into());
     }
 
-    Some(Param { name: name.to_owned(), description: raw.description, kind, required, default, targets: raw.targets })
+    Some(Param {
+        name: name.to_owned(),
+        description: raw.description,
+        kind,
+        required,
+        default,
+        targets: raw.targets,
+    })
 }
 
 fn describe_bad_default(default: &Value, problem: &Problem) -> String {
@@ -363,7 +418,10 @@ fn integer_bound(key: &str, value: Option<&Value>, problems: &mut Vec<String>) -
     let value = value?;
     let bound = value.as_i64();
     if bound.is_none() {
-        problems.push(format!("`{key}` must be an integer, got {}", json_type_name(value)));
+        problems.push(format!(
+            "`{key}` must be an integer, got {}",
+            json_type_name(value)
+        ));
     }
     bound
 }
@@ -372,7 +430,10 @@ fn float_bound(key: &str, value: Option<&Value>, problems: &mut Vec<String>) -> 
     let value = value?;
     let bound = value.as_f64();
     if bound.is_none() {
-        problems.push(format!("`{key}` must be a number, got {}", json_type_name(value)));
+        problems.push(format!(
+            "`{key}` must be a number, got {}",
+            json_type_name(value)
+        ));
     }
     bound
 }
@@ -391,7 +452,10 @@ fn check_targets(
             problems.push(format!("target node `{node}` is not in the graph"));
             continue;
         };
-        let class = node_value.get("class_type").and_then(Value::as_str).unwrap_or("?");
+        let class = node_value
+            .get("class_type")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         let Some(current) = node_value.get("inputs").and_then(|i| i.get(input)) else {
             problems.push(format!("node `{node}` ({class}) has no input `{input}`"));
             continue;
@@ -400,7 +464,9 @@ fn check_targets(
             if other == param.name {
                 problems.push(format!("targets node `{node}` input `{input}` twice"));
             } else {
-                problems.push(format!("node `{node}` input `{input}` is already set by param `{other}`"));
+                problems.push(format!(
+                    "node `{node}` input `{input}` is already set by param `{other}`"
+                ));
             }
         }
         if let Some(expected) = literal_mismatch(&param.kind, current) {
@@ -418,7 +484,9 @@ fn check_targets(
 fn literal_mismatch(kind: &ParamKind, current: &Value) -> Option<&'static str> {
     let fits = match kind {
         ParamKind::String { .. } | ParamKind::Enum { .. } | ParamKind::Image => current.is_string(),
-        ParamKind::Integer { .. } | ParamKind::Float { .. } | ParamKind::Seed => current.is_number(),
+        ParamKind::Integer { .. } | ParamKind::Float { .. } | ParamKind::Seed => {
+            current.is_number()
+        }
         ParamKind::Boolean => current.is_boolean(),
     };
     if fits {
@@ -432,7 +500,11 @@ fn literal_mismatch(kind: &ParamKind, current: &Value) -> Option<&'static str> {
 }
 
 fn describe_graph_value(value: &Value) -> String {
-    match value.as_array().and_then(|a| a.first()).and_then(Value::as_str) {
+    match value
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+    {
         Some(from) => format!("a link from node `{from}`"),
         None => json_type_name(value).to_owned(),
     }

@@ -59,8 +59,9 @@ impl WorkflowSet {
     /// against its graph. Fails if any workflow is broken, listing every problem of every file.
     /// `*.json` files without a manifest are ignored; an empty directory gives an empty set.
     pub fn load_dir(dir: &Path) -> Result<WorkflowSet, LoadError> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| LoadError::one(format!("{}: cannot read directory: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            LoadError::one(format!("{}: cannot read directory: {e}", dir.display()))
+        })?;
         let mut manifests = Vec::new();
         let mut problems = Vec::new();
         for entry in entries {
@@ -96,7 +97,10 @@ impl WorkflowSet {
     /// Builds a set from workflows made elsewhere (tests, [`Workflow::from_sources`]).
     /// A later workflow with the same name replaces an earlier one.
     pub fn from_workflows(workflows: impl IntoIterator<Item = Workflow>) -> WorkflowSet {
-        let by_name = workflows.into_iter().map(|w| (w.name.clone(), Arc::new(w))).collect();
+        let by_name = workflows
+            .into_iter()
+            .map(|w| (w.name.clone(), Arc::new(w)))
+            .collect();
         WorkflowSet { by_name }
     }
 
@@ -132,7 +136,9 @@ pub struct LoadError {
 
 impl LoadError {
     fn one(problem: String) -> LoadError {
-        LoadError { problems: vec![problem] }
+        LoadError {
+            problems: vec![problem],
+        }
     }
 }
 
@@ -161,7 +167,11 @@ impl Workflow {
     /// Builds a workflow from a manifest's and a graph's text, with the same checks as
     /// [`WorkflowSet::load_dir`]. `name` stands for the file stem; problems are reported
     /// against `<name>.toml`.
-    pub fn from_sources(name: &str, manifest_toml: &str, graph_json: &str) -> Result<Workflow, LoadError> {
+    pub fn from_sources(
+        name: &str,
+        manifest_toml: &str,
+        graph_json: &str,
+    ) -> Result<Workflow, LoadError> {
         manifest::from_sources(&format!("{name}.toml"), name, manifest_toml, graph_json)
             .map_err(|problems| LoadError { problems })
     }

@@ -107,7 +107,10 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(param: &str, reason: impl Into<String>) -> FieldError {
-        FieldError { field: format!("params.{param}"), reason: reason.into() }
+        FieldError {
+            field: format!("params.{param}"),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -115,7 +118,10 @@ impl FieldError {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Problem {
     /// Wrong JSON type; holds what was expected, e.g. "an integer".
-    WrongType { expected: &'static str, got: &'static str },
+    WrongType {
+        expected: &'static str,
+        got: &'static str,
+    },
     /// Below the lower bound; both already formatted.
     Below { value: String, min: String },
     /// Above the upper bound; both already formatted.
@@ -160,12 +166,18 @@ pub(crate) fn check_value(kind: &ParamKind, value: &Value) -> Result<Value, Prob
             let n = as_integer(value)?;
             if let Some(min) = min {
                 if n < i128::from(*min) {
-                    return Err(Problem::Below { value: n.to_string(), min: min.to_string() });
+                    return Err(Problem::Below {
+                        value: n.to_string(),
+                        min: min.to_string(),
+                    });
                 }
             }
             if let Some(max) = max {
                 if n > i128::from(*max) {
-                    return Err(Problem::Above { value: n.to_string(), max: max.to_string() });
+                    return Err(Problem::Above {
+                        value: n.to_string(),
+                        max: max.to_string(),
+                    });
                 }
             }
             Ok(value.clone())
@@ -173,10 +185,16 @@ pub(crate) fn check_value(kind: &ParamKind, value: &Value) -> Result<Value, Prob
         ParamKind::Seed => {
             let n = as_integer(value)?;
             if n < 0 {
-                return Err(Problem::Below { value: n.to_string(), min: "0".into() });
+                return Err(Problem::Below {
+                    value: n.to_string(),
+                    min: "0".into(),
+                });
             }
             if n > i128::from(MAX_SEED) {
-                return Err(Problem::Above { value: n.to_string(), max: MAX_SEED.to_string() });
+                return Err(Problem::Above {
+                    value: n.to_string(),
+                    max: MAX_SEED.to_string(),
+                });
             }
             Ok(value.clone())
         }
@@ -186,12 +204,18 @@ pub(crate) fn check_value(kind: &ParamKind, value: &Value) -> Result<Value, Prob
             };
             if let Some(min) = min {
                 if x < *min {
-                    return Err(Problem::Below { value: x.to_string(), min: min.to_string() });
+                    return Err(Problem::Below {
+                        value: x.to_string(),
+                        min: min.to_string(),
+                    });
                 }
             }
             if let Some(max) = max {
                 if x > *max {
-                    return Err(Problem::Above { value: x.to_string(), max: max.to_string() });
+                    return Err(Problem::Above {
+                        value: x.to_string(),
+                        max: max.to_string(),
+                    });
                 }
             }
             // Always a float in the graph, so `cfg: 7` and `cfg: 7.0` render the same.
@@ -208,7 +232,10 @@ pub(crate) fn check_value(kind: &ParamKind, value: &Value) -> Result<Value, Prob
             if values.iter().any(|v| v == s) {
                 Ok(value.clone())
             } else {
-                Err(Problem::NotInEnum { value: echo(s), values: values.clone() })
+                Err(Problem::NotInEnum {
+                    value: echo(s),
+                    values: values.clone(),
+                })
             }
         }
         ParamKind::Image => Err(wrong_type("an image", value)),
@@ -224,7 +251,10 @@ fn as_integer(value: &Value) -> Result<i128, Problem> {
             } else if let Some(u) = n.as_u64() {
                 Ok(i128::from(u))
             } else {
-                Err(Problem::WrongType { expected: "an integer", got: "a number with a fraction" })
+                Err(Problem::WrongType {
+                    expected: "an integer",
+                    got: "a number with a fraction",
+                })
             }
         }
         _ => Err(wrong_type("an integer", value)),
@@ -232,7 +262,10 @@ fn as_integer(value: &Value) -> Result<i128, Problem> {
 }
 
 fn wrong_type(expected: &'static str, value: &Value) -> Problem {
-    Problem::WrongType { expected, got: json_type_name(value) }
+    Problem::WrongType {
+        expected,
+        got: json_type_name(value),
+    }
 }
 
 /// "a string", "an object", ... for error messages.
@@ -297,9 +330,14 @@ pub(crate) fn validate(params: &[Param], input: &Value) -> Result<Resolved, Vec<
                 } else if *kind == ParamKind::Seed && !param.required {
                     // Random so that identical requests still run (ComfyUI would serve them from cache).
                     let seed = rand::thread_rng().gen_range(0..=MAX_SEED);
-                    resolved.values.insert(param.name.clone(), Value::from(seed));
+                    resolved
+                        .values
+                        .insert(param.name.clone(), Value::from(seed));
                 } else {
-                    errors.push(FieldError::new(&param.name, "required parameter is missing"));
+                    errors.push(FieldError::new(
+                        &param.name,
+                        "required parameter is missing",
+                    ));
                 }
             }
         }

@@ -12,7 +12,9 @@ const FALLBACK_PREFIX: &str = "ComfyUI";
 pub(crate) fn render(workflow: &Workflow, resolved: &Resolved, task_id: &str) -> Graph {
     let mut graph = workflow.graph.clone();
     for param in &workflow.params {
-        let Some(value) = resolved.values.get(&param.name) else { continue };
+        let Some(value) = resolved.values.get(&param.name) else {
+            continue;
+        };
         for target in &param.targets {
             // Values are placed as JSON values, never spliced into text, so no client string can
             // change the graph's structure.
@@ -23,8 +25,10 @@ pub(crate) fn render(workflow: &Workflow, resolved: &Resolved, task_id: &str) ->
     }
     // After the values, so that a param aimed at `filename_prefix` is confined to the task's folder too.
     for node in graph.values_mut() {
-        if let Some(Value::String(prefix)) =
-            node.get_mut("inputs").and_then(Value::as_object_mut).and_then(|i| i.get_mut("filename_prefix"))
+        if let Some(Value::String(prefix)) = node
+            .get_mut("inputs")
+            .and_then(Value::as_object_mut)
+            .and_then(|i| i.get_mut("filename_prefix"))
         {
             *prefix = task_prefix(prefix, task_id);
         }
@@ -32,7 +36,10 @@ pub(crate) fn render(workflow: &Workflow, resolved: &Resolved, task_id: &str) ->
     graph
 }
 
-fn inputs_mut<'a>(graph: &'a mut Graph, node: &str) -> Option<&'a mut serde_json::Map<String, Value>> {
+fn inputs_mut<'a>(
+    graph: &'a mut Graph,
+    node: &str,
+) -> Option<&'a mut serde_json::Map<String, Value>> {
     graph.get_mut(node)?.get_mut("inputs")?.as_object_mut()
 }
 
