@@ -76,6 +76,26 @@ fn check_workflow(workflow: &Workflow, classes: &Map<String, Value>) -> Vec<Stri
         }
     }
 
+    for id in &workflow.output_nodes {
+        let class = workflow
+            .graph
+            .get(id)
+            .and_then(|n| n.get("class_type"))
+            .and_then(Value::as_str);
+        let info = class.and_then(|c| classes.get(c));
+        // Only a class that says `output_node: false` is reported: older backends omit the flag.
+        if info
+            .and_then(|i| i.get("output_node"))
+            .and_then(Value::as_bool)
+            == Some(false)
+        {
+            problems.push(format!(
+                "{name}: output node `{id}` ({}) is not an output node on the backend, so it produces no files",
+                class.unwrap_or_default()
+            ));
+        }
+    }
+
     for param in &workflow.params {
         for target in &param.targets {
             let Some(node) = workflow.graph.get(&target.node) else {

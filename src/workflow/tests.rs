@@ -1539,3 +1539,19 @@ fn shipped_model_free_workflows_render_their_outputs_per_task() {
     assert_eq!(graph["2"]["class_type"], json!("PreviewImage"));
     assert!(graph["2"]["inputs"].get("filename_prefix").is_none());
 }
+
+#[test]
+fn an_output_node_that_is_not_an_output_class_is_reported() {
+    let graph = std::fs::read_to_string(fixture(
+        "workflows/b_img2img_loadimage_invert_saveimage.json",
+    ))
+    .expect("fixture");
+    let manifest = "name = \"o\"\n[outputs]\nnodes = [\"1\", \"3\"]\n[params.image]\ntype = \"image\"\nrequired = true\ntargets = [{ node = \"1\", input = \"image\" }]\n";
+    let wf = Workflow::from_sources("o", manifest, &graph).expect("loads");
+    let problems = check_against_object_info(&WorkflowSet::from_workflows([wf]), &object_info());
+    // SaveImage (node 3) is recorded with output_node: true and passes.
+    assert_eq!(
+        problems,
+        ["o: output node `1` (LoadImage) is not an output node on the backend, so it produces no files"]
+    );
+}
