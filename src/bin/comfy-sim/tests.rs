@@ -1,0 +1,1 @@
+//! Transcript-conformance tests (filled in below).
