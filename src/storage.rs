@@ -278,14 +278,12 @@ impl Store {
                 bucket,
                 key_prefix,
             } => {
-                let length = i64::try_from(bytes.len())
-                    .map_err(|_| StoreError::InvalidKey("object too large"))?;
                 client
                     .put_object()
                     .bucket(bucket)
                     .key(full_key(key_prefix, key))
                     .content_type(content_type)
-                    .content_length(length)
+                    // Content-Length comes from the in-memory body.
                     .body(ByteStream::from(bytes))
                     .send()
                     .await
