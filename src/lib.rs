@@ -22,5 +22,6 @@ pub mod routes;
 pub mod startup;
 pub mod storage;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod workflow;

@@ -1,1 +1,14 @@
+//! comfyd's schema. Migrations never import the entities (src/entity in the root crate): each one is a
+//! fixed snapshot of the schema change it makes, so old migrations keep working as entities evolve.
 pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_tables::Migration)]
+    }
+}

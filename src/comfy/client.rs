@@ -1,0 +1,237 @@
+//! HTTP calls to one ComfyUI server. `awc::Client` is not `Send`: each actor makes its own `ComfyClient`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::protocol::FileRef;
+
+/// Why a call to ComfyUI failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComfyError {
+    /// ComfyUI refused the prompt (HTTP 400 with `error` and `node_errors`): retrying will not help.
+    #[error("ComfyUI rejected the prompt: {message}")]
+    Rejected { message: String, body: Value },
+    /// Any other HTTP status.
+    #[error("ComfyUI answered {status} to {what}")]
+    Status { what: &'static str, status: u16 },
+    /// No answer: the server is down, unreachable or too slow.
+    #[error("ComfyUI unreachable during {what}: {detail}")]
+    Unreachable { what: &'static str, detail: String },
+    #[error("ComfyUI sent an unreadable answer to {what}: {detail}")]
+    Decode { what: &'static str, detail: String },
+}
+
+impl ComfyError {
+    fn unreachable(what: &'static str, e: impl std::fmt::Display) -> ComfyError {
+        ComfyError::Unreachable { what, detail: e.to_string() }
+    }
+}
+
+/// The HTTP side of one ComfyUI server.
+pub struct ComfyClient {
+    base: String,
+    http: awc::Client,
+}
+
+/// Largest output comfyd fetches from `/view` (videos can be large).
+const MAX_VIEW_BYTES: usize = 2 * 1024 * 1024 * 1024;
+
+impl ComfyClient {
+    pub fn new(base: &str, timeout: Duration) -> ComfyClient {
+        let http = awc::Client::builder().timeout(timeout).finish();
+        ComfyClient { base: base.trim_end_matches('/').to_string(), http }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The websocket URL for a client id.
+    pub fn ws_url(&self, client_id: &str) -> String {
+        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.base.clone()
+        };
+        format!("{ws_base}/ws?clientId={client_id}")
+    }
+
+    /// Opens the websocket (the caller owns the framed connection).
+    pub async fn connect_ws(
+        &self,
+        client_id: &str,
+    ) -> Result<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>, ComfyError> {
+        let (_resp, framed) = self
+            .http
+            .ws(self.ws_url(client_id))
+            .max_frame_size(64 * 1024 * 1024)
+            .connect()
+            .await
+            .map_err(|e| ComfyError::unreachable("websocket connect", e))?;
+        Ok(framed)
+    }
+
+    async fn json(&self, what: &'static str, req: awc::ClientRequest, body: Option<&Value>) -> Result<Value, ComfyError> {
+        let mut resp = match body {
+            Some(b) => req.send_json(b).await,
+            None => req.send().await,
+        }
+        .map_err(|e| ComfyError::unreachable(what, e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.body().limit(64 * 1024 * 1024).await.map_err(|e| ComfyError::unreachable(what, e))?;
+        if status == 400 && what == "POST /prompt" {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let message = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("invalid prompt")
+                .to_string();
+            return Err(ComfyError::Rejected { message, body });
+        }
+        if !(200..300).contains(&status) {
+            return Err(ComfyError::Status { what, status });
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ComfyError::Decode { what, detail: e.to_string() })
+    }
+
+    /// Queues a prompt under the id comfyd chose. A 200 with `node_errors` not empty is a rejection
+    /// too: ComfyUI would run only part of the graph.
+    pub async fn queue_prompt(
+        &self,
+        graph: &Map<String, Value>,
+        client_id: &str,
+        prompt_id: &str,
+    ) -> Result<(), ComfyError> {
+        let body = json!({ "prompt": graph, "client_id": client_id, "prompt_id": prompt_id });
+        let resp = self.json("POST /prompt", self.http.post(format!("{}/prompt", self.base)), Some(&body)).await?;
+        if let Some(errors) = resp.get("node_errors").and_then(Value::as_object) {
+            if !errors.is_empty() {
+                return Err(ComfyError::Rejected {
+                    message: "some output nodes failed validation".into(),
+                    body: resp.clone(),
+                });
+            }
+        }
+        match resp.get("prompt_id").and_then(Value::as_str) {
+            Some(id) if id == prompt_id => Ok(()),
+            // A server that ignores client-chosen ids cannot be tracked safely across restarts.
+            other => Err(ComfyError::Decode {
+                what: "POST /prompt",
+                detail: format!("expected prompt_id {prompt_id}, got {other:?}"),
+            }),
+        }
+    }
+
+    /// `GET /history/{id}`: `None` while the prompt is queued, running, or unknown.
+    pub async fn history(&self, prompt_id: &str) -> Result<Option<Value>, ComfyError> {
+        let v = self
+            .json("GET /history", self.http.get(format!("{}/history/{prompt_id}", self.base)), None)
+            .await?;
+        Ok(v.get(prompt_id).cloned())
+    }
+
+    /// `GET /queue`, as the ids running or pending.
+    pub async fn queue(&self) -> Result<Vec<String>, ComfyError> {
+        let v = self.json("GET /queue", self.http.get(format!("{}/queue", self.base)), None).await?;
+        Ok(super::protocol::queued_prompt_ids(&v))
+    }
+
+    /// Removes pending prompts (the running one is not affected; see `interrupt`).
+    pub async fn delete_from_queue(&self, prompt_ids: &[String]) -> Result<(), ComfyError> {
+        let body = json!({ "delete": prompt_ids });
+        self.json("POST /queue", self.http.post(format!("{}/queue", self.base)), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Interrupts `prompt_id` if it is the one running (ComfyUI ignores it otherwise).
+    pub async fn interrupt(&self, prompt_id: &str) -> Result<(), ComfyError> {
+        let body = json!({ "prompt_id": prompt_id });
+        self.json("POST /interrupt", self.http.post(format!("{}/interrupt", self.base)), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// `GET /object_info` (every node class and its inputs).
+    pub async fn object_info(&self) -> Result<Value, ComfyError> {
+        self.json("GET /object_info", self.http.get(format!("{}/object_info", self.base)), None).await
+    }
+
+    /// Uploads an input image under `name` (overwriting: the name is unique to the task, so a retry
+    /// replaces its own earlier upload). Returns the value a LoadImage input takes.
+    pub async fn upload_image(&self, name: &str, bytes: Bytes, content_type: &str) -> Result<String, ComfyError> {
+        const WHAT: &str = "POST /upload/image";
+        let boundary = format!("comfyd{}", uuid::Uuid::new_v4().simple());
+        let mut body = Vec::with_capacity(bytes.len() + 512);
+        let safe_name = name.replace(['"', '\r', '\n'], "_");
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{safe_name}\"\r\n\
+                 Content-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&bytes);
+        for (field, value) in [("type", "input"), ("overwrite", "true")] {
+            body.extend_from_slice(
+                format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut resp = self
+            .http
+            .post(format!("{}/upload/image", self.base))
+            .insert_header(("content-type", format!("multipart/form-data; boundary={boundary}")))
+            .send_body(body)
+            .await
+            .map_err(|e| ComfyError::unreachable(WHAT, e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(ComfyError::Status { what: WHAT, status });
+        }
+        let v: Value = resp.json().await.map_err(|e| ComfyError::Decode { what: WHAT, detail: e.to_string() })?;
+        let name = v.get("name").and_then(Value::as_str).ok_or(ComfyError::Decode {
+            what: WHAT,
+            detail: "no name in answer".into(),
+        })?;
+        Ok(match v.get("subfolder").and_then(Value::as_str) {
+            Some(sub) if !sub.is_empty() => format!("{sub}/{name}"),
+            _ => name.to_string(),
+        })
+    }
+
+    /// Downloads one output through `/view`. Returns the bytes and the content type ComfyUI gave.
+    pub async fn view(&self, file: &FileRef) -> Result<(Bytes, Option<String>), ComfyError> {
+        const WHAT: &str = "GET /view";
+        let mut resp = self
+            .http
+            .get(format!("{}/view", self.base))
+            .query(&[
+                ("filename", file.filename.as_str()),
+                ("subfolder", file.subfolder.as_str()),
+                ("type", file.folder_type.as_str()),
+            ])
+            .map_err(|e| ComfyError::Decode { what: WHAT, detail: e.to_string() })?
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await
+            .map_err(|e| ComfyError::unreachable(WHAT, e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(ComfyError::Status { what: WHAT, status });
+        }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+        let bytes = resp.body().limit(MAX_VIEW_BYTES).await.map_err(|e| ComfyError::unreachable(WHAT, e))?;
+        Ok((bytes, content_type))
+    }
+}

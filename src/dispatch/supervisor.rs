@@ -1,0 +1,601 @@
+//! `Supervisor`: comfyd's dispatch queue and the rule that routes each task to a backend.
+//!
+//! It owns the queue of task ids (priority first, then arrival; rebuilt from the database at start),
+//! the latest health and load of every backend, and which task each backend holds. It hands a backend a
+//! task only while that backend holds fewer than `max_in_flight`, choosing the least-loaded backend that
+//! is up, so the queue stays in comfyd, where it survives restarts and can be cancelled and re-routed.
+//!
+//! Talks to: routes (`Enqueue`, `CancelTask`, `Snapshot`), `Backend` actors (`Run`, `Adopt`, `Cancel` out;
+//! `BackendState`, `JobStarted`, `JobEnded` in), the `Recorder` (claims and transitions), the `Uploader`
+//! (a finished job's outputs) and the post-processing `Pipeline` (terminal states and their webhooks).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tracing::{error, info, warn};
+
+use super::backend::{self, Backend};
+use crate::comfy::protocol::ExecutionError;
+use crate::comfy::FileRef;
+use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
+use crate::postprocess::recorder::Transition;
+use crate::postprocess::uploader::StoreOutputs;
+use crate::postprocess::Pipeline;
+use crate::store::{self, Event, TaskPatch};
+use crate::task::{error_code, InputFile, Status};
+
+/// Settings the supervisor routes by.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub max_in_flight: usize,
+    pub max_attempts: i32,
+    pub inputs_dir: PathBuf,
+}
+
+/// Ordering key of the queue: higher priority first, then first come first served.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    neg_priority: i64,
+    seq: u64,
+    task_id: String,
+}
+
+/// A task handed to a backend (or on its way there).
+#[derive(Debug, Clone)]
+struct Held {
+    prompt_id: String,
+    /// Names of its input images on that backend (removed by the cleaner once the job ended).
+    uploads: Vec<String>,
+}
+
+struct Slot {
+    name: String,
+    addr: Addr<Backend>,
+    up: bool,
+    queue_remaining: u32,
+    held: HashMap<String, Held>,
+}
+
+impl Slot {
+    /// Work ahead of a new job there: ours, or the server's own count when others also use it.
+    fn load(&self) -> usize {
+        self.held.len().max(self.queue_remaining as usize)
+    }
+}
+
+pub struct Supervisor {
+    cfg: SupervisorConfig,
+    db: DatabaseConnection,
+    pipeline: Pipeline,
+    slots: Vec<Slot>,
+    queue: BTreeSet<QueueKey>,
+    queued: HashMap<String, QueueKey>,
+    seq: u64,
+    /// Rotates the tie-break between equally loaded backends, so a burst spreads out.
+    rr: usize,
+    accepting: bool,
+}
+
+impl Supervisor {
+    pub fn new(cfg: SupervisorConfig, db: DatabaseConnection, pipeline: Pipeline) -> Supervisor {
+        Supervisor {
+            cfg,
+            db,
+            pipeline,
+            slots: Vec::new(),
+            queue: BTreeSet::new(),
+            queued: HashMap::new(),
+            seq: 0,
+            rr: 0,
+            accepting: true,
+        }
+    }
+
+    fn push(&mut self, task_id: String, priority: i32) {
+        if self.queued.contains_key(&task_id) || self.slots.iter().any(|s| s.held.contains_key(&task_id)) {
+            return;
+        }
+        self.seq += 1;
+        let key = QueueKey { neg_priority: -(priority as i64), seq: self.seq, task_id: task_id.clone() };
+        self.queued.insert(task_id, key.clone());
+        self.queue.insert(key);
+    }
+
+    /// The least-loaded backend that is up and has room; ties go round-robin.
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.slots.len();
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let s = &self.slots[i];
+            if !s.up || s.held.len() >= self.cfg.max_in_flight {
+                continue;
+            }
+            if best.is_none_or(|(_, load)| s.load() < load) {
+                best = Some((i, s.load()));
+            }
+        }
+        let (i, _) = best?;
+        self.rr = (i + 1) % n;
+        Some(i)
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if !self.accepting {
+            return;
+        }
+        while !self.queue.is_empty() {
+            let Some(i) = self.pick() else { break };
+            let Some(key) = self.queue.pop_first() else { break };
+            self.queued.remove(&key.task_id);
+            let prompt_id = uuid::Uuid::new_v4().to_string();
+            self.slots[i].held.insert(key.task_id.clone(), Held { prompt_id: prompt_id.clone(), uploads: vec![] });
+            self.hand_over(i, key, prompt_id, ctx);
+        }
+    }
+
+    /// Claims a task for slot `i` in the database (it must still be queued) and sends it there.
+    fn hand_over(&mut self, i: usize, key: QueueKey, prompt_id: String, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        let recorder = self.pipeline.recorder.clone();
+        let backend = self.slots[i].name.clone();
+        let task_id = key.task_id.clone();
+        async move {
+            let claimed = recorder
+                .send(Transition {
+                    task_id: task_id.clone(),
+                    from: vec![Status::Queued],
+                    to: Status::Dispatched,
+                    patch: TaskPatch {
+                        backend: Some(Some(backend.clone())),
+                        comfyui_task_id: Some(Some(prompt_id.clone())),
+                        count_attempt: true,
+                        dispatched_at: Some(Utc::now()),
+                        ..Default::default()
+                    },
+                    event: Some(Event::new("dispatched", json!({ "backend": backend, "prompt_id": prompt_id }))),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(e))??;
+            if !claimed {
+                return Ok(None);
+            }
+            Ok::<_, anyhow::Error>(store::get_task(&db, &task_id).await?)
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| {
+            let task_id = key.task_id.clone();
+            match res {
+                Ok(Some(task)) => match act.build_run(&task) {
+                    Ok(run) => {
+                        if let Some(h) = act.slots[i].held.get_mut(&task_id) {
+                            h.uploads = run.inputs.iter().map(|(f, _)| f.upload_name.clone()).collect();
+                        }
+                        act.slots[i].addr.do_send(run);
+                    }
+                    Err(e) => {
+                        act.slots[i].held.remove(&task_id);
+                        act.fail(task_id, &Status::ON_BACKEND, error_code::OTHER, format!("stored task unreadable: {e}"), Value::Null, ctx);
+                        act.dispatch(ctx);
+                    }
+                },
+                // Cancelled (or taken by another instance) between queue and claim.
+                Ok(None) => {
+                    act.slots[i].held.remove(&task_id);
+                    act.dispatch(ctx);
+                }
+                Err(e) => {
+                    error!(task.id = %task_id, error = %e, "claim failed; will retry");
+                    act.slots[i].held.remove(&task_id);
+                    act.queued.insert(task_id, key.clone());
+                    act.queue.insert(key);
+                    ctx.run_later(Duration::from_secs(1), |act, ctx| act.dispatch(ctx));
+                }
+            }
+        })
+        .spawn(ctx);
+    }
+
+    fn build_run(&self, task: &crate::entity::task::Model) -> anyhow::Result<backend::Run> {
+        let graph: Map<String, Value> = serde_json::from_str(&task.graph)?;
+        let inputs: Vec<InputFile> = serde_json::from_str(&task.inputs)?;
+        let output_nodes: Vec<String> = serde_json::from_str(&task.output_nodes)?;
+        let dir = self.cfg.inputs_dir.join(&task.id);
+        Ok(backend::Run {
+            task_id: task.id.clone(),
+            prompt_id: task.comfyui_task_id.clone().unwrap_or_default(),
+            graph,
+            inputs: inputs.into_iter().map(|f| { let p = dir.join(&f.file); (f, p) }).collect(),
+            output_nodes,
+        })
+    }
+
+    fn fail(&self, task_id: String, from: &[Status], code: i32, message: String, details: Value, ctx: &mut Context<Self>) {
+        let pipeline = self.pipeline.clone();
+        let from = from.to_vec();
+        async move {
+            if let Err(e) = pipeline.finish_failed(&task_id, &from, code, message, details).await {
+                error!(task.id = %task_id, error = %e, "could not record failure");
+            }
+        }
+        .into_actor(self)
+        .spawn(ctx);
+    }
+
+    /// A job that did not run (backend gone, prompt lost): back in the queue, or failed after the
+    /// attempt limit.
+    fn retry_or_fail(&mut self, task_id: String, reason: String, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        let recorder = self.pipeline.recorder.clone();
+        let max = self.cfg.max_attempts;
+        async move {
+            let Some(task) = store::get_task(&db, &task_id).await? else { return Ok(None) };
+            if task.attempts >= max {
+                return Ok(Some((task, false)));
+            }
+            let requeued = recorder
+                .send(Transition {
+                    task_id: task_id.clone(),
+                    from: Status::ON_BACKEND.to_vec(),
+                    to: Status::Queued,
+                    patch: TaskPatch { backend: Some(None), comfyui_task_id: Some(None), ..Default::default() },
+                    event: Some(Event::new("requeued", json!({ "reason": reason }))),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(e))??;
+            Ok::<_, anyhow::Error>(requeued.then_some((task, true)))
+        }
+        .into_actor(self)
+        .map(|res, act, ctx| match res {
+            Ok(Some((task, true))) => {
+                act.push(task.id, task.priority);
+                act.dispatch(ctx);
+            }
+            Ok(Some((task, false))) => {
+                let msg = format!("no backend ran it in {} attempts", task.attempts);
+                act.fail(task.id, &Status::ON_BACKEND, error_code::QUEUEING_FAILED, msg, Value::Null, ctx);
+            }
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "requeue failed"),
+        })
+        .spawn(ctx);
+    }
+
+    /// Rebuilds the queue and re-attaches dispatched work after a start (crash or not).
+    fn recover(&mut self, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        async move {
+            let queued = store::queued_tasks(&db).await?;
+            let on_backend = store::tasks_in(&db, &Status::ON_BACKEND).await?;
+            let executed = store::tasks_in(&db, &[Status::Executed]).await?;
+            Ok::<_, sea_orm::DbErr>((queued, on_backend, executed))
+        }
+        .into_actor(self)
+        .map(|res, act, ctx| {
+            let (queued, on_backend, executed) = match res {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(error = %e, "recovery query failed; retrying");
+                    ctx.run_later(Duration::from_secs(2), |act, ctx| act.recover(ctx));
+                    return;
+                }
+            };
+            let (nq, nb, ne) = (queued.len(), on_backend.len(), executed.len());
+            for (id, priority) in queued {
+                act.push(id, priority);
+            }
+            for t in on_backend {
+                let slot = t.backend.as_ref().and_then(|b| act.slots.iter().position(|s| &s.name == b));
+                match (slot, t.comfyui_task_id.clone()) {
+                    (Some(i), Some(prompt_id)) => {
+                        let output_nodes = serde_json::from_str(&t.output_nodes).unwrap_or_default();
+                        act.slots[i].held.insert(t.id.clone(), Held { prompt_id: prompt_id.clone(), uploads: vec![] });
+                        act.slots[i].addr.do_send(backend::Adopt { task_id: t.id, prompt_id, output_nodes });
+                    }
+                    // Its backend is no longer configured: run it elsewhere.
+                    _ => act.retry_or_fail(t.id, "backend no longer configured".into(), ctx),
+                }
+            }
+            for t in executed {
+                if let Some(b) = t.backend {
+                    act.pipeline.uploader.do_send(StoreOutputs { task_id: t.id, backend: b, files: None });
+                }
+            }
+            if nq + nb + ne > 0 {
+                info!(queued = nq, on_backend = nb, executed = ne, "recovered unfinished tasks");
+            }
+            act.dispatch(ctx);
+        })
+        .wait(ctx);
+    }
+
+    /// Input images of a job that ended are no longer needed on its backend.
+    fn clean_uploads(&self, i: usize, uploads: Vec<String>) {
+        if !uploads.is_empty() {
+            let files = uploads.into_iter().map(|n| ("input".to_string(), n)).collect();
+            self.pipeline.cleaner.do_send(CleanFiles { backend: self.slots[i].name.clone(), files });
+        }
+    }
+
+    fn release(&mut self, backend: &str, task_id: &str) -> Option<(usize, Held)> {
+        let i = self.slots.iter().position(|s| s.name == backend)?;
+        self.slots[i].held.remove(task_id).map(|h| (i, h))
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1 << 16);
+    }
+}
+
+/// Starts the backend actors; sent once by startup before any task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachBackends(pub Vec<backend::BackendConfig>);
+
+impl Handler<AttachBackends> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachBackends, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        for cfg in msg.0 {
+            let name = cfg.name.clone();
+            let addr = Backend::new(cfg, me.clone()).start();
+            self.pipeline.cleaner.do_send(RegisterBackend { name: name.clone(), addr: addr.clone() });
+            self.slots.push(Slot { name, addr, up: false, queue_remaining: 0, held: HashMap::new() });
+        }
+        self.recover(ctx);
+    }
+}
+
+/// A task was accepted and recorded as queued.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Enqueue {
+    pub task_id: String,
+    pub priority: i32,
+}
+
+impl Handler<Enqueue> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
+        self.push(msg.task_id, msg.priority);
+        self.dispatch(ctx);
+    }
+}
+
+/// A backend's health or load changed.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct BackendState {
+    pub backend: String,
+    pub up: bool,
+    pub queue_remaining: u32,
+}
+
+impl Handler<BackendState> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BackendState, ctx: &mut Context<Self>) {
+        if let Some(s) = self.slots.iter_mut().find(|s| s.name == msg.backend) {
+            if s.up != msg.up {
+                info!(backend.name = %s.name, up = msg.up, "backend {} is {}", s.name, if msg.up { "up" } else { "down" });
+            }
+            s.up = msg.up;
+            s.queue_remaining = msg.queue_remaining;
+        }
+        self.dispatch(ctx);
+    }
+}
+
+/// ComfyUI started executing a task.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct JobStarted {
+    pub backend: String,
+    pub task_id: String,
+    pub prompt_id: String,
+}
+
+impl Handler<JobStarted> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobStarted, ctx: &mut Context<Self>) {
+        let recorder = self.pipeline.recorder.clone();
+        async move {
+            let _ = recorder
+                .send(Transition {
+                    task_id: msg.task_id,
+                    from: vec![Status::Dispatched],
+                    to: Status::Running,
+                    patch: TaskPatch { started_at: Some(Utc::now()), ..Default::default() },
+                    event: Some(Event::new("started", json!({ "backend": msg.backend, "prompt_id": msg.prompt_id }))),
+                })
+                .await;
+        }
+        .into_actor(self)
+        .spawn(ctx);
+    }
+}
+
+/// How a job ended on its backend.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    /// Executed; these are the files of its output nodes.
+    Success(Vec<FileRef>),
+    /// ComfyUI raised an error while executing it.
+    Failed(ExecutionError),
+    Interrupted,
+    /// ComfyUI refused the prompt (validation): no other backend would accept it either.
+    Rejected { message: String, details: Value },
+    /// The backend could not take it (down, HTTP error).
+    Unavailable(String),
+    /// It vanished from the backend (restart, or unreachable too long).
+    Lost(String),
+}
+
+/// A job left its backend, one way or another.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct JobEnded {
+    pub backend: String,
+    pub task_id: String,
+    pub prompt_id: String,
+    pub outcome: JobOutcome,
+}
+
+impl Handler<JobEnded> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobEnded, ctx: &mut Context<Self>) {
+        let held = self.release(&msg.backend, &msg.task_id);
+        let task_id = msg.task_id;
+        match msg.outcome {
+            JobOutcome::Success(files) => {
+                self.pipeline.uploader.do_send(StoreOutputs {
+                    task_id: task_id.clone(),
+                    backend: msg.backend.clone(),
+                    files: Some(files),
+                });
+            }
+            JobOutcome::Failed(e) => {
+                let message = format!("{}: {}", e.exception_type, e.exception_message);
+                let details = json!({ "node_id": e.node_id, "node_type": e.node_type,
+                    "exception_type": e.exception_type, "exception_message": e.exception_message });
+                self.fail(task_id.clone(), &Status::ON_BACKEND, error_code::OTHER, message, details, ctx);
+            }
+            JobOutcome::Interrupted => {
+                // A cancelled task is already terminal, so this changes nothing for it.
+                self.fail(task_id.clone(), &Status::ON_BACKEND, error_code::OTHER, "interrupted on ComfyUI".into(), Value::Null, ctx);
+            }
+            JobOutcome::Rejected { message, details } => {
+                self.fail(task_id.clone(), &Status::ON_BACKEND, error_code::QUEUEING_FAILED, message, details, ctx);
+            }
+            JobOutcome::Unavailable(reason) | JobOutcome::Lost(reason) => {
+                warn!(task.id = %task_id, backend.name = %msg.backend, %reason, "job did not run; re-dispatching");
+                self.retry_or_fail(task_id.clone(), reason, ctx);
+            }
+        }
+        if let Some((i, held)) = held {
+            self.clean_uploads(i, held.uploads);
+        }
+        self.dispatch(ctx);
+    }
+}
+
+/// What a cancel came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    Cancelled,
+    /// Already done, failed or cancelled.
+    AlreadyFinished,
+    NotFound,
+}
+
+/// Cancels a task: removed from comfyd's queue, or deleted/interrupted on its backend.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<CancelOutcome, anyhow::Error>")]
+pub struct CancelTask {
+    pub task_id: String,
+}
+
+impl Handler<CancelTask> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<CancelOutcome, anyhow::Error>>;
+
+    fn handle(&mut self, msg: CancelTask, _ctx: &mut Context<Self>) -> Self::Result {
+        let pipeline = self.pipeline.clone();
+        let task_id = msg.task_id;
+        let id = task_id.clone();
+        Box::pin(
+            async move {
+                let from = [Status::Queued, Status::Dispatched, Status::Running];
+                let applied = pipeline.finish_cancelled(&id, &from).await?;
+                Ok::<_, anyhow::Error>(applied)
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                if !res? {
+                    return Ok(CancelOutcome::AlreadyFinished);
+                }
+                if let Some(key) = act.queued.remove(&task_id) {
+                    act.queue.remove(&key);
+                }
+                let found = act.slots.iter().position(|s| s.held.contains_key(&task_id));
+                if let Some(i) = found {
+                    if let Some(held) = act.slots[i].held.remove(&task_id) {
+                        act.slots[i].addr.do_send(backend::Cancel { prompt_id: held.prompt_id });
+                        act.clean_uploads(i, held.uploads);
+                    }
+                    act.dispatch(ctx);
+                }
+                Ok(CancelOutcome::Cancelled)
+            }),
+        )
+    }
+}
+
+/// One backend as `/healthz` and `/backends` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub name: String,
+    pub up: bool,
+    pub in_flight: usize,
+    pub queue_remaining: u32,
+}
+
+/// The supervisor's view of things.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotView {
+    pub queued: usize,
+    pub accepting: bool,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Message)]
+#[rtype(result = "SnapshotView")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for Supervisor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(SnapshotView {
+            queued: self.queue.len(),
+            accepting: self.accepting,
+            backends: self
+                .slots
+                .iter()
+                .map(|s| BackendView {
+                    name: s.name.clone(),
+                    up: s.up,
+                    in_flight: s.held.len(),
+                    queue_remaining: s.queue_remaining,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Shutdown: hand out no more work (what is queued stays queued in the database for the next start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDispatching;
+
+impl Handler<StopDispatching> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopDispatching, _ctx: &mut Context<Self>) {
+        self.accepting = false;
+    }
+}

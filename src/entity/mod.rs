@@ -1,0 +1,6 @@
+//! sea-orm entities, one module per table (schema in `migration/`). Queries live in `crate::store`.
+pub mod delivery;
+pub mod delivery_attempt;
+pub mod output;
+pub mod task;
+pub mod task_event;

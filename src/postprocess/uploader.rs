@@ -1,0 +1,348 @@
+//! `Uploader`: stores a finished task's outputs and ends the task.
+//!
+//! For each output it fetches the file from the backend's `/view` and puts it in the store (S3 or a
+//! local folder) under `{task_id}/{filename}`, retrying with backoff; a file that cannot be stored is
+//! written to the fallback folder at its ComfyUI path (error_code 2), one that cannot be fetched gives
+//! error_code 3. Tasks are processed concurrently, each in its own future, so a slow store never holds
+//! up other tasks, and an already-stored output is never stored twice (a replay after a crash).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use super::cleaner::{CleanFiles, Cleaner};
+use super::recorder::{MarkOutput, RecordEvent, RecordExecuted, Recorder};
+use super::Finisher;
+use crate::comfy::{ComfyClient, FileRef};
+use crate::entity::output;
+use crate::storage::Store;
+use crate::store::{self, Event, NewOutput, TaskPatch};
+use crate::task::{error_code, Status};
+
+/// Fetch attempts per output before it counts as not retrievable.
+const FETCH_ATTEMPTS: u32 = 3;
+/// First pause between two attempts (doubled each time).
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct UploaderConfig {
+    pub upload_attempts: u32,
+    pub fallback_dir: PathBuf,
+    pub http_timeout: Duration,
+}
+
+pub struct Uploader {
+    cfg: UploaderConfig,
+    db: DatabaseConnection,
+    store: Arc<Store>,
+    recorder: Addr<Recorder>,
+    cleaner: Addr<Cleaner>,
+    finisher: Finisher,
+    clients: HashMap<String, Rc<ComfyClient>>,
+    /// Tasks being stored right now (a recovery replay must not run beside the live one).
+    busy: HashSet<String>,
+}
+
+impl Uploader {
+    pub fn new(
+        cfg: UploaderConfig,
+        db: DatabaseConnection,
+        store: Arc<Store>,
+        recorder: Addr<Recorder>,
+        cleaner: Addr<Cleaner>,
+        finisher: Finisher,
+    ) -> Uploader {
+        Uploader { cfg, db, store, recorder, cleaner, finisher, clients: HashMap::new(), busy: HashSet::new() }
+    }
+
+    fn client(&mut self, backend: &str) -> Rc<ComfyClient> {
+        let timeout = self.cfg.http_timeout;
+        self.clients.entry(backend.to_string()).or_insert_with(|| Rc::new(ComfyClient::new(backend, timeout))).clone()
+    }
+}
+
+impl Actor for Uploader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1 << 16);
+    }
+}
+
+/// A task's job succeeded on `backend`: record its outputs (when `files` is given) and store them.
+/// With `files: None` the outputs already recorded are stored (recovery of an `executed` task).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StoreOutputs {
+    pub task_id: String,
+    pub backend: String,
+    pub files: Option<Vec<FileRef>>,
+}
+
+impl Handler<StoreOutputs> for Uploader {
+    type Result = ();
+
+    fn handle(&mut self, msg: StoreOutputs, ctx: &mut Context<Self>) {
+        if !self.busy.insert(msg.task_id.clone()) {
+            return;
+        }
+        let job = StoreJob {
+            cfg: self.cfg.clone(),
+            db: self.db.clone(),
+            store: self.store.clone(),
+            recorder: self.recorder.clone(),
+            cleaner: self.cleaner.clone(),
+            finisher: self.finisher.clone(),
+            client: self.client(&msg.backend),
+            backend: msg.backend,
+            task_id: msg.task_id.clone(),
+        };
+        let task_id = msg.task_id;
+        let files = msg.files;
+        async move { job.run(files).await }
+            .into_actor(self)
+            .map(move |res, act, _ctx| {
+                act.busy.remove(&task_id);
+                if let Err(e) = res {
+                    // Left in `executed`: the next start's recovery stores it.
+                    error!(task.id = %task_id, error = %format!("{e:#}"), "storing outputs failed");
+                }
+            })
+            .spawn(ctx);
+    }
+}
+
+/// Everything one task's storing needs, owned by its future.
+struct StoreJob {
+    cfg: UploaderConfig,
+    db: DatabaseConnection,
+    store: Arc<Store>,
+    recorder: Addr<Recorder>,
+    cleaner: Addr<Cleaner>,
+    finisher: Finisher,
+    client: Rc<ComfyClient>,
+    backend: String,
+    task_id: String,
+}
+
+/// What went wrong with one output, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Trouble {
+    None,
+    NotStored,
+    NotFetched,
+}
+
+impl StoreJob {
+    async fn run(self, files: Option<Vec<FileRef>>) -> anyhow::Result<()> {
+        let id = self.task_id.clone();
+        if let Some(files) = files {
+            let outputs = self.new_outputs(&files);
+            let count = outputs.len();
+            let recorded = self
+                .recorder
+                .send(RecordExecuted {
+                    task_id: id.clone(),
+                    from: Status::ON_BACKEND.to_vec(),
+                    outputs,
+                    event: Event::new("executed", json!({ "backend": self.backend, "outputs": count })),
+                })
+                .await??;
+            if !recorded {
+                return Ok(()); // cancelled, or already recorded by an earlier pass
+            }
+        }
+        let outputs = store::task_outputs(&self.db, &id).await?;
+        let foreign: Vec<&output::Model> = outputs.iter().filter(|o| is_foreign(&id, o)).collect();
+        if outputs.is_empty() || !foreign.is_empty() {
+            let message = if outputs.is_empty() {
+                "ComfyUI reported no output files".to_string()
+            } else {
+                format!("ComfyUI reported files of another task ({}): a stale cache entry", foreign[0].filename)
+            };
+            self.finisher
+                .finish_failed(&id, &[Status::Executed], error_code::RETRIEVAL_FAILED, message, serde_json::Value::Null)
+                .await?;
+            return Ok(());
+        }
+
+        let mut worst = Trouble::None;
+        let mut first_error = None;
+        for o in outputs.iter().filter(|o| !o.stored && o.fallback_path.is_none()) {
+            let (trouble, err) = self.store_one(o).await?;
+            if trouble > worst {
+                worst = trouble;
+                first_error = err;
+            }
+        }
+        // Outputs stored by an earlier pass count as they were recorded.
+        let outputs = store::task_outputs(&self.db, &id).await?;
+        if worst == Trouble::None && outputs.iter().any(|o| !o.stored) {
+            worst = Trouble::NotStored;
+            first_error = Some("an output was kept in the fallback folder by an earlier attempt".into());
+        }
+        let first = &outputs[0];
+        let code = match worst {
+            Trouble::None => error_code::OK,
+            Trouble::NotStored => error_code::UPLOAD_FAILED,
+            Trouble::NotFetched => error_code::RETRIEVAL_FAILED,
+        };
+        let patch = TaskPatch {
+            comfyui_filepath: Some(comfy_path(first)),
+            s3_key: first.stored.then(|| first.storage_key.clone()),
+            error_code: Some(code),
+            error_message: first_error.clone(),
+            finished_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        let (to, event) = if code == error_code::OK {
+            (Status::Done, Event::new("stored", json!({ "outputs": outputs.len(), "store": self.store.kind() })))
+        } else {
+            (Status::Failed, Event::new("failed", json!({ "error_code": code, "message": first_error })))
+        };
+        let ended = self.finisher.finish(&id, &[Status::Executed], to, patch, event).await?;
+        if ended {
+            info!(task.id = %id, error_code = code, outputs = outputs.len(), "task {id} ended: {to}");
+            if code == error_code::OK {
+                let files = outputs.iter().map(|o| (o.folder_type.clone(), comfy_path(o))).collect();
+                self.cleaner.do_send(CleanFiles { backend: self.backend.clone(), files });
+            }
+        }
+        Ok(())
+    }
+
+    fn new_outputs(&self, files: &[FileRef]) -> Vec<NewOutput> {
+        let mut per_node: HashMap<&str, i32> = HashMap::new();
+        let mut keys = HashSet::new();
+        files
+            .iter()
+            .map(|f| {
+                let idx = per_node.entry(f.node_id.as_str()).or_insert(0);
+                let this = *idx;
+                *idx += 1;
+                let mut key = format!("{}/{}", self.task_id, f.filename);
+                if !keys.insert(key.clone()) {
+                    key = format!("{}/{}/{}-{}", self.task_id, f.node_id, this, f.filename);
+                    keys.insert(key.clone());
+                }
+                NewOutput {
+                    node_id: f.node_id.clone(),
+                    idx: this,
+                    kind: f.kind.clone(),
+                    filename: f.filename.clone(),
+                    subfolder: f.subfolder.clone(),
+                    folder_type: f.folder_type.clone(),
+                    content_type: mime_guess::from_path(&f.filename).first_or_octet_stream().to_string(),
+                    storage_key: key,
+                }
+            })
+            .collect()
+    }
+
+    /// Fetches and stores one output; on failure keeps it in the fallback folder when it has the bytes.
+    async fn store_one(&self, o: &output::Model) -> anyhow::Result<(Trouble, Option<String>)> {
+        let file = FileRef {
+            node_id: o.node_id.clone(),
+            kind: o.kind.clone(),
+            filename: o.filename.clone(),
+            subfolder: o.subfolder.clone(),
+            folder_type: o.folder_type.clone(),
+        };
+        let mut fetched = None;
+        let mut last_err = String::new();
+        for attempt in 1..=FETCH_ATTEMPTS {
+            match self.client.view(&file).await {
+                Ok(v) => {
+                    fetched = Some(v);
+                    break;
+                }
+                Err(e) => {
+                    last_err = e.to_string();
+                    if attempt < FETCH_ATTEMPTS {
+                        actix_rt::time::sleep(FIRST_RETRY * 2u32.pow(attempt - 1)).await;
+                    }
+                }
+            }
+        }
+        let Some((bytes, served_type)) = fetched else {
+            let msg = format!("could not fetch {}: {last_err}", file.path());
+            warn!(task.id = %self.task_id, "{msg}");
+            self.event("fetch_failed", json!({ "file": file.path(), "error": last_err })).await;
+            return Ok((Trouble::NotFetched, Some(msg)));
+        };
+        // ComfyUI serves what it guessed from the extension; trust it unless it is generic.
+        let content_type = served_type
+            .filter(|t| t != "application/octet-stream")
+            .unwrap_or_else(|| o.content_type.clone());
+        let size = bytes.len() as i64;
+        for attempt in 1..=self.cfg.upload_attempts {
+            match self.store.put(&o.storage_key, bytes.clone(), &content_type).await {
+                Ok(()) => {
+                    self.recorder
+                        .send(MarkOutput { output_id: o.id, stored: true, content_type, size, fallback_path: None })
+                        .await??;
+                    return Ok((Trouble::None, None));
+                }
+                Err(e) => {
+                    last_err = e.to_string();
+                    if attempt < self.cfg.upload_attempts && e.is_transient() {
+                        self.event("store_retry", json!({ "key": o.storage_key, "attempt": attempt, "error": last_err }))
+                            .await;
+                        actix_rt::time::sleep(FIRST_RETRY * 2u32.pow(attempt - 1)).await;
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        // Keep the file where an operator (or `comfyd reupload`) finds it: the fallback folder, at its ComfyUI path.
+        let path = self.cfg.fallback_dir.join(&o.folder_type).join(comfy_path(o));
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::write(&path, &bytes).await?;
+        let msg = format!("could not store {}: {last_err}", o.storage_key);
+        warn!(task.id = %self.task_id, path = %path.display(), "{msg}; kept in the fallback folder");
+        self.recorder
+            .send(MarkOutput {
+                output_id: o.id,
+                stored: false,
+                content_type,
+                size,
+                fallback_path: Some(path.display().to_string()),
+            })
+            .await??;
+        Ok((Trouble::NotStored, Some(msg)))
+    }
+
+    async fn event(&self, kind: &'static str, details: serde_json::Value) {
+        let _ = self.recorder.send(RecordEvent { task_id: self.task_id.clone(), event: Event::new(kind, details) }).await;
+    }
+}
+
+/// The output's path as ComfyUI knows it (subfolder/filename).
+fn comfy_path(o: &output::Model) -> String {
+    if o.subfolder.is_empty() {
+        o.filename.clone()
+    } else {
+        format!("{}/{}", o.subfolder, o.filename)
+    }
+}
+
+/// An output that another task wrote: its subfolder is another task's (the per-task prefix is
+/// `comfyd/<task_id>/...`), which only happens when ComfyUI served a stale cache entry.
+fn is_foreign(task_id: &str, o: &output::Model) -> bool {
+    let sub = o.subfolder.replace('\\', "/");
+    match sub.strip_prefix("comfyd/") {
+        Some(rest) => rest.split('/').next() != Some(task_id),
+        None => false,
+    }
+}

@@ -1,0 +1,616 @@
+//! Database access: connecting, migrating, and every query, as plain `async fn`s over a connection.
+//!
+//! Writes are made by the `Recorder` actor only (one writer, in order); readers (routes, recovery) call the
+//! query functions directly. Status changes are conditional updates (`WHERE status IN (...)`), which is
+//! what makes every step idempotent and, later, lets several comfyd instances share one PostgreSQL.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    TransactionSession,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde_json::Value;
+
+use crate::entity::{delivery, delivery_attempt, output, task, task_event};
+use crate::task::{Status, TaskRecord};
+
+/// Opens the database and brings its schema up to date.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_string());
+    opts.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        // WAL lets the routes read while the Recorder writes; NORMAL sync is durable across a process
+        // crash (kill -9), which is the failure comfyd must survive; a busy timeout instead of errors.
+        opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .create_if_missing(true)
+        });
+        if let Some(path) = url.strip_prefix("sqlite://").and_then(|p| p.split('?').next()) {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+        }
+    } else {
+        opts.max_connections(max_connections);
+    }
+    let db = Database::connect(opts).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// A new task, as the submit route builds it.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub client_task_id: Option<String>,
+    pub client_callback_url: Option<String>,
+    pub workflow: String,
+    pub request_hash: String,
+    pub params: Value,
+    pub graph: Value,
+    pub inputs: Value,
+    pub output_nodes: Value,
+    pub priority: i32,
+    pub deadline_at: DateTime<Utc>,
+}
+
+/// What inserting a task came to.
+#[derive(Debug)]
+pub enum Inserted {
+    New(task::Model),
+    /// The same client_task_id with the same request: the existing task.
+    Existing(task::Model),
+    /// The same client_task_id with a different request.
+    Conflict(task::Model),
+}
+
+/// Inserts a task (status queued) and its `accepted` event, or finds the task a retried submit refers to.
+pub async fn insert_task(db: &DatabaseConnection, t: NewTask) -> Result<Inserted, DbErr> {
+    if let Some(ctid) = &t.client_task_id {
+        if let Some(existing) =
+            task::Entity::find().filter(task::Column::ClientTaskId.eq(ctid.as_str())).one(db).await?
+        {
+            return Ok(if existing.request_hash == t.request_hash {
+                Inserted::Existing(existing)
+            } else {
+                Inserted::Conflict(existing)
+            });
+        }
+    }
+    let now = Utc::now();
+    let model = task::Model {
+        id: t.id.clone(),
+        client_task_id: t.client_task_id,
+        client_callback_url: t.client_callback_url,
+        workflow: t.workflow,
+        request_hash: t.request_hash,
+        params: t.params.to_string(),
+        graph: t.graph.to_string(),
+        inputs: t.inputs.to_string(),
+        output_nodes: t.output_nodes.to_string(),
+        priority: t.priority,
+        status: Status::Queued.as_str().into(),
+        backend: None,
+        comfyui_task_id: None,
+        comfyui_filepath: None,
+        s3_key: None,
+        error_code: 0,
+        error_message: None,
+        error_details: None,
+        attempts: 0,
+        deadline_at: t.deadline_at,
+        created_at: now,
+        updated_at: now,
+        dispatched_at: None,
+        started_at: None,
+        finished_at: None,
+    };
+    let txn = db.begin().await?;
+    task::Entity::insert(task::ActiveModel::from(model.clone())).exec_without_returning(&txn).await?;
+    insert_event(&txn, &t.id, "accepted", serde_json::json!({ "priority": t.priority })).await?;
+    txn.commit().await?;
+    Ok(Inserted::New(model))
+}
+
+/// Fields a transition may set besides the status. `None` leaves a column as it is.
+#[derive(Debug, Default, Clone)]
+pub struct TaskPatch {
+    pub backend: Option<Option<String>>,
+    pub comfyui_task_id: Option<Option<String>>,
+    pub comfyui_filepath: Option<String>,
+    pub s3_key: Option<String>,
+    pub error_code: Option<i32>,
+    pub error_message: Option<String>,
+    pub error_details: Option<Value>,
+    pub count_attempt: bool,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An event to record with a transition.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: &'static str,
+    pub details: Value,
+}
+
+impl Event {
+    pub fn new(kind: &'static str, details: Value) -> Event {
+        Event { kind, details }
+    }
+}
+
+/// Moves a task from one of `from` to `to`, sets the patch and records the event, in one transaction.
+/// Returns false (and changes nothing) when the task was not in one of `from`: someone else moved it.
+pub async fn transition<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    patch: TaskPatch,
+    event: Option<Event>,
+) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    let applied = transition_in(&txn, id, from, to, patch).await?;
+    if applied {
+        if let Some(e) = event {
+            insert_event(&txn, id, e.kind, e.details).await?;
+        }
+    }
+    txn.commit().await?;
+    Ok(applied)
+}
+
+async fn transition_in<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    p: TaskPatch,
+) -> Result<bool, DbErr> {
+    use task::Column as C;
+    let mut q = task::Entity::update_many()
+        .col_expr(C::Status, Expr::value(to.as_str()))
+        .col_expr(C::UpdatedAt, Expr::value(Utc::now()));
+    if let Some(v) = p.backend {
+        q = q.col_expr(C::Backend, Expr::value(v));
+    }
+    if let Some(v) = p.comfyui_task_id {
+        q = q.col_expr(C::ComfyuiTaskId, Expr::value(v));
+    }
+    if let Some(v) = p.comfyui_filepath {
+        q = q.col_expr(C::ComfyuiFilepath, Expr::value(v));
+    }
+    if let Some(v) = p.s3_key {
+        q = q.col_expr(C::S3Key, Expr::value(v));
+    }
+    if let Some(v) = p.error_code {
+        q = q.col_expr(C::ErrorCode, Expr::value(v));
+    }
+    if let Some(v) = p.error_message {
+        q = q.col_expr(C::ErrorMessage, Expr::value(v));
+    }
+    if let Some(v) = p.error_details {
+        q = q.col_expr(C::ErrorDetails, Expr::value(v.to_string()));
+    }
+    if p.count_attempt {
+        q = q.col_expr(C::Attempts, Expr::col(C::Attempts).add(1));
+    }
+    if let Some(v) = p.dispatched_at {
+        q = q.col_expr(C::DispatchedAt, Expr::value(v));
+    }
+    if let Some(v) = p.started_at {
+        q = q.col_expr(C::StartedAt, Expr::value(v));
+    }
+    if let Some(v) = p.finished_at {
+        q = q.col_expr(C::FinishedAt, Expr::value(v));
+    }
+    let res = q
+        .filter(C::Id.eq(id))
+        .filter(C::Status.is_in(from.iter().map(|s| s.as_str())))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// What a terminal transition came to.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// False when the task was not in one of `from` (another path finished it first).
+    pub applied: bool,
+    /// The webhook put in the outbox, when the task has a callback URL.
+    pub delivery: Option<delivery::Model>,
+}
+
+/// The terminal transition of a task and its webhook, atomically: either both are recorded or neither,
+/// so a crash can neither lose the webhook of a finished task nor send one for an unfinished task. The
+/// payload is the task's final record, read inside the same transaction.
+pub async fn finish(
+    db: &DatabaseConnection,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    patch: TaskPatch,
+    event: Event,
+    give_up_at: DateTime<Utc>,
+) -> Result<Finished, DbErr> {
+    let txn = db.begin().await?;
+    if !transition_in(&txn, id, from, to, patch).await? {
+        txn.rollback().await?;
+        return Ok(Finished::default());
+    }
+    insert_event(&txn, id, event.kind, event.details).await?;
+    let mut delivery = None;
+    let task = task::Entity::find_by_id(id.to_string()).one(&txn).await?;
+    if let Some(task) = task {
+        if let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) {
+            let outputs = output::Entity::find()
+                .filter(output::Column::TaskId.eq(id))
+                .order_by_asc(output::Column::NodeId)
+                .order_by_asc(output::Column::Idx)
+                .all(&txn)
+                .await?;
+            let payload = serde_json::to_string(&TaskRecord::new(&task, &outputs))
+                .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
+            let now = Utc::now();
+            let model = delivery::Model {
+                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                task_id: id.to_string(),
+                url,
+                payload,
+                status: "pending".into(),
+                attempts: 0,
+                next_attempt_at: now,
+                give_up_at,
+                last_status_code: None,
+                last_error: None,
+                created_at: now,
+                delivered_at: None,
+            };
+            delivery::Entity::insert(delivery::ActiveModel::from(model.clone()))
+                .exec_without_returning(&txn)
+                .await?;
+            delivery = Some(model);
+        }
+    }
+    txn.commit().await?;
+    Ok(Finished { applied: true, delivery })
+}
+
+pub async fn insert_event<C: ConnectionTrait>(
+    db: &C,
+    task_id: &str,
+    kind: &str,
+    details: Value,
+) -> Result<(), DbErr> {
+    task_event::Entity::insert(task_event::ActiveModel {
+        id: NotSet,
+        task_id: Set(task_id.into()),
+        kind: Set(kind.into()),
+        details: Set(details.to_string()),
+        at: Set(Utc::now()),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// Finds a task by comfyd id, or else by the client's task id.
+pub async fn find_task(db: &DatabaseConnection, id: &str) -> Result<Option<task::Model>, DbErr> {
+    if let Some(t) = task::Entity::find_by_id(id.to_string()).one(db).await? {
+        return Ok(Some(t));
+    }
+    task::Entity::find().filter(task::Column::ClientTaskId.eq(id)).one(db).await
+}
+
+pub async fn get_task(db: &DatabaseConnection, id: &str) -> Result<Option<task::Model>, DbErr> {
+    task::Entity::find_by_id(id.to_string()).one(db).await
+}
+
+/// Filters for listing tasks.
+#[derive(Debug, Default, Clone)]
+pub struct TaskFilter {
+    pub status: Option<Status>,
+    pub workflow: Option<String>,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+pub async fn list_tasks(
+    db: &DatabaseConnection,
+    f: &TaskFilter,
+) -> Result<(Vec<task::Model>, u64), DbErr> {
+    let mut q = task::Entity::find();
+    if let Some(s) = f.status {
+        q = q.filter(task::Column::Status.eq(s.as_str()));
+    }
+    if let Some(w) = &f.workflow {
+        q = q.filter(task::Column::Workflow.eq(w.as_str()));
+    }
+    let total = q.clone().count(db).await?;
+    let rows = q
+        .order_by_desc(task::Column::CreatedAt)
+        .order_by_desc(task::Column::Id)
+        .limit(f.limit)
+        .offset(f.offset)
+        .all(db)
+        .await?;
+    Ok((rows, total))
+}
+
+/// Queued tasks in dispatch order (priority first, then age): how the Supervisor rebuilds its queue.
+pub async fn queued_tasks(db: &DatabaseConnection) -> Result<Vec<(String, i32)>, DbErr> {
+    let rows: Vec<(String, i32)> = task::Entity::find()
+        .select_only()
+        .column(task::Column::Id)
+        .column(task::Column::Priority)
+        .filter(task::Column::Status.eq(Status::Queued.as_str()))
+        .order_by_desc(task::Column::Priority)
+        .order_by_asc(task::Column::CreatedAt)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows)
+}
+
+/// Tasks in the given statuses (recovery after a restart).
+pub async fn tasks_in(db: &DatabaseConnection, statuses: &[Status]) -> Result<Vec<task::Model>, DbErr> {
+    task::Entity::find()
+        .filter(task::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+        .order_by_asc(task::Column::CreatedAt)
+        .all(db)
+        .await
+}
+
+/// Active tasks past their deadline.
+pub async fn overdue_tasks(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Vec<task::Model>, DbErr> {
+    task::Entity::find()
+        .filter(task::Column::Status.is_in(Status::ACTIVE.iter().map(|s| s.as_str())))
+        .filter(task::Column::DeadlineAt.lt(now))
+        .all(db)
+        .await
+}
+
+pub async fn task_events(db: &DatabaseConnection, task_id: &str) -> Result<Vec<task_event::Model>, DbErr> {
+    task_event::Entity::find()
+        .filter(task_event::Column::TaskId.eq(task_id))
+        .order_by_asc(task_event::Column::Id)
+        .all(db)
+        .await
+}
+
+/// An output as recorded when a prompt finishes, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewOutput {
+    pub node_id: String,
+    pub idx: i32,
+    pub kind: String,
+    pub filename: String,
+    pub subfolder: String,
+    pub folder_type: String,
+    pub content_type: String,
+    pub storage_key: String,
+}
+
+/// Records a task's outputs and moves it to `executed`, atomically, so recovery knows what to store.
+/// Outputs already recorded (a replay) are left as they are.
+pub async fn record_executed(
+    db: &DatabaseConnection,
+    task_id: &str,
+    from: &[Status],
+    outputs: Vec<NewOutput>,
+    event: Event,
+) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    let applied = transition_in(&txn, task_id, from, Status::Executed, TaskPatch::default()).await?;
+    if applied {
+        let now = Utc::now();
+        for o in outputs {
+            let exists = output::Entity::find()
+                .filter(output::Column::TaskId.eq(task_id))
+                .filter(output::Column::NodeId.eq(o.node_id.as_str()))
+                .filter(output::Column::Idx.eq(o.idx))
+                .count(&txn)
+                .await?
+                > 0;
+            if exists {
+                continue;
+            }
+            output::Entity::insert(output::ActiveModel {
+                id: NotSet,
+                task_id: Set(task_id.into()),
+                node_id: Set(o.node_id),
+                idx: Set(o.idx),
+                kind: Set(o.kind),
+                filename: Set(o.filename),
+                subfolder: Set(o.subfolder),
+                folder_type: Set(o.folder_type),
+                content_type: Set(o.content_type),
+                size: Set(0),
+                storage_key: Set(o.storage_key),
+                stored: Set(false),
+                fallback_path: Set(None),
+                created_at: Set(now),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        insert_event(&txn, task_id, event.kind, event.details).await?;
+    }
+    txn.commit().await?;
+    Ok(applied)
+}
+
+pub async fn task_outputs(db: &DatabaseConnection, task_id: &str) -> Result<Vec<output::Model>, DbErr> {
+    output::Entity::find()
+        .filter(output::Column::TaskId.eq(task_id))
+        .order_by_asc(output::Column::NodeId)
+        .order_by_asc(output::Column::Idx)
+        .all(db)
+        .await
+}
+
+/// Marks one output stored (or kept in the fallback folder), with its real content type and size.
+pub async fn mark_output(
+    db: &DatabaseConnection,
+    output_id: i64,
+    stored: bool,
+    content_type: &str,
+    size: i64,
+    fallback_path: Option<String>,
+) -> Result<(), DbErr> {
+    output::Entity::update_many()
+        .col_expr(output::Column::Stored, Expr::value(stored))
+        .col_expr(output::Column::ContentType, Expr::value(content_type))
+        .col_expr(output::Column::Size, Expr::value(size))
+        .col_expr(output::Column::FallbackPath, Expr::value(fallback_path))
+        .filter(output::Column::Id.eq(output_id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Outputs kept in the fallback folder, with their task (for re-upload).
+pub async fn fallback_outputs(db: &DatabaseConnection) -> Result<Vec<output::Model>, DbErr> {
+    output::Entity::find()
+        .filter(output::Column::Stored.eq(false))
+        .filter(output::Column::FallbackPath.is_not_null())
+        .all(db)
+        .await
+}
+
+/// Deliveries due now, oldest first.
+pub async fn due_deliveries(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<delivery::Model>, DbErr> {
+    delivery::Entity::find()
+        .filter(delivery::Column::Status.eq("pending"))
+        .filter(delivery::Column::NextAttemptAt.lte(now))
+        .order_by_asc(delivery::Column::NextAttemptAt)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+pub async fn get_delivery(db: &DatabaseConnection, id: &str) -> Result<Option<delivery::Model>, DbErr> {
+    delivery::Entity::find_by_id(id.to_string()).one(db).await
+}
+
+pub async fn task_deliveries(
+    db: &DatabaseConnection,
+    task_id: &str,
+) -> Result<Vec<delivery::Model>, DbErr> {
+    delivery::Entity::find()
+        .filter(delivery::Column::TaskId.eq(task_id))
+        .order_by_asc(delivery::Column::CreatedAt)
+        .all(db)
+        .await
+}
+
+pub async fn delivery_attempts(
+    db: &DatabaseConnection,
+    delivery_id: &str,
+) -> Result<Vec<delivery_attempt::Model>, DbErr> {
+    delivery_attempt::Entity::find()
+        .filter(delivery_attempt::Column::DeliveryId.eq(delivery_id))
+        .order_by_asc(delivery_attempt::Column::Id)
+        .all(db)
+        .await
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub delivery_id: String,
+    pub task_id: String,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    /// The delivery's new status: delivered, pending (retry at `next_attempt_at`) or failed.
+    pub new_status: &'static str,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// Records an attempt and its consequence for the delivery; a delivered webhook also gets a `notified`
+/// event on its task. Only a pending delivery changes, so a late duplicate attempt cannot undo a success.
+pub async fn record_attempt(db: &DatabaseConnection, a: AttemptOutcome) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    delivery_attempt::Entity::insert(delivery_attempt::ActiveModel {
+        id: NotSet,
+        delivery_id: Set(a.delivery_id.clone()),
+        status_code: Set(a.status_code),
+        error: Set(a.error.clone()),
+        duration_ms: Set(a.duration_ms),
+        at: Set(now),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    let mut q = delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value(a.new_status))
+        .col_expr(delivery::Column::Attempts, Expr::col(delivery::Column::Attempts).add(1))
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(a.next_attempt_at))
+        .col_expr(delivery::Column::LastStatusCode, Expr::value(a.status_code))
+        .col_expr(delivery::Column::LastError, Expr::value(a.error.clone()));
+    if a.new_status == "delivered" {
+        q = q.col_expr(delivery::Column::DeliveredAt, Expr::value(Some(now)));
+    }
+    let res = q
+        .filter(delivery::Column::Id.eq(a.delivery_id.as_str()))
+        .filter(delivery::Column::Status.eq("pending"))
+        .exec(&txn)
+        .await?;
+    if res.rows_affected == 1 && a.new_status != "pending" {
+        let kind = if a.new_status == "delivered" { "notified" } else { "notify_failed" };
+        insert_event(
+            &txn,
+            &a.task_id,
+            kind,
+            serde_json::json!({ "delivery_id": a.delivery_id, "status_code": a.status_code, "error": a.error }),
+        )
+        .await?;
+    }
+    txn.commit().await
+}
+
+/// Puts a delivery back in the outbox, due now (the redeliver API).
+pub async fn redeliver(
+    db: &DatabaseConnection,
+    id: &str,
+    give_up_at: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let res = delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value("pending"))
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+        .col_expr(delivery::Column::GiveUpAt, Expr::value(give_up_at))
+        .filter(delivery::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Counts of tasks per status (the /healthz and metrics view).
+pub async fn status_counts(db: &DatabaseConnection) -> Result<Vec<(String, i64)>, DbErr> {
+    task::Entity::find()
+        .select_only()
+        .column(task::Column::Status)
+        .column_as(Expr::col(task::Column::Id).count(), "n")
+        .group_by(task::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await
+}
