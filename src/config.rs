@@ -22,6 +22,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub webhooks: WebhookSettings,
     pub inputs: InputSettings,
+    pub url_policy: UrlPolicySettings,
     pub cleanup: CleanupSettings,
     pub workflows: WorkflowSettings,
     pub log: LogSettings,
@@ -130,6 +131,12 @@ pub struct InputSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct UrlPolicySettings {
+    pub allow_private_addresses: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CleanupSettings {
     pub enabled: bool,
 }
@@ -189,6 +196,7 @@ struct EnvOverrides {
     comfyd_webhook_max_backoff_secs: Option<u64>,
     comfyd_fetch_max_bytes: Option<u64>,
     comfyd_fetch_timeout_ms: Option<u64>,
+    comfyd_allow_private_urls: Option<bool>,
     comfyd_cleanup: Option<bool>,
     comfyd_workflows_dir: Option<PathBuf>,
     comfyd_log_format: Option<String>,
@@ -293,6 +301,7 @@ impl Settings {
         set(&mut s.webhooks.max_backoff_secs, env.comfyd_webhook_max_backoff_secs);
         set(&mut s.inputs.fetch_max_bytes, env.comfyd_fetch_max_bytes);
         set(&mut s.inputs.fetch_timeout_ms, env.comfyd_fetch_timeout_ms);
+        set(&mut s.url_policy.allow_private_addresses, env.comfyd_allow_private_urls);
         set(&mut s.cleanup.enabled, env.comfyd_cleanup);
         set(&mut s.workflows.dir, env.comfyd_workflows_dir);
         set(&mut s.log.format, env.comfyd_log_format);

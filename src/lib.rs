@@ -25,3 +25,4 @@ pub mod store;
 pub mod task;
 pub mod telemetry;
 pub mod workflow;
+pub mod workflow_check;

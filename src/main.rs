@@ -1,1 +1,66 @@
-fn main() {}
+//! `comfyd`: serve the API (default), or check the workflows.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use comfyd::config::Settings;
+
+#[derive(Parser)]
+#[command(name = "comfyd", version, about = "A fleet of ComfyUI servers behind one reliable HTTP API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Workflow tools.
+    Workflows {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCommand {
+    /// Validate every workflow offline and, with --backend, against that ComfyUI's /object_info.
+    Check {
+        /// Base URL of a ComfyUI server, e.g. http://127.0.0.1:8188
+        #[arg(long)]
+        backend: Option<String>,
+        /// Workflows folder (default: workflows.dir of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("comfyd: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = actix_web::rt::System::new().block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => comfyd::startup::serve(settings).await.map(|_| ExitCode::SUCCESS),
+            Command::Workflows { command: WorkflowCommand::Check { backend, dir } } => {
+                let dir = dir.unwrap_or(settings.workflows.dir);
+                Ok(comfyd::workflow_check::run(&dir, backend.as_deref()).await)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("comfyd: {e:#}");
+            tracing::error!(error.cause_chain = ?e, "comfyd stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -346,3 +346,16 @@ fn is_foreign(task_id: &str, o: &output::Model) -> bool {
         None => false,
     }
 }
+
+/// How many tasks are being stored right now (shutdown waits for zero).
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct InProgress;
+
+impl Handler<InProgress> for Uploader {
+    type Result = usize;
+
+    fn handle(&mut self, _: InProgress, _ctx: &mut Context<Self>) -> usize {
+        self.busy.len()
+    }
+}

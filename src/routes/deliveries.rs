@@ -1,0 +1,47 @@
+//! The webhook outbox as clients see it: a task's deliveries with every attempt, and redelivery.
+
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::postprocess::notifier::PollNow;
+use crate::postprocess::recorder::Redeliver;
+use crate::store;
+
+/// `GET {prefix}/tasks/{id}/deliveries`
+pub async fn for_task(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let task = store::find_task(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no task with id or client_task_id {:?}", id.as_str())))?;
+    let mut out = Vec::new();
+    for d in store::task_deliveries(&state.db, &task.id).await? {
+        let attempts: Vec<_> = store::delivery_attempts(&state.db, &d.id)
+            .await?
+            .into_iter()
+            .map(|a| json!({ "at": a.at, "status_code": a.status_code, "error": a.error, "duration_ms": a.duration_ms }))
+            .collect();
+        out.push(json!({
+            "id": d.id, "url": d.url, "status": d.status, "attempts": d.attempts,
+            "next_attempt_at": d.next_attempt_at, "give_up_at": d.give_up_at,
+            "last_status_code": d.last_status_code, "last_error": d.last_error,
+            "created_at": d.created_at, "delivered_at": d.delivered_at, "history": attempts,
+        }));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "task_id": task.id, "deliveries": out })))
+}
+
+/// `POST {prefix}/deliveries/{id}/redeliver`: sends the same message (same webhook-id) again now,
+/// with a fresh retry horizon, whatever its state.
+pub async fn redeliver(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let horizon = chrono::Duration::seconds(state.settings.webhooks.retry_horizon_secs.min(i64::MAX as u64) as i64);
+    let found = state
+        .recorder
+        .send(Redeliver { delivery_id: id.to_string(), give_up_at: Utc::now() + horizon })
+        .await??;
+    if !found {
+        return Err(ApiError::NotFound(format!("no delivery {:?}", id.as_str())));
+    }
+    state.notifier.do_send(PollNow);
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "status": "pending" })))
+}

@@ -1,0 +1,96 @@
+//! The HTTP API. One module per resource; [`error::ApiError`] is the one error type of this boundary.
+//!
+//! Routes (under `{route_prefix}`, default `/api/v1`, except `/healthz`):
+//! - `POST {prefix}`: the original service's submit (`service_type` = workflow name)
+//! - `GET {prefix}/workflows`, `GET {prefix}/workflows/{name}`, `POST {prefix}/workflows/{name}/tasks`
+//! - `GET {prefix}/tasks`, `GET {prefix}/tasks/{id}`, `GET {prefix}/tasks/{id}/events`,
+//!   `POST {prefix}/tasks/{id}/cancel`
+//! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
+//! - `GET {prefix}/backends`, `GET /healthz`
+
+pub mod deliveries;
+pub mod error;
+pub mod health;
+pub mod submit;
+pub mod tasks;
+pub mod workflows;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use actix::Addr;
+use actix_web::web;
+use sea_orm::DatabaseConnection;
+
+use crate::config::Settings;
+use crate::dispatch::supervisor::Supervisor;
+use crate::outbound::Outbound;
+use crate::postprocess::notifier::Notifier;
+use crate::postprocess::recorder::Recorder;
+use crate::workflow::WorkflowSet;
+
+pub use error::ApiError;
+
+/// The workflow set in force; replaced whole on reload, so a request sees one consistent set.
+#[derive(Clone)]
+pub struct Workflows(Arc<RwLock<Arc<WorkflowSet>>>);
+
+impl Workflows {
+    pub fn new(set: WorkflowSet) -> Workflows {
+        Workflows(Arc::new(RwLock::new(Arc::new(set))))
+    }
+
+    pub fn current(&self) -> Arc<WorkflowSet> {
+        // A poisoned lock only means a reload panicked; the set it holds is still whole.
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, set: WorkflowSet) {
+        let set = Arc::new(set);
+        match self.0.write() {
+            Ok(mut g) => *g = set,
+            Err(p) => *p.into_inner() = set,
+        }
+    }
+}
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: DatabaseConnection,
+    pub recorder: Addr<Recorder>,
+    pub supervisor: Addr<Supervisor>,
+    pub notifier: Addr<Notifier>,
+    pub workflows: Workflows,
+    pub outbound: Outbound,
+    /// False once shutdown began: submits answer 503.
+    pub accepting: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+}
+
+/// Mounts every route.
+pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
+    cfg.route("/healthz", web::get().to(health::healthz)).service(
+        web::scope(prefix)
+            .route("", web::post().to(submit::submit_original))
+            .route("/", web::post().to(submit::submit_original))
+            .route("/workflows", web::get().to(workflows::list))
+            .route("/workflows/{name}", web::get().to(workflows::get))
+            .route("/workflows/{name}/tasks", web::post().to(submit::submit_typed))
+            .route("/tasks", web::get().to(tasks::list))
+            .route("/tasks/{id}", web::get().to(tasks::get))
+            .route("/tasks/{id}/events", web::get().to(tasks::events))
+            .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
+            .route("/tasks/{id}/deliveries", web::get().to(deliveries::for_task))
+            .route("/deliveries/{id}/redeliver", web::post().to(deliveries::redeliver))
+            .route("/backends", web::get().to(health::backends)),
+    );
+}

@@ -1,0 +1,277 @@
+//! Submitting tasks: the original service's `POST {prefix}` and `POST {prefix}/workflows/{name}/tasks`.
+//!
+//! A submit is answered only after the task is in the database (status queued), so an accepted task
+//! survives anything that happens next. Parameters are checked against the workflow's manifest and set
+//! in its graph as JSON values; input images are fetched (URLs) or decoded (base64) now, kept in the
+//! data folder, and uploaded to whichever backend runs the task, just before it runs.
+
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState};
+use crate::dispatch::supervisor::Enqueue;
+use crate::outbound::OutboundError;
+use crate::postprocess::recorder::InsertTask;
+use crate::store::{self, Inserted, NewTask};
+use crate::task::{InputFile, TaskRecord};
+use crate::workflow::{sniff_image, FieldError, ImageSource, Workflow};
+
+/// The fields of a submit, once their JSON types are checked.
+struct Submit {
+    client_task_id: Option<String>,
+    client_callback_url: Option<String>,
+    params: Value,
+    priority: i32,
+}
+
+/// `POST {prefix}`: `{service_type, client_task_id, client_callback_url, params, priority?}`.
+pub async fn submit_original(
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let obj = body.as_object().ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
+    let mut errors = Vec::new();
+    let workflow = match obj.get("service_type") {
+        Some(Value::String(s)) => {
+            let found = state.workflows.current().get(s).cloned();
+            if found.is_none() {
+                let known: Vec<String> = state.workflows.current().iter().map(|w| w.name.clone()).collect();
+                errors.push(field_err("service_type", format!("unknown workflow {s:?}; known: {}", known.join(", "))));
+            }
+            found
+        }
+        None | Some(Value::Null) => {
+            errors.push(field_err("service_type", "required"));
+            None
+        }
+        Some(_) => {
+            errors.push(field_err("service_type", "must be a string"));
+            None
+        }
+    };
+    let submit = read_common(&state, obj, &["service_type"], &mut errors);
+    let (Some(workflow), Some(submit)) = (workflow, submit) else {
+        return Err(ApiError::Invalid(errors));
+    };
+    // The original answered 200 with the record whether or not the task was new.
+    let (record, _created) = accept(&state, &workflow, submit, errors).await?;
+    Ok(HttpResponse::Ok().json(record))
+}
+
+/// `POST {prefix}/workflows/{name}/tasks`: `{params, client_task_id?, client_callback_url?, priority?}`.
+pub async fn submit_typed(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let workflow = state
+        .workflows
+        .current()
+        .get(name.as_str())
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow named {:?}", name.as_str())))?;
+    let body = body.into_inner();
+    let obj = body.as_object().ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
+    let mut errors = Vec::new();
+    let Some(submit) = read_common(&state, obj, &[], &mut errors) else {
+        return Err(ApiError::Invalid(errors));
+    };
+    let (record, created) = accept(&state, &workflow, submit, errors).await?;
+    Ok(if created { HttpResponse::Accepted() } else { HttpResponse::Ok() }.json(record))
+}
+
+fn field_err(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), reason: reason.into() }
+}
+
+/// Checks the fields both submit routes share; collects every problem in `errors`.
+fn read_common(
+    state: &AppState,
+    obj: &Map<String, Value>,
+    extra: &[&str],
+    errors: &mut Vec<FieldError>,
+) -> Option<Submit> {
+    const KNOWN: [&str; 4] = ["client_task_id", "client_callback_url", "params", "priority"];
+    for key in obj.keys() {
+        if !KNOWN.contains(&key.as_str()) && !extra.contains(&key.as_str()) {
+            errors.push(field_err(key, "unknown field"));
+        }
+    }
+    let client_task_id = match obj.get("client_task_id") {
+        None | Some(Value::Null) => None,
+        // The original's clients sent numbers as well as strings.
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            errors.push(field_err("client_task_id", "must be a non-empty string of at most 255 characters"));
+            None
+        }
+    };
+    let client_callback_url = match obj.get("client_callback_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => match state.outbound.check_url(s) {
+            Ok(_) => Some(s.clone()),
+            Err(e) => {
+                errors.push(field_err("client_callback_url", e.to_string()));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(field_err("client_callback_url", "must be an http(s) URL string"));
+            None
+        }
+    };
+    let params = match obj.get("params") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            errors.push(field_err("params", "must be an object"));
+            Value::Object(Map::new())
+        }
+    };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => match n.as_i64().filter(|p| (-1000..=1000).contains(p)) {
+            Some(p) => p as i32,
+            None => {
+                errors.push(field_err("priority", "must be an integer from -1000 to 1000"));
+                0
+            }
+        },
+        Some(_) => {
+            errors.push(field_err("priority", "must be an integer from -1000 to 1000"));
+            0
+        }
+    };
+    Some(Submit { client_task_id, client_callback_url, params, priority })
+}
+
+/// Validates the params, fetches images, records the task and hands it to the supervisor.
+/// Returns the record and whether it is new (false: the same submit was already accepted).
+async fn accept(
+    state: &AppState,
+    workflow: &Workflow,
+    s: Submit,
+    mut errors: Vec<FieldError>,
+) -> Result<(TaskRecord, bool), ApiError> {
+    if !state.accepting() {
+        return Err(ApiError::Unavailable("comfyd is shutting down; retry on another instance or later".into()));
+    }
+    let resolved = match workflow.validate(&s.params) {
+        Ok(r) if errors.is_empty() => r,
+        Ok(_) => return Err(ApiError::Invalid(errors)),
+        Err(mut e) => {
+            errors.append(&mut e);
+            return Err(ApiError::Invalid(errors));
+        }
+    };
+    let request_hash = {
+        let canonical = json!({
+            "workflow": workflow.name, "params": s.params,
+            "callback": s.client_callback_url, "priority": s.priority,
+        });
+        hex(&Sha256::digest(canonical.to_string().as_bytes()))
+    };
+    // A retried submit is answered before any image is fetched again.
+    if let Some(ctid) = &s.client_task_id {
+        if let Some(existing) = store::find_task(&state.db, ctid).await?.filter(|t| t.client_task_id.as_ref() == Some(ctid)) {
+            return same_or_conflict(state, existing, &request_hash).await;
+        }
+    }
+
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let mut images = Vec::new();
+    for img in &resolved.images {
+        let field = format!("params.{}", img.param);
+        let (bytes, ext) = match &img.source {
+            ImageSource::Bytes { bytes, ext } => (bytes::Bytes::from(bytes.clone()), *ext),
+            ImageSource::Url(url) => match state.outbound.fetch_image(url).await {
+                Ok((bytes, _content_type)) => match sniff_image(&bytes) {
+                    Some(ext) => (bytes, ext),
+                    None => return Err(ApiError::field(&field, "the URL did not serve a PNG, JPEG, WEBP or GIF image")),
+                },
+                Err(OutboundError::TooLarge { limit }) => {
+                    return Err(ApiError::TooLarge(field_err(&field, format!("the image at the URL is larger than {limit} bytes"))))
+                }
+                Err(e) => return Err(ApiError::field(&field, format!("could not fetch the image: {e}"))),
+            },
+        };
+        images.push((img, bytes, ext));
+    }
+
+    // Input images wait in the data folder until their task has run (they survive a restart).
+    let dir = state.settings.inputs_dir().join(&task_id);
+    let mut inputs = Vec::new();
+    if !images.is_empty() {
+        tokio::fs::create_dir_all(&dir).await.map_err(anyhow::Error::from)?;
+    }
+    for (img, bytes, ext) in &images {
+        let file = format!("{}.{ext}", img.param);
+        tokio::fs::write(dir.join(&file), bytes).await.map_err(anyhow::Error::from)?;
+        inputs.push(InputFile {
+            param: img.param.clone(),
+            file,
+            upload_name: format!("comfyd_{}_{}.{ext}", task_id.replace('-', ""), img.param),
+            targets: img.targets.clone(),
+        });
+    }
+
+    let graph = workflow.render(&resolved, &task_id);
+    let stored_params = json!({
+        "values": resolved.values,
+        "images": inputs.iter().map(|i| &i.param).collect::<Vec<_>>(),
+    });
+    let deadline = Utc::now()
+        + chrono::Duration::seconds(state.settings.comfyui.task_deadline_secs.min(i64::MAX as u64) as i64);
+    let new = NewTask {
+        id: task_id.clone(),
+        client_task_id: s.client_task_id,
+        client_callback_url: s.client_callback_url,
+        workflow: workflow.name.clone(),
+        request_hash: request_hash.clone(),
+        params: stored_params,
+        graph: Value::Object(graph),
+        inputs: serde_json::to_value(&inputs).map_err(anyhow::Error::from)?,
+        output_nodes: json!(workflow.output_nodes),
+        priority: s.priority,
+        deadline_at: deadline,
+    };
+    let inserted = state.recorder.send(InsertTask(new)).await??;
+    match inserted {
+        Inserted::New(task) => {
+            state.supervisor.do_send(Enqueue { task_id: task.id.clone(), priority: task.priority });
+            tracing::info!(task.id = %task.id, workflow = %task.workflow, "task {} accepted", task.id);
+            Ok((TaskRecord::new(&task, &[]), true))
+        }
+        // Lost a race with the same client_task_id: this copy's files are not needed.
+        Inserted::Existing(task) | Inserted::Conflict(task) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            same_or_conflict(state, task, &request_hash).await
+        }
+    }
+}
+
+async fn same_or_conflict(
+    state: &AppState,
+    existing: crate::entity::task::Model,
+    request_hash: &str,
+) -> Result<(TaskRecord, bool), ApiError> {
+    let outputs = store::task_outputs(&state.db, &existing.id).await?;
+    let record = TaskRecord::new(&existing, &outputs);
+    if existing.request_hash == request_hash {
+        Ok((record, false))
+    } else {
+        Err(ApiError::Conflict {
+            message: "client_task_id is already used by a task with a different request".into(),
+            task: Some(Box::new(record)),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,278 @@
+//! Builds the application (database, workflows, actors, HTTP server) and runs it until a signal.
+//!
+//! ```text
+//! client ─HTTP─► routes ─Enqueue─► Supervisor ─Run/Adopt/Cancel─► Backend ×N ─ws+HTTP─► ComfyUI ×N
+//!                  │                   ▲  ◄── BackendState / JobStarted / JobEnded ──┘
+//!                  │ InsertTask        │ JobEnded(Success) → Uploader ─► store (S3 / local)
+//!                  ▼                   │                        │
+//!               Recorder (only DB writer) ◄── transitions ──────┤
+//!                  │ Finish (terminal state + webhook outbox)   └─► Cleaner ─► Backend (clean node)
+//!                  ▼
+//!               Notifier ─► client webhook (retries from the outbox)
+//! ```
+//!
+//! Shutdown (SIGTERM/SIGINT): submits answer 503, nothing more is dispatched, post-processing under
+//! way gets `shutdown_timeout_secs` to finish, then the process exits; whatever is left is resumed from
+//! the database by the next start. SIGHUP reloads the workflows.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use tracing::{error, info, warn};
+
+use crate::config::{redact_url, Settings};
+use crate::dispatch::backend::BackendConfig;
+use crate::dispatch::supervisor::{AttachBackends, Snapshot, StopDispatching, Supervisor, SupervisorConfig};
+use crate::outbound::{Outbound, OutboundSettings};
+use crate::postprocess::cleaner::Cleaner;
+use crate::postprocess::notifier::{Notifier, NotifierConfig};
+use crate::postprocess::recorder::Recorder;
+use crate::postprocess::uploader::{InProgress, Uploader, UploaderConfig};
+use crate::postprocess::{Finisher, Pipeline};
+use crate::routes::{self, AppState, Workflows};
+use crate::storage::{S3Settings, Store};
+use crate::workflow::WorkflowSet;
+use crate::{store, telemetry};
+
+/// A built, listening application.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    state: web::Data<AppState>,
+    uploader: Addr<Uploader>,
+}
+
+impl Application {
+    /// Connects and migrates the database, loads the workflows, starts the actors and binds the HTTP
+    /// listener (port 0 picks a free port). Must run inside an actix System.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let settings = Arc::new(settings);
+        std::fs::create_dir_all(&settings.data.dir)
+            .with_context(|| format!("creating data.dir {}", settings.data.dir.display()))?;
+        std::fs::create_dir_all(settings.inputs_dir())?;
+
+        let url = settings.database_url();
+        let db = store::connect(&url, settings.database.max_connections)
+            .await
+            .with_context(|| format!("opening database {}", redact_url(&url)))?;
+        let workflows = WorkflowSet::load_dir(&settings.workflows.dir)
+            .map_err(|e| anyhow::anyhow!("loading workflows from {}:\n{e}", settings.workflows.dir.display()))?;
+        info!(count = workflows.len(), "loaded {} workflows from {}", workflows.len(), settings.workflows.dir.display());
+
+        let storage = Arc::new(build_store(&settings));
+        info!("outputs go to {}", storage.describe());
+        let outbound = Outbound::new(OutboundSettings {
+            fetch_max_bytes: settings.inputs.fetch_max_bytes,
+            fetch_timeout_ms: settings.inputs.fetch_timeout_ms,
+            webhook_timeout_ms: settings.webhooks.timeout_ms,
+            allow_private_addresses: settings.url_policy.allow_private_addresses,
+        });
+
+        let recorder = Recorder::new(db.clone()).start();
+        let notifier = Notifier::new(
+            NotifierConfig {
+                secret: settings.webhooks.secret.clone(),
+                first_backoff: Duration::from_millis(settings.webhooks.first_backoff_ms),
+                max_backoff: Duration::from_secs(settings.webhooks.max_backoff_secs),
+            },
+            db.clone(),
+            recorder.clone(),
+            outbound.clone(),
+        )
+        .start();
+        let cleaner = Cleaner::new(settings.cleanup.enabled).start();
+        let finisher = Finisher {
+            recorder: recorder.clone(),
+            notifier: notifier.clone(),
+            inputs_dir: settings.inputs_dir(),
+            webhook_horizon: Duration::from_secs(settings.webhooks.retry_horizon_secs),
+        };
+        let http_timeout = Duration::from_millis(settings.comfyui.http_timeout_ms);
+        let uploader = Uploader::new(
+            UploaderConfig {
+                upload_attempts: settings.storage.upload_attempts,
+                fallback_dir: settings.fallback_dir(),
+                http_timeout,
+            },
+            db.clone(),
+            storage,
+            recorder.clone(),
+            cleaner.clone(),
+            finisher.clone(),
+        )
+        .start();
+        let pipeline = Pipeline { finisher, recorder: recorder.clone(), uploader: uploader.clone(), cleaner };
+        let supervisor = Supervisor::new(
+            SupervisorConfig {
+                max_in_flight: settings.comfyui.max_in_flight,
+                max_attempts: settings.comfyui.max_attempts,
+                inputs_dir: settings.inputs_dir(),
+            },
+            db.clone(),
+            pipeline,
+        )
+        .start();
+        let backends = settings
+            .comfyui
+            .endpoints
+            .iter()
+            .map(|url| BackendConfig {
+                name: url.trim_end_matches('/').to_string(),
+                url: url.clone(),
+                http_timeout,
+                reconnect_max: Duration::from_millis(settings.comfyui.reconnect_max_ms),
+                lost_after: Duration::from_secs(settings.comfyui.lost_after_secs),
+            })
+            .collect();
+        supervisor.send(AttachBackends(backends)).await?;
+
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            db,
+            recorder,
+            supervisor,
+            notifier,
+            workflows: Workflows::new(workflows),
+            outbound,
+            accepting: Arc::new(AtomicBool::new(true)),
+        });
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| format!("binding {}:{}", settings.server.host, settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let prefix = settings.server.route_prefix.clone();
+        let max_body = settings.server.max_body_bytes;
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(web::JsonConfig::default().limit(max_body).error_handler(routes::error::json_error))
+                .app_data(web::QueryConfig::default().error_handler(routes::error::query_error))
+                .wrap(tracing_actix_web::TracingLogger::default())
+                .configure(|cfg| routes::configure(cfg, &prefix))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout_secs);
+        if settings.server.http_workers > 0 {
+            server = server.workers(settings.server.http_workers);
+        }
+        let server = server.listen(listener)?.run();
+        info!(port, "comfyd listening on {}:{port}{}", settings.server.host, settings.server.route_prefix);
+        Ok(Application { port, server, state, uploader })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down in order (see the module docs).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application { server, state, uploader, .. } = self;
+        let handle = server.handle();
+        let server_task = actix_rt::spawn(server);
+        notify(&[sd_notify::NotifyState::Ready]);
+        start_watchdog(state.clone());
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => reload_workflows(&state),
+            }
+        }
+        notify(&[sd_notify::NotifyState::Stopping]);
+        state.accepting.store(false, Ordering::SeqCst);
+        let _ = state.supervisor.send(StopDispatching).await;
+        let deadline = Instant::now() + Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+        loop {
+            let busy = uploader.send(InProgress).await.unwrap_or(0);
+            if busy == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!(busy, "shutdown timeout: {busy} tasks left for recovery at the next start");
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        handle.stop(true).await;
+        let _ = server_task.await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+fn build_store(settings: &Settings) -> Store {
+    let s = &settings.storage;
+    if s.s3_bucket.is_empty() {
+        return Store::local(settings.local_store_dir());
+    }
+    let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    Store::s3(&S3Settings {
+        bucket: s.s3_bucket.clone(),
+        region: s.s3_region.clone(),
+        endpoint_url: non_empty(&s.s3_endpoint_url),
+        force_path_style: s.s3_force_path_style,
+        access_key_id: non_empty(&s.s3_access_key_id),
+        secret_access_key: non_empty(&s.s3_secret_access_key),
+        key_prefix: s.key_prefix.clone(),
+    })
+}
+
+/// Re-reads the workflows folder; a broken set is refused and the current one kept. Tasks already
+/// accepted are unaffected: each carries the graph it was accepted with.
+fn reload_workflows(state: &AppState) {
+    notify(&[sd_notify::NotifyState::Reloading]);
+    match WorkflowSet::load_dir(&state.settings.workflows.dir) {
+        Ok(set) => {
+            info!(count = set.len(), "SIGHUP: reloaded {} workflows", set.len());
+            state.workflows.replace(set);
+        }
+        Err(e) => error!("SIGHUP: workflows not reloaded, keeping the previous set:\n{e}"),
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    // Not under systemd (no NOTIFY_SOCKET) is the normal case outside production.
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Under systemd with WatchdogSec, pings at half the interval, but only while the supervisor actor
+/// answers: a wedged actor system stops the pings and systemd restarts comfyd.
+fn start_watchdog(state: web::Data<AppState>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = Duration::from_micros(usec / 2);
+    actix_rt::spawn(async move {
+        loop {
+            actix_rt::time::sleep(every).await;
+            let alive = matches!(
+                actix_rt::time::timeout(every, state.supervisor.send(Snapshot)).await,
+                Ok(Ok(_))
+            );
+            if alive {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                warn!("supervisor did not answer; withholding the watchdog ping");
+            }
+        }
+    });
+}
+
+/// Entry point of `comfyd serve`.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(settings.log.format == "json");
+    let app = Application::build(settings).await?;
+    app.run_until_stopped().await
+}
