@@ -19,7 +19,7 @@ use tracing::info;
 use crate::files;
 use crate::image::{self, decode_png, Image, Source};
 use crate::nodes::{self, CLEAN_CLASS};
-use crate::state::{now_ms, Frame, QueueItem, Running, Sim};
+use crate::state::{now_ms, Frame, QueueItem, Sim};
 
 /// A value flowing along a link.
 #[derive(Debug, Clone)]
@@ -69,20 +69,14 @@ pub async fn worker(sim: Arc<Sim>) {
     loop {
         let next = {
             let mut g = sim.lock();
-            let pick = if g.config.paused || g.running.is_some() {
-                None
-            } else {
-                g.pending.iter().enumerate().min_by_key(|(_, it)| it.number).map(|(i, _)| i)
-            };
-            pick.map(|i| {
-                let item = g.pending.remove(i);
-                g.running = Some(Running { item: item.clone(), last_node: None });
-                if let Some(s) = g.stat_mut(&item.prompt_id) {
-                    s.started_ms = Some(now_ms());
+            g.claim_next();
+            match g.running.as_mut() {
+                Some(r) if !r.started => {
+                    r.started = true;
+                    Some(r.item.clone())
                 }
-                g.broadcast_status();
-                item
-            })
+                _ => None,
+            }
         };
         match next {
             Some(item) => execute(&sim, item).await,

@@ -133,6 +133,7 @@ async fn post_prompt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
         });
         g.pending.push(item);
         g.broadcast_status();
+        g.claim_next();
     }
     sim.wake.notify_one();
     info!(prompt.id = %prompt_id, "prompt {prompt_id} queued as number {number}");

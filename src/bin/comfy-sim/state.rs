@@ -66,6 +66,8 @@ pub struct Running {
     pub item: QueueItem,
     /// The node of the last `executing` frame (replayed to a socket that reconnects).
     pub last_node: Option<String>,
+    /// Set once the worker has begun executing it (it may be claimed by a handler first).
+    pub started: bool,
 }
 
 /// Runtime knobs set from the CLI and `POST /sim/config`.
@@ -201,6 +203,24 @@ impl Inner {
     /// `{"exec_info": {"queue_remaining": N}}`.
     pub fn exec_info(&self) -> Value {
         json!({"exec_info": {"queue_remaining": self.queue_remaining()}})
+    }
+
+    /// Moves the lowest-numbered pending prompt to running when idle and not paused, and
+    /// broadcasts `status` (ComfyUI's `queue.get`). Called by the worker and, so that the
+    /// order "queued status, taken status" does not depend on thread timing, by POST /prompt.
+    pub fn claim_next(&mut self) {
+        if self.config.paused || self.running.is_some() {
+            return;
+        }
+        let Some(i) = self.pending.iter().enumerate().min_by_key(|(_, it)| it.number).map(|(i, _)| i) else {
+            return;
+        };
+        let item = self.pending.remove(i);
+        if let Some(s) = self.stat_mut(&item.prompt_id) {
+            s.started_ms = Some(now_ms());
+        }
+        self.running = Some(Running { item, last_node: None, started: false });
+        self.broadcast_status();
     }
 
     /// Sends a `status` frame to every registered socket.
