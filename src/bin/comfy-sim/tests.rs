@@ -12,6 +12,7 @@
 //! - per HTTP request, the status, the content type and the JSON shape (keys, array lengths,
 //!   scalar types, and exact values for fields like `type`, `filename`, `details`); 400 bodies of
 //!   /prompt are compared exactly.
+//!
 //! Random ids, timestamps and `number` values are not compared.
 
 use std::collections::HashMap;
