@@ -82,7 +82,7 @@ pub enum OutboundError {
     /// Connecting, sending or receiving failed.
     #[error("connection failed: {0}")]
     Connect(String),
-    /// The server redirected more than [`MAX_REDIRECTS`] times.
+    /// The server redirected more than 5 times.
     #[error("too many redirects")]
     TooManyRedirects,
     /// A header given by the caller is not a valid HTTP header.
