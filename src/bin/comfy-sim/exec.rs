@@ -557,10 +557,12 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
                     "**** ERROR: Saving image outside the output folder is not allowed.\n full_output_folder: {}\n         output_dir: {}",
                     base.join(&prefix).display(), base.display()), &[])
             })?;
-            let mut text = vec![("prompt", Value::Object(run.item.prompt.clone()).to_string())];
+            // ComfyUI writes these with Python's json.dumps, which escapes non-ASCII, so any prompt
+            // text fits a Latin-1 tEXt chunk.
+            let mut text = vec![("prompt", ascii_json(&Value::Object(run.item.prompt.clone())))];
             if let Some(extra) = run.item.extra_data.get("extra_pnginfo").and_then(Value::as_object) {
                 for (k, v) in extra {
-                    text.push((k.as_str(), v.to_string()));
+                    text.push((k.as_str(), ascii_json(v)));
                 }
             }
             let mut images = Vec::new();
@@ -657,5 +659,31 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
             }
         }
         other => Err(NodeError::new("KeyError", format!("'{other}'"), &[])),
+    }
+}
+
+/// JSON with every non-ASCII character escaped as `\uXXXX` (UTF-16), like Python's `json.dumps`.
+fn ascii_json(v: &Value) -> String {
+    let raw = v.to_string();
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod ascii_json_tests {
+    #[test]
+    fn escapes_like_python_json_dumps() {
+        let v = serde_json::json!({"t": "é🎨"});
+        assert_eq!(super::ascii_json(&v), r#"{"t":"\u00e9\ud83c\udfa8"}"#);
     }
 }

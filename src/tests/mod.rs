@@ -1,0 +1,6 @@
+//! Integration tests: the real `comfyd` binary against real servers (see `support`).
+//! One test target (`cargo test --test integration`), one module per area.
+
+mod pipeline;
+mod storage;
+mod support;

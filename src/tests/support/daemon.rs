@@ -1,0 +1,178 @@
+//! The real `comfyd` binary as its own process on a free port, configured through environment
+//! variables (the original service's names where they exist), with helpers for its API.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::{eventually, free_port};
+
+/// How a test wants its daemon.
+#[derive(Clone, Default)]
+pub struct DaemonConfig {
+    pub endpoints: Vec<String>,
+    pub database_url: String,
+    /// Extra environment variables (S3_BUCKET, COMFYD_MAX_IN_FLIGHT, ...).
+    pub env: HashMap<String, String>,
+    /// Workflows folder; default: the repository's `workflows/`.
+    pub workflows_dir: Option<PathBuf>,
+}
+
+pub struct Daemon {
+    pub port: u16,
+    pub base: String,
+    pub api: String,
+    pub data: TempDir,
+    cfg: DaemonConfig,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub async fn start(cfg: DaemonConfig) -> Daemon {
+        let data = tempfile::tempdir().expect("daemon data dir");
+        let port = free_port();
+        let mut d = Daemon {
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            api: format!("http://127.0.0.1:{port}/api/v1"),
+            data,
+            cfg,
+            child: None,
+        };
+        d.spawn().await;
+        d
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn fallback_dir(&self) -> PathBuf {
+        self.data.path().join("failed")
+    }
+
+    async fn spawn(&mut self) {
+        let workflows = self
+            .cfg
+            .workflows_dir
+            .clone()
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("comfyd.log"))
+            .expect("daemon log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfyd"));
+        cmd.current_dir(self.data.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("COMFYD_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("SERVICE_PORT", self.port.to_string())
+            .env("COMFYD_HOST", "127.0.0.1")
+            .env("COMFYUI_ENDPOINTS", self.cfg.endpoints.join(","))
+            .env("DATABASE_URL", &self.cfg.database_url)
+            .env("COMFYD_DATA_DIR", self.data.path())
+            .env("COMFYD_WORKFLOWS_DIR", workflows)
+            .env("COMFYD_HTTP_WORKERS", "2")
+            .env("COMFYD_RECONNECT_MAX_MS", "500")
+            .env("COMFYD_WEBHOOK_FIRST_BACKOFF_MS", "200")
+            .env("COMFYD_WEBHOOK_MAX_BACKOFF_SECS", "1")
+            .envs(&self.cfg.env)
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn comfyd"));
+        let health = format!("{}/healthz", self.base);
+        let log_path = self.data.path().join("comfyd.log");
+        eventually(30, &format!("comfyd /healthz (log: {})", log_path.display()), || {
+            let url = health.clone();
+            async move {
+                let resp = awc::Client::new().get(url).send().await.ok()?;
+                resp.status().is_success().then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// The daemon's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("comfyd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed beyond what was committed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().ok()
+    }
+
+    /// Starts the same daemon again (same port, data folder and database).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut resp = awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish()
+            .post(format!("{}{path}", self.api))
+            .send_json(body)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.json().limit(64 << 20).await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let mut resp = awc::Client::new()
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.json().limit(64 << 20).await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// `POST {prefix}` with the original body; panics unless accepted.
+    pub async fn submit(&self, body: Value) -> Value {
+        let (status, reply) = self.post("", &body).await;
+        assert_eq!(status, 200, "submit refused: {reply}");
+        reply
+    }
+
+    pub async fn task(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/tasks/{id}")).await;
+        assert_eq!(status, 200, "GET task {id}: {body}");
+        body
+    }
+
+    /// Waits until the task is done, failed or cancelled, and returns it.
+    pub async fn wait_terminal(&self, id: &str, secs: u64) -> Value {
+        let what = format!("task {id} to end");
+        let t = eventually(secs, &what, || async {
+            let t = self.task(id).await;
+            matches!(t["status"].as_str(), Some("done" | "failed" | "cancelled")).then_some(t)
+        });
+        t.await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
