@@ -17,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod entity;
 pub mod outbound;
+pub mod reupload;
 pub mod postprocess;
 pub mod routes;
 pub mod startup;

@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default).
     Serve,
+    /// Store again what an outage left in the fallback folder, and mark those tasks done.
+    Reupload,
     /// Workflow tools.
     Workflows {
         #[command(subcommand)]
@@ -49,6 +51,11 @@ fn main() -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => comfyd::startup::serve(settings).await.map(|_| ExitCode::SUCCESS),
+            Command::Reupload => {
+                let r = comfyd::reupload::run(&settings).await?;
+                println!("{} outputs stored, {} tasks done, {} still failing", r.stored, r.tasks_done, r.still_failing);
+                Ok(if r.still_failing == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
             Command::Workflows { command: WorkflowCommand::Check { backend, dir } } => {
                 let dir = dir.unwrap_or(settings.workflows.dir);
                 Ok(comfyd::workflow_check::run(&dir, backend.as_deref()).await)

@@ -208,7 +208,8 @@ impl Application {
     }
 }
 
-fn build_store(settings: &Settings) -> Store {
+/// The output store the settings describe: S3 when a bucket is set, else the local folder.
+pub fn build_store(settings: &Settings) -> Store {
     let s = &settings.storage;
     if s.s3_bucket.is_empty() {
         return Store::local(settings.local_store_dir());

@@ -132,6 +132,8 @@ pub struct TaskPatch {
     pub error_code: Option<i32>,
     pub error_message: Option<String>,
     pub error_details: Option<Value>,
+    /// Sets error_message and error_details to NULL (a task that recovered from an error).
+    pub clear_error: bool,
     pub count_attempt: bool,
     pub dispatched_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
@@ -203,6 +205,11 @@ async fn transition_in<C: ConnectionTrait>(
     }
     if let Some(v) = p.error_details {
         q = q.col_expr(C::ErrorDetails, Expr::value(v.to_string()));
+    }
+    if p.clear_error {
+        q = q
+            .col_expr(C::ErrorMessage, Expr::value(Option::<String>::None))
+            .col_expr(C::ErrorDetails, Expr::value(Option::<String>::None));
     }
     if p.count_attempt {
         q = q.col_expr(C::Attempts, Expr::col(C::Attempts).add(1));

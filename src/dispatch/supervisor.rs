@@ -30,6 +30,9 @@ use crate::postprocess::Pipeline;
 use crate::store::{self, Event, TaskPatch};
 use crate::task::{error_code, InputFile, Status};
 
+/// How often tasks past their deadline are looked for.
+const DEADLINE_SWEEP: Duration = Duration::from_secs(2);
+
 /// Settings the supervisor routes by.
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
@@ -315,6 +318,36 @@ impl Supervisor {
         .wait(ctx);
     }
 
+    /// Fails every task past its deadline that has not run to the end: removed from the queue, or
+    /// stopped on its backend. Tasks whose outputs are being stored are left to finish.
+    fn sweep_deadlines(&mut self, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        async move { store::overdue_tasks(&db, Utc::now()).await }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                let overdue = match res {
+                    Ok(t) => t,
+                    Err(e) => return warn!(error = %e, "deadline sweep failed"),
+                };
+                const BEFORE_STORING: [Status; 3] = [Status::Queued, Status::Dispatched, Status::Running];
+                for t in overdue.into_iter().filter(|t| Status::parse(&t.status).is_some_and(|s| BEFORE_STORING.contains(&s))) {
+                    if let Some(key) = act.queued.remove(&t.id) {
+                        act.queue.remove(&key);
+                    }
+                    if let Some(i) = act.slots.iter().position(|s| s.held.contains_key(&t.id)) {
+                        if let Some(held) = act.slots[i].held.remove(&t.id) {
+                            act.slots[i].addr.do_send(backend::Cancel { prompt_id: held.prompt_id });
+                            act.clean_uploads(i, held.uploads);
+                        }
+                    }
+                    let msg = format!("deadline passed ({} after it was accepted)", t.deadline_at - t.created_at);
+                    act.fail(t.id, &BEFORE_STORING, error_code::OTHER, msg, Value::Null, ctx);
+                }
+                act.dispatch(ctx);
+            })
+            .spawn(ctx);
+    }
+
     /// Input images of a job that ended are no longer needed on its backend.
     fn clean_uploads(&self, i: usize, uploads: Vec<String>) {
         if !uploads.is_empty() {
@@ -334,6 +367,7 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1 << 16);
+        ctx.run_interval(DEADLINE_SWEEP, |act, ctx| act.sweep_deadlines(ctx));
     }
 }
 
