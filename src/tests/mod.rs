@@ -4,3 +4,4 @@
 mod pipeline;
 mod storage;
 mod support;
+mod workflows_api;

@@ -102,6 +102,18 @@ impl Daemon {
         std::fs::read_to_string(self.data.path().join("comfyd.log")).unwrap_or_default()
     }
 
+    /// The process id while the daemon runs (to send it signals).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGHUP (reload the workflows); panics when the daemon is not running.
+    pub fn sighup(&self) {
+        let pid = self.pid().expect("daemon is running");
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -HUP {pid} failed");
+    }
+
     /// SIGKILL: no shutdown, nothing flushed beyond what was committed.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -8,6 +8,7 @@
 
 pub mod daemon;
 pub mod db;
+pub mod images;
 pub mod s3;
 pub mod sim;
 pub mod webhook;
