@@ -1,0 +1,171 @@
+//! `comfyd-bench`: measures comfyd the way its users see it, end to end, on one machine.
+//!
+//! Per scenario and store it starts N `comfy-sim` processes, the real `comfyd` binary (found next to
+//! this executable), `s3s-fs` for the S3 store, and a webhook receiver inside this process; submits
+//! jobs over HTTP; waits for every webhook; and reports latencies, throughput, makespan against the
+//! ideal, backend idle time, comfyd's CPU and memory, and lost or duplicated jobs. Nothing here asserts
+//! a timing: the figures go to stdout and, with `--out`, into BENCHMARKS.md.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/comfyd-bench all --store both --out BENCHMARKS.md
+//! ```
+//!
+//! # Layout
+//! - `scenario.rs`: the four scenarios, and running one against one store
+//! - `procs.rs`: child processes (killed on drop), scratch folders, `/proc` figures
+//! - `receiver.rs`: the webhook receiver
+//! - `stats.rs`: percentiles, idle time, ideal makespan (unit-tested)
+//! - `report.rs`: the Markdown tables and the targets
+
+mod procs;
+mod receiver;
+mod report;
+mod scenario;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+
+use crate::scenario::{Outcome, StoreKind};
+
+/// Command line.
+#[derive(Parser, Debug)]
+#[command(name = "comfyd-bench", about = "End-to-end benchmark of comfyd against comfy-sim backends")]
+struct Cli {
+    /// Scenarios to run: a, b, c, d, or all.
+    #[arg(default_value = "all")]
+    scenarios: Vec<String>,
+    /// Output store(s) comfyd writes to.
+    #[arg(long, value_enum, default_value_t = StoreArg::Local)]
+    store: StoreArg,
+    /// Write the report into this Markdown file (between its `<!-- bench:begin/end -->` markers if
+    /// it has them, so the text around them is kept).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The workflows folder comfyd loads (must hold `solid`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"))]
+    workflows: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StoreArg {
+    Local,
+    S3,
+    Both,
+}
+
+impl StoreArg {
+    fn kinds(self) -> Vec<StoreKind> {
+        match self {
+            StoreArg::Local => vec![StoreKind::Local],
+            StoreArg::S3 => vec![StoreKind::S3],
+            StoreArg::Both => vec![StoreKind::Local, StoreKind::S3],
+        }
+    }
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Ctrl-C drops the run future, whose guards kill every child before we exit.
+    tokio::select! {
+        r = run(cli) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let bins = procs::Binaries::locate()?;
+    let all = scenario::all();
+    let wanted: Vec<scenario::Scenario> = if cli.scenarios.iter().any(|s| s == "all") {
+        all.clone()
+    } else {
+        let mut v = Vec::new();
+        for key in &cli.scenarios {
+            match all.iter().find(|s| s.key == key.to_lowercase()) {
+                Some(s) => v.push(s.clone()),
+                None => bail!("unknown scenario {key:?}: use a, b, c, d or all"),
+            }
+        }
+        v
+    };
+    if !cli.workflows.join("solid.toml").is_file() {
+        bail!("{} has no solid workflow (solid.toml); pass --workflows", cli.workflows.display());
+    }
+    let workflows = cli.workflows.canonicalize().context("resolving --workflows")?;
+
+    let receiver = receiver::Receiver::start().context("starting the webhook receiver")?;
+    let started = chrono::Utc::now();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for sc in &wanted {
+        for store in cli.store.kinds() {
+            eprintln!("({}) {} [{}] ...", sc.key, sc.title, store.name());
+            let o = scenario::run(&bins, &workflows, sc, store, &receiver)
+                .await
+                .with_context(|| format!("scenario ({}) with the {} store", sc.key, store.name()))?;
+            eprintln!(
+                "  {} jobs: submit p99 {:.1} ms, webhook p50 {:.1} ms, {:.0} jobs/s, makespan {:.0}/{:.0} ms, \
+                 CPU {:.2} ms/job, RSS {:.1} MiB, lost {}, dup {}",
+                o.accepted,
+                o.submit_p99.unwrap_or(f64::NAN),
+                o.hook_p50.unwrap_or(f64::NAN),
+                o.jobs_per_s.unwrap_or(f64::NAN),
+                o.makespan_ms.unwrap_or(f64::NAN),
+                o.ideal_ms.unwrap_or(f64::NAN),
+                o.cpu_ms_per_job.unwrap_or(f64::NAN),
+                o.peak_rss_mib.unwrap_or(f64::NAN),
+                o.lost,
+                o.duplicated,
+            );
+            outcomes.push(o);
+        }
+    }
+    receiver.stop().await;
+
+    let text = report::render(&machine(&started), &wanted, &outcomes);
+    println!("{text}");
+    if let Some(path) = &cli.out {
+        let existing = std::fs::read_to_string(path).ok();
+        std::fs::write(path, report::splice(existing.as_deref(), &text))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The machine and the moment, for the report's header.
+fn machine(started: &chrono::DateTime<chrono::Utc>) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| format!("{:.1} GiB", k / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "Run {} UTC at commit {commit}; {cpus} CPUs ({model}), {mem_gib} RAM; load average at start {}.",
+        started.format("%Y-%m-%d %H:%M"),
+        procs::load_average()
+    )
+}

@@ -1,0 +1,300 @@
+//! The processes a scenario runs (`comfy-sim` ×N, `comfyd`, `s3s-fs`), a scratch folder, and what
+//! `/proc` says about a process. Every child is owned by a [`Children`] guard that kills it on drop,
+//! so an error or a panic in the bench never leaves a daemon behind.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// A folder under the system temp dir, removed on drop.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(label: &str) -> anyhow::Result<ScratchDir> {
+        let path = std::env::temp_dir().join(format!(
+            "comfyd-bench-{label}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Child processes, killed (SIGKILL) and reaped on drop, in reverse start order.
+#[derive(Default)]
+pub struct Children(Vec<(String, Child)>);
+
+impl Children {
+    pub fn push(&mut self, name: impl Into<String>, child: Child) -> u32 {
+        let pid = child.id();
+        self.0.push((name.into(), child));
+        pid
+    }
+
+    /// Fails if any child has exited (a crashed daemon must not look like a slow one).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.0 {
+            if let Some(status) = child.try_wait().context("polling a child")? {
+                bail!("{name} exited unexpectedly ({status})");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        while let Some((_, mut child)) = self.0.pop() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The binaries the bench drives: `comfyd` and `comfy-sim` next to the bench's own executable, and
+/// `s3s-fs` (only needed for the S3 store).
+pub struct Binaries {
+    pub comfyd: PathBuf,
+    pub sim: PathBuf,
+}
+
+impl Binaries {
+    pub fn locate() -> anyhow::Result<Binaries> {
+        let exe = std::env::current_exe().context("finding the bench's own executable")?;
+        let dir = exe.parent().context("the bench executable has no parent folder")?;
+        let find = |name: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                bail!(
+                    "{name} not found next to comfyd-bench (looked for {}); build every binary first: \
+                     cargo build --release --bins",
+                    p.display()
+                )
+            }
+        };
+        Ok(Binaries { comfyd: find("comfyd")?, sim: find("comfy-sim")? })
+    }
+}
+
+/// `s3s-fs` from `S3S_FS_BIN`, else `PATH`, else `~/.cargo/bin`.
+pub fn s3s_fs_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("S3S_FS_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        if let Some(p) = std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).find(|p| p.is_file()) {
+            return Ok(p);
+        }
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    match home.map(|d| d.join("bin/s3s-fs")) {
+        Some(p) if p.is_file() => Ok(p),
+        _ => bail!(
+            "s3s-fs not found (needed for --store s3): set S3S_FS_BIN or run \
+             `cargo install s3s-fs@0.14.1 --features binary --locked`"
+        ),
+    }
+}
+
+/// A started simulator.
+pub struct SimProc {
+    pub url: String,
+    pub exec_ms: u64,
+}
+
+/// Starts `comfy-sim --port 0` and reads its port from the banner line.
+pub fn start_sim(
+    bins: &Binaries,
+    children: &mut Children,
+    dir: &Path,
+    index: usize,
+    exec_ms: u64,
+    paused: bool,
+) -> anyhow::Result<SimProc> {
+    let data = dir.join(format!("sim{index}"));
+    std::fs::create_dir_all(&data)?;
+    let log = std::fs::File::create(dir.join(format!("sim{index}.log")))?;
+    let mut cmd = Command::new(&bins.sim);
+    cmd.args(["--port", "0", "--exec-ms", &exec_ms.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    if paused {
+        cmd.arg("--paused");
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", bins.sim.display()))?;
+    let stdout = child.stdout.take().context("comfy-sim stdout")?;
+    children.push(format!("comfy-sim #{index}"), child);
+    // The banner is the first line; the sim prints nothing else on stdout.
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).context("reading the comfy-sim banner")?;
+    let url = line
+        .trim()
+        .strip_prefix("comfy-sim listening on ")
+        .with_context(|| format!("unexpected comfy-sim banner {line:?}"))?
+        .to_owned();
+    Ok(SimProc { url, exec_ms })
+}
+
+/// A started `s3s-fs` with its credentials.
+pub struct S3Proc {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// Starts `s3s-fs` on a free port over `dir/s3` and waits until it accepts connections.
+pub fn start_s3(children: &mut Children, dir: &Path) -> anyhow::Result<S3Proc> {
+    let bin = s3s_fs_binary()?;
+    let data = dir.join("s3");
+    std::fs::create_dir_all(&data)?;
+    let port = free_port()?;
+    let s3 = S3Proc {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        access_key: format!("AK{}", rand::random::<u32>()),
+        secret_key: format!("SK{}", uuid::Uuid::new_v4().simple()),
+    };
+    let log = std::fs::File::create(dir.join("s3s-fs.log"))?;
+    let child = Command::new(&bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", &s3.access_key, "--secret-key", &s3.secret_key])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    children.push("s3s-fs", child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(s3);
+        }
+        children.check_alive()?;
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("s3s-fs did not accept connections on port {port} within 15 s")
+}
+
+/// Starts the real `comfyd` with the given environment (plus the fixed part) on a free port.
+/// Returns its base URL and pid.
+pub fn start_comfyd(
+    bins: &Binaries,
+    children: &mut Children,
+    dir: &Path,
+    workflows: &Path,
+    endpoints: &[String],
+    extra_env: &HashMap<String, String>,
+) -> anyhow::Result<(String, u32)> {
+    let port = free_port()?;
+    let data = dir.join("comfyd");
+    std::fs::create_dir_all(&data)?;
+    let log = std::fs::File::create(dir.join("comfyd.log"))?;
+    let child = Command::new(&bins.comfyd)
+        .current_dir(&data)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", std::env::var("COMFYD_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("SERVICE_PORT", port.to_string())
+        .env("COMFYD_HOST", "127.0.0.1")
+        .env("COMFYUI_ENDPOINTS", endpoints.join(","))
+        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", data.join("c.db").display()))
+        .env("COMFYD_DATA_DIR", &data)
+        .env("COMFYD_WORKFLOWS_DIR", workflows)
+        .envs(extra_env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bins.comfyd.display()))?;
+    let pid = children.push("comfyd", child);
+    Ok((format!("http://127.0.0.1:{port}"), pid))
+}
+
+/// A port that was free a moment ago (the child binds it right away).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// CPU time (user + system) a process has used so far, in milliseconds.
+pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its closing paren are plain.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': field 3 (state) is index 0, so utime (14) is index 11 and stime (15) index 12.
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) * 1000.0 / clock_ticks())
+}
+
+/// `sysconf(_SC_CLK_TCK)` through `getconf` (no libc dependency); 100 on every Linux we know of.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Peak resident set size (`VmHWM`) of a process, in MiB.
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/PID/status")?;
+    let kib: f64 = line.split_whitespace().nth(1).context("malformed VmHWM")?.parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// The 1-minute load average, as `/proc/loadavg` says.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Epoch milliseconds (with the sub-millisecond part), the clock the simulators use.
+pub fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_and_rss_of_this_process() {
+        let pid = std::process::id();
+        assert!(cpu_ms(pid).expect("cpu") >= 0.0);
+        assert!(peak_rss_mib(pid).expect("rss") > 0.1);
+        assert!(cpu_ms(u32::MAX).is_err());
+    }
+}

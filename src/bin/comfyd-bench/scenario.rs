@@ -1,0 +1,438 @@
+//! The four scenarios and how one of them runs against one store: start the simulators, the S3 server
+//! if needed and comfyd; submit every job; wait for every webhook; collect the simulators' stats and
+//! comfyd's `/proc` figures; turn them into an [`Outcome`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::procs::{self, Binaries, Children, ScratchDir};
+use crate::receiver::{Hook, Receiver};
+use crate::stats::{idle_while_waiting, ideal_makespan, percentile, Span};
+
+/// Submits in flight at once ("at once" = as fast as ~64 concurrent clients can).
+const CONCURRENCY: usize = 64;
+/// After the last expected webhook, how long to keep listening for duplicates (comfyd reads its
+/// webhook outbox every second, so a second copy would show up within this).
+const DUPLICATE_GRACE: Duration = Duration::from_millis(1500);
+/// How long comfyd may take to answer `/healthz` with every backend up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where comfyd stores outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Local,
+    S3,
+}
+
+impl StoreKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Local => "local",
+            StoreKind::S3 => "s3",
+        }
+    }
+}
+
+/// One benchmark scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// `a`..`d`.
+    pub key: &'static str,
+    pub title: &'static str,
+    /// One simulator per entry, with this execution time per prompt.
+    pub exec_ms: Vec<u64>,
+    pub jobs: usize,
+    /// Submit everything to paused simulators, then resume them at 0 ms and drain.
+    pub paused_then_resume: bool,
+    /// Longest wait for every webhook after the last submit.
+    pub deadline: Duration,
+}
+
+/// Every scenario, in order.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            key: "a",
+            title: "3 backends x 50 ms, 300 jobs at once",
+            exec_ms: vec![50, 50, 50],
+            jobs: 300,
+            paused_then_resume: false,
+            deadline: Duration::from_secs(120),
+        },
+        Scenario {
+            key: "b",
+            title: "3 backends x 0 ms, 2,000 jobs at once",
+            exec_ms: vec![0, 0, 0],
+            jobs: 2000,
+            paused_then_resume: false,
+            deadline: Duration::from_secs(300),
+        },
+        Scenario {
+            key: "c",
+            title: "3 backends of 100, 100 and 400 ms, 150 jobs at once",
+            exec_ms: vec![100, 100, 400],
+            jobs: 150,
+            paused_then_resume: false,
+            deadline: Duration::from_secs(120),
+        },
+        Scenario {
+            key: "d",
+            title: "10,000 jobs submitted to 3 paused backends, then resumed at 0 ms and drained",
+            exec_ms: vec![0, 0, 0],
+            jobs: 10_000,
+            paused_then_resume: true,
+            deadline: Duration::from_secs(900),
+        },
+    ]
+}
+
+/// Everything measured in one run of one scenario against one store. Times in ms.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub scenario: String,
+    pub store: String,
+    pub submitted: usize,
+    pub accepted: usize,
+    /// Submits that failed or were refused, with the first error seen.
+    pub refused: usize,
+    pub first_error: Option<String>,
+    pub submit_p50: Option<f64>,
+    pub submit_p99: Option<f64>,
+    pub dispatch_p50: Option<f64>,
+    pub dispatch_p99: Option<f64>,
+    pub hook_p50: Option<f64>,
+    pub hook_p99: Option<f64>,
+    /// Accepted jobs / (last webhook - first submit).
+    pub jobs_per_s: Option<f64>,
+    pub submit_phase_s: f64,
+    pub makespan_ms: Option<f64>,
+    pub ideal_ms: Option<f64>,
+    pub idle_ms: Option<f64>,
+    pub cpu_ms_per_job: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+    /// Peak RSS once every job was queued, before the backends resumed (scenario (d)).
+    pub rss_deep_queue_mib: Option<f64>,
+    pub lost: usize,
+    pub duplicated: usize,
+    /// Tasks whose webhook said something other than `done`.
+    pub not_done: usize,
+    /// Prompts the simulators received (more than `accepted` = some were dispatched again).
+    pub prompts: usize,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+/// One submit as the bench saw it.
+struct Submitted {
+    sent_ms: f64,
+    latency_ms: f64,
+    accepted_ms: f64,
+    task_id: Option<String>,
+    error: Option<String>,
+}
+
+/// One prompt as `GET /sim/stats` reports it.
+#[derive(Debug, Deserialize)]
+struct PromptStat {
+    prompt_id: String,
+    received_ms: f64,
+    started_ms: Option<f64>,
+    finished_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SimStats {
+    prompts: Vec<PromptStat>,
+}
+
+/// Runs `sc` against `store`. Every process it starts is gone when it returns.
+pub async fn run(
+    bins: &Binaries,
+    workflows: &Path,
+    sc: &Scenario,
+    store: StoreKind,
+    receiver: &Receiver,
+) -> anyhow::Result<Outcome> {
+    let scratch = ScratchDir::new(&format!("{}-{}", sc.key, store.name()))?;
+    let mut children = Children::default();
+    let load_before = procs::load_average();
+
+    let mut sims = Vec::new();
+    for (i, ms) in sc.exec_ms.iter().enumerate() {
+        sims.push(procs::start_sim(bins, &mut children, scratch.path(), i, *ms, sc.paused_then_resume)?);
+    }
+    let mut env = HashMap::new();
+    if store == StoreKind::S3 {
+        let s3 = procs::start_s3(&mut children, scratch.path())?;
+        create_bucket(&s3, "bench").await?;
+        env.insert("S3_BUCKET".into(), "bench".into());
+        env.insert("S3_REGION_NAME".into(), "us-east-1".into());
+        env.insert("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone());
+        env.insert("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone());
+        env.insert("COMFYD_S3_ENDPOINT_URL".into(), s3.endpoint.clone());
+    }
+    let endpoints: Vec<String> = sims.iter().map(|s| s.url.clone()).collect();
+    let (base, pid) = procs::start_comfyd(bins, &mut children, scratch.path(), workflows, &endpoints, &env)?;
+    let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+    wait_ready(&client, &base, sims.len(), &mut children).await.with_context(|| {
+        format!("comfyd did not become ready; its log:\n{}", tail(&scratch.path().join("comfyd.log")))
+    })?;
+
+    receiver.clear();
+    let cpu_before = procs::cpu_ms(pid)?;
+    let submit_start = Instant::now();
+    let submitted = submit_all(&client, &format!("{base}/api/v1"), &receiver.url, sc.jobs).await;
+    let submit_phase_s = submit_start.elapsed().as_secs_f64();
+    children.check_alive()?;
+
+    let mut rss_deep_queue_mib = None;
+    let mut resume_ms = None;
+    if sc.paused_then_resume {
+        rss_deep_queue_mib = procs::peak_rss_mib(pid).ok();
+        resume_ms = Some(procs::now_ms());
+        for s in &sims {
+            client
+                .post(format!("{}/sim/config", s.url))
+                .send_json(&json!({"exec_ms": 0, "paused": false}))
+                .await
+                .map_err(|e| anyhow::anyhow!("resuming {}: {e}", s.url))?;
+        }
+    }
+
+    let expected: HashSet<&str> = submitted.iter().filter_map(|s| s.task_id.as_deref()).collect();
+    let deadline = Instant::now() + sc.deadline;
+    loop {
+        let seen: HashSet<String> = receiver.hooks().into_iter().map(|h| h.task_id).collect();
+        if expected.iter().all(|t| seen.contains(*t)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "  deadline: {} of {} webhooks after {} s",
+                expected.iter().filter(|t| seen.contains(**t)).count(),
+                expected.len(),
+                sc.deadline.as_secs()
+            );
+            break;
+        }
+        children.check_alive()?;
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu_after = procs::cpu_ms(pid)?;
+    actix_rt::time::sleep(DUPLICATE_GRACE).await;
+    let peak_rss_mib = procs::peak_rss_mib(pid).ok();
+    let hooks = receiver.hooks();
+
+    let mut stats = Vec::new();
+    for s in &sims {
+        let mut resp = client
+            .get(format!("{}/sim/stats", s.url))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET {}/sim/stats: {e}", s.url))?;
+        let body: SimStats = resp.json().limit(256 << 20).await.context("reading /sim/stats")?;
+        stats.push(body.prompts);
+    }
+    let exec_configured: Vec<f64> = sims.iter().map(|s| s.exec_ms as f64).collect();
+    drop(children);
+
+    let mut out = summarize(&submitted, &hooks, &stats, &exec_configured, resume_ms);
+    out.scenario = sc.key.to_owned();
+    out.store = store.name().to_owned();
+    out.submit_phase_s = submit_phase_s;
+    out.cpu_ms_per_job = (out.accepted > 0).then(|| (cpu_after - cpu_before) / out.accepted as f64);
+    out.peak_rss_mib = peak_rss_mib;
+    out.rss_deep_queue_mib = rss_deep_queue_mib;
+    out.load_before = load_before;
+    out.load_after = procs::load_average();
+    Ok(out)
+}
+
+/// Turns raw observations into the report's figures (everything except the `/proc` ones).
+fn summarize(
+    submitted: &[Submitted],
+    hooks: &[Hook],
+    stats: &[Vec<PromptStat>],
+    exec_configured: &[f64],
+    resume_ms: Option<f64>,
+) -> Outcome {
+    let ok: Vec<&Submitted> = submitted.iter().filter(|s| s.task_id.is_some()).collect();
+    let mut out = Outcome {
+        submitted: submitted.len(),
+        accepted: ok.len(),
+        refused: submitted.len() - ok.len(),
+        first_error: submitted.iter().find_map(|s| s.error.clone()),
+        prompts: stats.iter().map(Vec::len).sum(),
+        ..Outcome::default()
+    };
+    let latencies: Vec<f64> = ok.iter().map(|s| s.latency_ms).collect();
+    out.submit_p50 = percentile(&latencies, 50.0);
+    out.submit_p99 = percentile(&latencies, 99.0);
+
+    let prompts: HashMap<&str, &PromptStat> =
+        stats.iter().flatten().map(|p| (p.prompt_id.as_str(), p)).collect();
+    let mut by_task: HashMap<&str, Vec<&Hook>> = HashMap::new();
+    for h in hooks {
+        by_task.entry(h.task_id.as_str()).or_default().push(h);
+    }
+    let (mut dispatch, mut to_hook) = (Vec::new(), Vec::new());
+    let mut last_hook = f64::MIN;
+    for s in &ok {
+        let Some(task) = s.task_id.as_deref() else { continue };
+        let Some(hs) = by_task.get(task) else {
+            out.lost += 1;
+            continue;
+        };
+        let ids: HashSet<&str> = hs.iter().map(|h| h.webhook_id.as_str()).collect();
+        if ids.len() > 1 {
+            out.duplicated += 1;
+        }
+        let first = hs.iter().min_by(|a, b| a.received_ms.total_cmp(&b.received_ms)).copied();
+        let Some(first) = first else { continue };
+        last_hook = last_hook.max(first.received_ms);
+        if first.status != "done" {
+            out.not_done += 1;
+        }
+        if let Some(p) = first.prompt_id.as_deref().and_then(|id| prompts.get(id)) {
+            dispatch.push(p.received_ms - s.sent_ms);
+            if let Some(f) = p.finished_ms {
+                to_hook.push(first.received_ms - f);
+            }
+        }
+    }
+    out.dispatch_p50 = percentile(&dispatch, 50.0);
+    out.dispatch_p99 = percentile(&dispatch, 99.0);
+    out.hook_p50 = percentile(&to_hook, 50.0);
+    out.hook_p99 = percentile(&to_hook, 99.0);
+
+    let first_sent = ok.iter().map(|s| s.sent_ms).fold(f64::MAX, f64::min);
+    if out.accepted > 0 && last_hook > first_sent {
+        out.jobs_per_s = Some(out.accepted as f64 / ((last_hook - first_sent) / 1000.0));
+    }
+
+    // Makespan: from the moment work could start (first submit, or the resume) to the last finish.
+    let start = resume_ms.unwrap_or(first_sent);
+    let last_finish = stats.iter().flatten().filter_map(|p| p.finished_ms).fold(f64::MIN, f64::max);
+    if out.accepted > 0 && last_finish > start {
+        out.makespan_ms = Some(last_finish - start);
+        // Each backend's speed as measured (mean execution time), else as configured.
+        let speeds: Vec<f64> = stats
+            .iter()
+            .zip(exec_configured)
+            .map(|(ps, conf)| {
+                let runs: Vec<f64> =
+                    ps.iter().filter_map(|p| Some(p.finished_ms? - p.started_ms?)).collect();
+                if runs.is_empty() {
+                    *conf
+                } else {
+                    runs.iter().sum::<f64>() / runs.len() as f64
+                }
+            })
+            .collect();
+        out.ideal_ms = Some(ideal_makespan(out.accepted, &speeds));
+        let accepted: Vec<f64> = ok.iter().map(|s| s.accepted_ms).collect();
+        let started: Vec<f64> = stats.iter().flatten().filter_map(|p| p.started_ms).collect();
+        let busy: Vec<Vec<Span>> = stats
+            .iter()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| Some(Span { start: p.started_ms?, end: p.finished_ms.unwrap_or(last_finish) }))
+                    .collect()
+            })
+            .collect();
+        out.idle_ms = Some(idle_while_waiting(&accepted, &started, &busy, Span { start, end: last_finish }));
+    }
+    out
+}
+
+/// Creates the bucket comfyd writes to (comfyd expects it to exist).
+async fn create_bucket(s3: &procs::S3Proc, bucket: &str) -> anyhow::Result<()> {
+    let settings = comfyd::storage::S3Settings {
+        bucket: bucket.to_owned(),
+        region: "us-east-1".to_owned(),
+        endpoint_url: Some(s3.endpoint.clone()),
+        force_path_style: true,
+        access_key_id: Some(s3.access_key.clone()),
+        secret_access_key: Some(s3.secret_key.clone()),
+        key_prefix: String::new(),
+    };
+    settings
+        .client()
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating bucket {bucket}: {e:?}"))?;
+    Ok(())
+}
+
+/// Waits for `GET /healthz` 200 with every backend up.
+async fn wait_ready(client: &awc::Client, base: &str, backends: usize, children: &mut Children) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        children.check_alive()?;
+        if let Ok(mut resp) = client.get(format!("{base}/healthz")).send().await {
+            let status = resp.status();
+            if let Ok(body) = resp.json::<Value>().await {
+                if status.is_success() && body["backends_up"].as_u64() == Some(backends as u64) {
+                    return Ok(());
+                }
+                last = format!("{status} {body}");
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("not ready within {} s (last /healthz: {last})", READY_TIMEOUT.as_secs())
+}
+
+/// Submits `jobs` tasks with [`CONCURRENCY`] requests in flight.
+async fn submit_all(client: &awc::Client, api: &str, hook_url: &str, jobs: usize) -> Vec<Submitted> {
+    futures_util::stream::iter(0..jobs)
+        .map(|n| {
+            let body = json!({
+                "service_type": "solid",
+                "client_task_id": format!("b-{n}"),
+                "client_callback_url": hook_url,
+                "params": {"width": 8, "height": 8, "color": n},
+            });
+            let request = client.post(api).send_json(&body);
+            async move {
+                let sent_ms = procs::now_ms();
+                let t0 = Instant::now();
+                let result = match request.await {
+                    Ok(mut resp) => {
+                        let status = resp.status();
+                        match resp.json::<Value>().limit(1 << 20).await {
+                            Ok(v) if status.is_success() => v["id"].as_str().map(str::to_owned).ok_or(format!("no id in {v}")),
+                            Ok(v) => Err(format!("{status}: {v}")),
+                            Err(e) => Err(format!("{status}: {e}")),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let (task_id, error) = match result {
+                    Ok(id) => (Some(id), None),
+                    Err(e) => (None, Some(e)),
+                };
+                Submitted { sent_ms, latency_ms, accepted_ms: sent_ms + latency_ms, task_id, error }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
