@@ -312,6 +312,11 @@ async fn bad_values_get_422_naming_each_field_and_nothing_is_queued() {
 
 // 3. Images in
 
+/// The simulator that ran `task` (by its `backend` name).
+fn sim_of<'a>(env: &'a Env, task: &Value) -> &'a Sim {
+    env.sims.iter().find(|s| task["backend"] == s.url).unwrap_or_else(|| panic!("no simulator ran {task}"))
+}
+
 #[actix_web::test]
 async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
     // Arrange
@@ -326,7 +331,7 @@ async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
     })
     .await;
     let env = env(EnvOpts {
-        backends: 1,
+        backends: 2,
         exec_ms: 5,
         env: HashMap::from([
             ("COMFYD_FETCH_MAX_BYTES".to_string(), limit.to_string()),
@@ -335,13 +340,14 @@ async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
         ..Default::default()
     })
     .await;
-    let sim = &env.sims[0];
 
-    // Act + Assert: good images, each uploaded to the backend under a name unique to its task.
+    // Act + Assert: good images, each uploaded to the backend that ran the task (and only there),
+    // under a name unique to the task.
     let good = [
         ("base64", png_b64.clone()),
         ("data URL", format!("data:image/png;base64,{png_b64}")),
         ("http URL", images.url("/ok.png")),
+        ("redirect to the PNG", images.url("/redirect.png")),
     ];
     let mut loaded_names = BTreeSet::new();
     for (what, image) in good {
@@ -349,19 +355,24 @@ async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
         let id = task["id"].as_str().expect("id");
         let loaded = graph["1"]["inputs"]["image"].as_str().expect("LoadImage.image").to_string();
         assert!(loaded.contains(&id.replace('-', "")), "{what}: upload name {loaded} is unique to task {id}");
-        let uploaded = std::fs::read(sim.data_dir().join("input").join(&loaded)).expect("uploaded file");
+        let ran = sim_of(&env, &task);
+        let uploaded = std::fs::read(ran.data_dir().join("input").join(&loaded)).expect("uploaded file");
         assert_eq!(uploaded, png, "{what}: the backend got the client's bytes");
+        for other in env.sims.iter().filter(|s| s.url != ran.url) {
+            assert!(!other.data_dir().join("input").join(&loaded).exists(), "{what}: uploaded only where it ran");
+        }
         assert_eq!(task["outputs"].as_array().map(Vec::len), Some(1), "{task}");
         loaded_names.insert(loaded);
     }
-    assert_eq!(loaded_names.len(), 3);
-    assert_eq!(images.hits("/ok.png"), 1);
+    assert_eq!(loaded_names.len(), 4);
+    assert_eq!(images.hits("/ok.png"), 2, "fetched once directly, once through the redirect");
 
     // Bad URLs: refused at submit, naming params.image.
     let bad = [
         ("/big.png", 413),
         ("/big-chunked.png", 413),
         ("/page.html", 422),
+        ("/fake.png", 422),
         ("/missing.png", 422),
         ("/slow.png", 422),
     ];
@@ -379,9 +390,47 @@ async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
             assert!(took < Duration::from_millis(2500), "the fetch gave up after ~1 s, not {took:?}");
         }
     }
+    // A redirect loop ends after a few hops.
+    let (status, reply) = submit_typed(&env.daemon, "invert", json!({ "image": images.url("/loop.png") })).await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(fields(&reply), vec!["params.image".to_string()]);
+    assert!((2..=10).contains(&images.hits("/loop.png")), "{} hops", images.hits("/loop.png"));
+
     let (_, list) = env.daemon.get("/tasks").await;
-    assert_eq!(list["total"], 3, "only the good submits were recorded: {list}");
-    assert_eq!(sim.prompts().await.len(), 3);
+    assert_eq!(list["total"], 4, "only the good submits were recorded: {list}");
+    let mut prompts = 0;
+    for sim in &env.sims {
+        prompts += sim.prompts().await.len();
+    }
+    assert_eq!(prompts, 4);
+    images.stop().await;
+}
+
+#[actix_web::test]
+async fn a_retried_submit_is_answered_from_the_first_without_fetching_again() {
+    // Arrange
+    let png = base64::engine::general_purpose::STANDARD.decode(png_base64(8, 8)).expect("png");
+    let images = ImageServer::start(ImageServerConfig { png, big_len: 1, stall: Duration::ZERO }).await;
+    let env = env(EnvOpts { backends: 1, exec_ms: 5, ..Default::default() }).await;
+    let body = json!({ "client_task_id": "retry-1", "params": { "image": images.url("/ok.png") } });
+
+    // Act
+    let (first_status, first) = env.daemon.post("/workflows/invert/tasks", &body).await;
+    let (again_status, again) = env.daemon.post("/workflows/invert/tasks", &body).await;
+    let other = json!({ "client_task_id": "retry-1", "params": { "image": images.url("/redirect.png") } });
+    let (conflict_status, conflict) = env.daemon.post("/workflows/invert/tasks", &other).await;
+
+    // Assert
+    assert_eq!(first_status, 202, "{first}");
+    assert_eq!(again_status, 200, "the same submit again is not new: {again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(images.hits("/ok.png"), 1, "the retry did not fetch the image again");
+    assert_eq!(conflict_status, 409, "{conflict}");
+    assert_eq!(conflict["task"]["id"], first["id"]);
+    assert_eq!(images.hits("/redirect.png"), 0);
+    let task = env.daemon.wait_terminal(first["id"].as_str().expect("id"), 20).await;
+    assert_eq!(task["status"], "done", "{task}");
+    assert_eq!(env.sims[0].prompts().await.len(), 1);
     images.stop().await;
 }
 
@@ -562,19 +611,27 @@ async fn a_task_keeps_the_graph_it_was_accepted_with_across_a_reload() {
     env.sims[0].config(json!({ "paused": true })).await;
     let (status, before) = submit_typed(d, "batch3", json!({})).await;
     assert_eq!(status, 202, "{before}");
+    let (status, removed) = submit_typed(d, "preview", json!({ "width": 4, "height": 4 })).await;
+    assert_eq!(status, 202, "{removed}");
 
-    // Act: batch3's graph now makes 2 images instead of 3; reload.
+    // Act: batch3's graph now makes 2 images instead of 3, and preview is gone; reload.
     let path = dir.path().join("batch3.json");
     let graph = std::fs::read_to_string(&path).expect("batch3.json");
     assert!(graph.contains("\"batch_size\": 3"));
     std::fs::write(&path, graph.replace("\"batch_size\": 3", "\"batch_size\": 2")).expect("rewrite batch3.json");
+    std::fs::remove_file(dir.path().join("preview.toml")).expect("remove preview.toml");
     d.sighup();
     log_count(d, "SIGHUP: reloaded", 1).await;
+    assert_eq!(d.get("/workflows/preview").await.0, 404);
     let (status, after) = submit_typed(d, "batch3", json!({})).await;
     assert_eq!(status, 202, "{after}");
     env.sims[0].config(json!({ "paused": false })).await;
 
-    // Assert
+    // Assert: a task of a workflow removed since it was accepted still runs as accepted.
+    let task = d.wait_terminal(removed["id"].as_str().expect("id"), 20).await;
+    assert_eq!(task["status"], "done", "{task}");
+    assert_eq!(graph_ran(&env, &task).await["1"]["inputs"]["width"], 4);
+
     for (reply, batch) in [(&before, 3), (&after, 2)] {
         let task = d.wait_terminal(reply["id"].as_str().expect("id"), 20).await;
         assert_eq!(task["status"], "done", "{task}");
@@ -685,19 +742,14 @@ async fn workflows_check_fails_on_a_broken_manifest_naming_the_file() {
 
 // 8. A broken workflows folder stops the daemon at boot
 
-#[actix_web::test]
-async fn the_daemon_refuses_to_start_with_a_broken_workflows_folder() {
-    // Arrange: one good workflow and one whose manifest is not even TOML.
-    let dir = model_free_workflows();
-    write(dir.path(), "bad.toml", "name = \"bad\"\n[outputs\nnodes = [\"2\"]\n");
-    write(dir.path(), "bad.json", FLAGS_JSON);
+/// Starts the daemon on `workflows_dir` and expects it to exit on its own within 15 s; returns
+/// the exit status and its stderr.
+async fn daemon_exit(workflows_dir: &Path) -> (std::process::ExitStatus, String) {
     let sim = Sim::start(5).await;
     let db = TestDb::sqlite();
     let data = tempfile::tempdir().expect("data");
     let log_path = data.path().join("comfyd.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-
-    // Act
     let mut child = Command::new(env!("CARGO_BIN_EXE_comfyd"))
         .current_dir(data.path())
         .env_clear()
@@ -707,7 +759,7 @@ async fn the_daemon_refuses_to_start_with_a_broken_workflows_folder() {
         .env("COMFYUI_ENDPOINTS", &sim.url)
         .env("DATABASE_URL", db.url())
         .env("COMFYD_DATA_DIR", data.path())
-        .env("COMFYD_WORKFLOWS_DIR", dir.path())
+        .env("COMFYD_WORKFLOWS_DIR", workflows_dir)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -720,14 +772,39 @@ async fn the_daemon_refuses_to_start_with_a_broken_workflows_folder() {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("comfyd kept running with a broken workflows folder:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            panic!(
+                "comfyd kept running with workflows from {}:\n{}",
+                workflows_dir.display(),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
         }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     };
+    (status, std::fs::read_to_string(&log_path).unwrap_or_default())
+}
 
-    // Assert
-    let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+#[actix_web::test]
+async fn the_daemon_refuses_to_start_with_a_broken_workflows_folder() {
+    // A manifest that is not TOML, next to good workflows.
+    let dir = model_free_workflows();
+    write(dir.path(), "bad.toml", "name = \"bad\"\n[outputs\nnodes = [\"2\"]\n");
+    write(dir.path(), "bad.json", FLAGS_JSON);
+    let (status, stderr) = daemon_exit(dir.path()).await;
     assert!(!status.success(), "{status:?}\n{stderr}");
     assert!(stderr.contains("bad.toml"), "names the file:\n{stderr}");
-    assert!(stderr.contains("line "), "says where the TOML breaks:\n{stderr}");
+    assert!(stderr.contains("line 2"), "says where the TOML breaks:\n{stderr}");
+
+    // A manifest whose output node is not in its graph.
+    let dir = model_free_workflows();
+    let solid = std::fs::read_to_string(dir.path().join("solid.toml")).expect("solid.toml");
+    write(dir.path(), "solid.toml", &solid.replace("nodes = [\"2\"]", "nodes = [\"9\"]"));
+    let (status, stderr) = daemon_exit(dir.path()).await;
+    assert!(!status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("solid.toml") && stderr.contains("output node `9`"), "{stderr}");
+
+    // No folder at all.
+    let gone = dir.path().join("does-not-exist");
+    let (status, stderr) = daemon_exit(&gone).await;
+    assert!(!status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("does-not-exist"), "{stderr}");
 }

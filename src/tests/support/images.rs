@@ -1,6 +1,7 @@
 //! An image server for tests of image inputs given by URL: a real HTTP server on 127.0.0.1 that
 //! serves a good PNG, bodies larger than a limit (with and without `Content-Length`), a non-image
-//! body, a 404, and a response that stalls. It counts the requests each path gets.
+//! body (with a text and with an image content type), a 404, redirects (to the PNG, and in a loop),
+//! and a response that stalls. It counts the requests each path gets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,9 @@ impl ImageServer {
                 .route("/big-chunked.png", web::get().to(big_chunked))
                 .route("/page.html", web::get().to(html))
                 .route("/slow.png", web::get().to(slow))
+                .route("/fake.png", web::get().to(fake_png))
+                .route("/redirect.png", web::get().to(redirect_to_ok))
+                .route("/loop.png", web::get().to(redirect_loop))
                 .default_service(web::to(not_found))
         })
         .workers(1)
@@ -107,6 +111,22 @@ async fn big_chunked(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespons
 async fn html(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body("<html><body>not an image</body></html>")
+}
+
+/// HTML served as `image/png`: only the magic bytes tell.
+async fn fake_png(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    count(&req, &shared);
+    HttpResponse::Ok().content_type("image/png").body("<html><body>not an image</body></html>")
+}
+
+async fn redirect_to_ok(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    count(&req, &shared);
+    HttpResponse::Found().insert_header(("location", "/ok.png")).finish()
+}
+
+async fn redirect_loop(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    count(&req, &shared);
+    HttpResponse::Found().insert_header(("location", "/loop.png")).finish()
 }
 
 async fn slow(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
