@@ -41,7 +41,8 @@ fn workflows_copy() -> TempDir {
     for entry in std::fs::read_dir(repo_workflows()).expect("read workflows/") {
         let path = entry.expect("dir entry").path();
         if path.extension().is_some_and(|x| x == "toml" || x == "json") {
-            std::fs::copy(&path, dir.path().join(path.file_name().expect("file name"))).expect("copy workflow");
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("file name")))
+                .expect("copy workflow");
         }
     }
     dir
@@ -78,15 +79,31 @@ fn workflows_with_flags() -> TempDir {
 
 /// A copy of `solid` under another name (its SaveImage prefix becomes the name too).
 fn solid_as(dir: &Path, name: &str) {
-    let manifest = std::fs::read_to_string(repo_workflows().join("solid.toml")).expect("solid.toml");
+    let manifest =
+        std::fs::read_to_string(repo_workflows().join("solid.toml")).expect("solid.toml");
     let graph = std::fs::read_to_string(repo_workflows().join("solid.json")).expect("solid.json");
-    write(dir, &format!("{name}.toml"), &manifest.replace("name = \"solid\"", &format!("name = \"{name}\"")));
-    write(dir, &format!("{name}.json"), &graph.replace("\"filename_prefix\": \"solid\"", &format!("\"filename_prefix\": \"{name}\"")));
+    write(
+        dir,
+        &format!("{name}.toml"),
+        &manifest.replace("name = \"solid\"", &format!("name = \"{name}\"")),
+    );
+    write(
+        dir,
+        &format!("{name}.json"),
+        &graph.replace(
+            "\"filename_prefix\": \"solid\"",
+            &format!("\"filename_prefix\": \"{name}\""),
+        ),
+    );
 }
 
 /// `POST /workflows/{name}/tasks {"params": params}`.
 async fn submit_typed(d: &Daemon, name: &str, params: Value) -> (u16, Value) {
-    d.post(&format!("/workflows/{name}/tasks"), &json!({ "params": params })).await
+    d.post(
+        &format!("/workflows/{name}/tasks"),
+        &json!({ "params": params }),
+    )
+    .await
 }
 
 /// Submits, expects 202, waits for `done`, and returns the task with the graph ComfyUI ran.
@@ -96,7 +113,12 @@ async fn run_done(env: &Env, name: &str, params: Value) -> (Value, Value) {
     assert_eq!(reply["status"], "queued", "{reply}");
     let id = reply["id"].as_str().expect("task id");
     let task = env.daemon.wait_terminal(id, 20).await;
-    assert_eq!(task["status"], "done", "{name}: {task}\n{}", env.daemon.log());
+    assert_eq!(
+        task["status"],
+        "done",
+        "{name}: {task}\n{}",
+        env.daemon.log()
+    );
     let graph = graph_ran(env, &task).await;
     (task, graph)
 }
@@ -117,7 +139,11 @@ async fn graph_ran(env: &Env, task: &Value) -> Value {
 fn fields(reply: &Value) -> Vec<String> {
     reply["fields"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f["field"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["field"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -125,7 +151,10 @@ fn fields(reply: &Value) -> Vec<String> {
 async fn assert_nothing_queued(env: &Env) {
     let (_, list) = env.daemon.get("/tasks").await;
     assert_eq!(list["total"], 0, "no task recorded: {list}");
-    assert!(env.sims[0].prompts().await.is_empty(), "no prompt reached the backend");
+    assert!(
+        env.sims[0].prompts().await.is_empty(),
+        "no prompt reached the backend"
+    );
 }
 
 // 1. Discovery
@@ -133,7 +162,11 @@ async fn assert_nothing_queued(env: &Env) {
 #[actix_web::test]
 async fn the_listing_describes_every_shipped_workflow_with_a_json_schema() {
     // Arrange
-    let env = env(EnvOpts { backends: 1, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        ..Default::default()
+    })
+    .await;
 
     // Act
     let (status, list) = env.daemon.get("/workflows").await;
@@ -151,9 +184,17 @@ async fn the_listing_describes_every_shipped_workflow_with_a_json_schema() {
         let schema = &w["params"];
         assert_eq!(schema["type"], "object", "{w}");
         assert_eq!(schema["additionalProperties"], false, "{w}");
-        assert!(schema["$schema"].as_str().is_some_and(|s| s.contains("json-schema.org")), "{w}");
+        assert!(
+            schema["$schema"]
+                .as_str()
+                .is_some_and(|s| s.contains("json-schema.org")),
+            "{w}"
+        );
         assert!(schema["properties"].is_object(), "{w}");
-        assert!(w["outputs"].as_array().is_some_and(|o| !o.is_empty()), "{w}");
+        assert!(
+            w["outputs"].as_array().is_some_and(|o| !o.is_empty()),
+            "{w}"
+        );
     }
 
     let (status, t2i) = env.daemon.get("/workflows/text2img").await;
@@ -168,20 +209,34 @@ async fn the_listing_describes_every_shipped_workflow_with_a_json_schema() {
     assert_eq!(props["width"]["minimum"], 64);
     assert_eq!(props["width"]["default"], 512);
     assert_eq!(props["cfg"]["type"], "number");
-    assert_eq!(props["sampler"]["enum"].as_array().map(Vec::len), Some(8), "{props}");
+    assert_eq!(
+        props["sampler"]["enum"].as_array().map(Vec::len),
+        Some(8),
+        "{props}"
+    );
     assert_eq!(props["seed"]["type"], "integer");
-    assert!(props["seed"].get("default").is_none(), "a random seed has no default: {props}");
+    assert!(
+        props["seed"].get("default").is_none(),
+        "a random seed has no default: {props}"
+    );
     let (_, i2i) = env.daemon.get("/workflows/img2img").await;
     assert_eq!(i2i["params"]["properties"]["image"]["type"], "string");
-    let required: BTreeSet<&str> =
-        i2i["params"]["required"].as_array().expect("required").iter().filter_map(Value::as_str).collect();
+    let required: BTreeSet<&str> = i2i["params"]["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert_eq!(required, BTreeSet::from(["image", "prompt"]));
 
     for path in ["/workflows/nope", "/workflows/TEXT2IMG"] {
         let (status, body) = env.daemon.get(path).await;
         assert_eq!(status, 404, "{path}: {body}");
         assert_eq!(body["error"], "not_found", "{path}: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
     }
     let (status, body) = submit_typed(&env.daemon, "nope", json!({})).await;
     assert_eq!(status, 404, "{body}");
@@ -195,7 +250,13 @@ async fn the_listing_describes_every_shipped_workflow_with_a_json_schema() {
 async fn good_values_of_every_param_type_land_in_the_graph_with_their_json_type() {
     // Arrange
     let dir = workflows_with_flags();
-    let env = env(EnvOpts { backends: 1, exec_ms: 5, workflows_dir: Some(dir.path().to_path_buf()), ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        workflows_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
     let max_seed = comfyd::workflow::MAX_SEED;
 
     // Act: string, integer, float (sent as an integer), enum and seed in one text2img task.
@@ -208,15 +269,27 @@ async fn good_values_of_every_param_type_land_in_the_graph_with_their_json_type(
 
     // Assert
     assert_eq!(g["6"]["inputs"]["text"], "a red fox");
-    assert_eq!(g["7"]["inputs"]["text"], "", "an empty string is a value, not an absence");
+    assert_eq!(
+        g["7"]["inputs"]["text"], "",
+        "an empty string is a value, not an absence"
+    );
     assert!(g["5"]["inputs"]["width"].is_u64(), "{}", g["5"]);
     assert_eq!(g["5"]["inputs"]["width"], 320);
     assert_eq!(g["5"]["inputs"]["height"], 512, "default");
     assert_eq!(g["3"]["inputs"]["steps"], 3);
-    assert!(g["3"]["inputs"]["cfg"].is_f64(), "a float param is a float in the graph: {}", g["3"]);
+    assert!(
+        g["3"]["inputs"]["cfg"].is_f64(),
+        "a float param is a float in the graph: {}",
+        g["3"]
+    );
     assert_eq!(g["3"]["inputs"]["cfg"].as_f64(), Some(7.0));
     assert_eq!(g["3"]["inputs"]["sampler_name"], "heun");
-    assert_eq!(g["3"]["inputs"]["seed"].as_u64(), Some(max_seed), "{}", g["3"]);
+    assert_eq!(
+        g["3"]["inputs"]["seed"].as_u64(),
+        Some(max_seed),
+        "{}",
+        g["3"]
+    );
     // Links are untouched.
     assert_eq!(g["3"]["inputs"]["model"], json!(["4", 0]));
 
@@ -227,7 +300,12 @@ async fn good_values_of_every_param_type_land_in_the_graph_with_their_json_type(
     assert_eq!(g["1"]["inputs"]["invert"], json!(true));
 
     // A float with a fraction, and an integer at its bounds.
-    let (_, g) = run_done(&env, "text2img", json!({ "prompt": "x", "cfg": 6.5, "width": 2048, "steps": 1, "seed": 0 })).await;
+    let (_, g) = run_done(
+        &env,
+        "text2img",
+        json!({ "prompt": "x", "cfg": 6.5, "width": 2048, "steps": 1, "seed": 0 }),
+    )
+    .await;
     assert_eq!(g["3"]["inputs"]["cfg"].as_f64(), Some(6.5));
     assert_eq!(g["5"]["inputs"]["width"], 2048);
     assert_eq!(g["3"]["inputs"]["seed"], 0);
@@ -237,39 +315,112 @@ async fn good_values_of_every_param_type_land_in_the_graph_with_their_json_type(
 async fn bad_values_get_422_naming_each_field_and_nothing_is_queued() {
     // Arrange
     let dir = workflows_with_flags();
-    let env = env(EnvOpts { backends: 1, workflows_dir: Some(dir.path().to_path_buf()), ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        workflows_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
     let p = "a prompt";
     let cases = [
         // string
         ("text2img", json!({ "prompt": 5 }), "params.prompt"),
-        ("text2img", json!({ "prompt": "x".repeat(4001) }), "params.prompt"),
+        (
+            "text2img",
+            json!({ "prompt": "x".repeat(4001) }),
+            "params.prompt",
+        ),
         ("text2img", json!({}), "params.prompt"),
         // integer
-        ("text2img", json!({ "prompt": p, "width": "wide" }), "params.width"),
-        ("text2img", json!({ "prompt": p, "width": 64.5 }), "params.width"),
-        ("text2img", json!({ "prompt": p, "width": 4096 }), "params.width"),
-        ("text2img", json!({ "prompt": p, "steps": 0 }), "params.steps"),
+        (
+            "text2img",
+            json!({ "prompt": p, "width": "wide" }),
+            "params.width",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "width": 64.5 }),
+            "params.width",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "width": 4096 }),
+            "params.width",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "steps": 0 }),
+            "params.steps",
+        ),
         // float
-        ("text2img", json!({ "prompt": p, "cfg": "high" }), "params.cfg"),
-        ("text2img", json!({ "prompt": p, "cfg": 30.5 }), "params.cfg"),
+        (
+            "text2img",
+            json!({ "prompt": p, "cfg": "high" }),
+            "params.cfg",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "cfg": 30.5 }),
+            "params.cfg",
+        ),
         // boolean
         ("flags", json!({ "invert": "yes" }), "params.invert"),
         ("flags", json!({ "invert": 1 }), "params.invert"),
         // enum
-        ("text2img", json!({ "prompt": p, "sampler": "bogus" }), "params.sampler"),
-        ("text2img", json!({ "prompt": p, "sampler": 3 }), "params.sampler"),
+        (
+            "text2img",
+            json!({ "prompt": p, "sampler": "bogus" }),
+            "params.sampler",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "sampler": 3 }),
+            "params.sampler",
+        ),
         // image
-        ("img2img", json!({ "prompt": p, "image": 42 }), "params.image"),
-        ("img2img", json!({ "prompt": p, "image": "bm90IGFuIGltYWdl" }), "params.image"),
-        ("img2img", json!({ "prompt": p, "image": "ftp://example.com/a.png" }), "params.image"),
+        (
+            "img2img",
+            json!({ "prompt": p, "image": 42 }),
+            "params.image",
+        ),
+        (
+            "img2img",
+            json!({ "prompt": p, "image": "bm90IGFuIGltYWdl" }),
+            "params.image",
+        ),
+        (
+            "img2img",
+            json!({ "prompt": p, "image": "ftp://example.com/a.png" }),
+            "params.image",
+        ),
         ("img2img", json!({ "prompt": p }), "params.image"),
         // seed
-        ("text2img", json!({ "prompt": p, "seed": -1 }), "params.seed"),
-        ("text2img", json!({ "prompt": p, "seed": comfyd::workflow::MAX_SEED + 1 }), "params.seed"),
-        ("text2img", json!({ "prompt": p, "seed": "42" }), "params.seed"),
-        ("text2img", json!({ "prompt": p, "seed": 1.5 }), "params.seed"),
+        (
+            "text2img",
+            json!({ "prompt": p, "seed": -1 }),
+            "params.seed",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "seed": comfyd::workflow::MAX_SEED + 1 }),
+            "params.seed",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "seed": "42" }),
+            "params.seed",
+        ),
+        (
+            "text2img",
+            json!({ "prompt": p, "seed": 1.5 }),
+            "params.seed",
+        ),
         // not a param
-        ("text2img", json!({ "prompt": p, "colour": 1 }), "params.colour"),
+        (
+            "text2img",
+            json!({ "prompt": p, "colour": 1 }),
+            "params.colour",
+        ),
         ("solid", json!([1, 2]), "params"),
     ];
 
@@ -278,7 +429,11 @@ async fn bad_values_get_422_naming_each_field_and_nothing_is_queued() {
         let (status, reply) = submit_typed(&env.daemon, name, params.clone()).await;
         assert_eq!(status, 422, "{name} {params} → {reply}");
         assert_eq!(reply["error"], "invalid_request", "{reply}");
-        assert_eq!(fields(&reply), vec![field.to_string()], "{name} {params} → {reply}");
+        assert_eq!(
+            fields(&reply),
+            vec![field.to_string()],
+            "{name} {params} → {reply}"
+        );
         let reason = reply["fields"][0]["reason"].as_str().unwrap_or_default();
         assert!(!reason.is_empty(), "{reply}");
     }
@@ -301,11 +456,22 @@ async fn bad_values_get_422_naming_each_field_and_nothing_is_queued() {
     // Bad fields of the envelope and of params together.
     let (status, reply) = env
         .daemon
-        .post("/workflows/text2img/tasks", &json!({ "params": { "steps": 0 }, "priority": "high" }))
+        .post(
+            "/workflows/text2img/tasks",
+            &json!({ "params": { "steps": 0 }, "priority": "high" }),
+        )
         .await;
     assert_eq!(status, 422);
     let got: BTreeSet<String> = fields(&reply).into_iter().collect();
-    assert_eq!(got, BTreeSet::from(["priority".into(), "params.prompt".into(), "params.steps".into()]), "{reply}");
+    assert_eq!(
+        got,
+        BTreeSet::from([
+            "priority".into(),
+            "params.prompt".into(),
+            "params.steps".into()
+        ]),
+        "{reply}"
+    );
 
     assert_nothing_queued(&env).await;
 }
@@ -314,14 +480,19 @@ async fn bad_values_get_422_naming_each_field_and_nothing_is_queued() {
 
 /// The simulator that ran `task` (by its `backend` name).
 fn sim_of<'a>(env: &'a Env, task: &Value) -> &'a Sim {
-    env.sims.iter().find(|s| task["backend"] == s.url).unwrap_or_else(|| panic!("no simulator ran {task}"))
+    env.sims
+        .iter()
+        .find(|s| task["backend"] == s.url)
+        .unwrap_or_else(|| panic!("no simulator ran {task}"))
 }
 
 #[actix_web::test]
 async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
     // Arrange
     let png_b64 = png_base64(16, 16);
-    let png = base64::engine::general_purpose::STANDARD.decode(&png_b64).expect("png");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(&png_b64)
+        .expect("png");
     let limit = 4096;
     assert!(png.len() < limit, "the good PNG fits the limit");
     let images = ImageServer::start(ImageServerConfig {
@@ -353,19 +524,33 @@ async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
     for (what, image) in good {
         let (task, graph) = run_done(&env, "invert", json!({ "image": image })).await;
         let id = task["id"].as_str().expect("id");
-        let loaded = graph["1"]["inputs"]["image"].as_str().expect("LoadImage.image").to_string();
-        assert!(loaded.contains(&id.replace('-', "")), "{what}: upload name {loaded} is unique to task {id}");
+        let loaded = graph["1"]["inputs"]["image"]
+            .as_str()
+            .expect("LoadImage.image")
+            .to_string();
+        assert!(
+            loaded.contains(&id.replace('-', "")),
+            "{what}: upload name {loaded} is unique to task {id}"
+        );
         let ran = sim_of(&env, &task);
-        let uploaded = std::fs::read(ran.data_dir().join("input").join(&loaded)).expect("uploaded file");
+        let uploaded =
+            std::fs::read(ran.data_dir().join("input").join(&loaded)).expect("uploaded file");
         assert_eq!(uploaded, png, "{what}: the backend got the client's bytes");
         for other in env.sims.iter().filter(|s| s.url != ran.url) {
-            assert!(!other.data_dir().join("input").join(&loaded).exists(), "{what}: uploaded only where it ran");
+            assert!(
+                !other.data_dir().join("input").join(&loaded).exists(),
+                "{what}: uploaded only where it ran"
+            );
         }
         assert_eq!(task["outputs"].as_array().map(Vec::len), Some(1), "{task}");
         loaded_names.insert(loaded);
     }
     assert_eq!(loaded_names.len(), 4);
-    assert_eq!(images.hits("/ok.png"), 2, "fetched once directly, once through the redirect");
+    assert_eq!(
+        images.hits("/ok.png"),
+        2,
+        "fetched once directly, once through the redirect"
+    );
 
     // Bad URLs: refused at submit, naming params.image.
     let bad = [
@@ -378,26 +563,54 @@ async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
     ];
     for (path, want) in bad {
         let started = Instant::now();
-        let (status, reply) = submit_typed(&env.daemon, "invert", json!({ "image": images.url(path) })).await;
+        let (status, reply) =
+            submit_typed(&env.daemon, "invert", json!({ "image": images.url(path) })).await;
         let took = started.elapsed();
         assert_eq!(status, want, "{path} → {reply}");
-        assert_eq!(fields(&reply), vec!["params.image".to_string()], "{path} → {reply}");
-        assert_eq!(reply["error"], if want == 413 { "too_large" } else { "invalid_request" }, "{reply}");
+        assert_eq!(
+            fields(&reply),
+            vec!["params.image".to_string()],
+            "{path} → {reply}"
+        );
+        assert_eq!(
+            reply["error"],
+            if want == 413 {
+                "too_large"
+            } else {
+                "invalid_request"
+            },
+            "{reply}"
+        );
         assert_eq!(images.hits(path), 1, "{path} was fetched once");
         if path == "/slow.png" {
             let reason = reply["fields"][0]["reason"].as_str().unwrap_or_default();
             assert!(reason.contains("timed out"), "{reply}");
-            assert!(took < Duration::from_millis(2500), "the fetch gave up after ~1 s, not {took:?}");
+            assert!(
+                took < Duration::from_millis(2500),
+                "the fetch gave up after ~1 s, not {took:?}"
+            );
         }
     }
     // A redirect loop ends after a few hops.
-    let (status, reply) = submit_typed(&env.daemon, "invert", json!({ "image": images.url("/loop.png") })).await;
+    let (status, reply) = submit_typed(
+        &env.daemon,
+        "invert",
+        json!({ "image": images.url("/loop.png") }),
+    )
+    .await;
     assert_eq!(status, 422, "{reply}");
     assert_eq!(fields(&reply), vec!["params.image".to_string()]);
-    assert!((2..=10).contains(&images.hits("/loop.png")), "{} hops", images.hits("/loop.png"));
+    assert!(
+        (2..=10).contains(&images.hits("/loop.png")),
+        "{} hops",
+        images.hits("/loop.png")
+    );
 
     let (_, list) = env.daemon.get("/tasks").await;
-    assert_eq!(list["total"], 4, "only the good submits were recorded: {list}");
+    assert_eq!(
+        list["total"], 4,
+        "only the good submits were recorded: {list}"
+    );
     let mut prompts = 0;
     for sim in &env.sims {
         prompts += sim.prompts().await.len();
@@ -409,26 +622,49 @@ async fn images_arrive_as_base64_data_urls_and_http_urls_within_limits() {
 #[actix_web::test]
 async fn a_retried_submit_is_answered_from_the_first_without_fetching_again() {
     // Arrange
-    let png = base64::engine::general_purpose::STANDARD.decode(png_base64(8, 8)).expect("png");
-    let images = ImageServer::start(ImageServerConfig { png, big_len: 1, stall: Duration::ZERO }).await;
-    let env = env(EnvOpts { backends: 1, exec_ms: 5, ..Default::default() }).await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(png_base64(8, 8))
+        .expect("png");
+    let images = ImageServer::start(ImageServerConfig {
+        png,
+        big_len: 1,
+        stall: Duration::ZERO,
+    })
+    .await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        ..Default::default()
+    })
+    .await;
     let body = json!({ "client_task_id": "retry-1", "params": { "image": images.url("/ok.png") } });
 
     // Act
     let (first_status, first) = env.daemon.post("/workflows/invert/tasks", &body).await;
     let (again_status, again) = env.daemon.post("/workflows/invert/tasks", &body).await;
-    let other = json!({ "client_task_id": "retry-1", "params": { "image": images.url("/redirect.png") } });
+    let other =
+        json!({ "client_task_id": "retry-1", "params": { "image": images.url("/redirect.png") } });
     let (conflict_status, conflict) = env.daemon.post("/workflows/invert/tasks", &other).await;
 
     // Assert
     assert_eq!(first_status, 202, "{first}");
-    assert_eq!(again_status, 200, "the same submit again is not new: {again}");
+    assert_eq!(
+        again_status, 200,
+        "the same submit again is not new: {again}"
+    );
     assert_eq!(again["id"], first["id"]);
-    assert_eq!(images.hits("/ok.png"), 1, "the retry did not fetch the image again");
+    assert_eq!(
+        images.hits("/ok.png"),
+        1,
+        "the retry did not fetch the image again"
+    );
     assert_eq!(conflict_status, 409, "{conflict}");
     assert_eq!(conflict["task"]["id"], first["id"]);
     assert_eq!(images.hits("/redirect.png"), 0);
-    let task = env.daemon.wait_terminal(first["id"].as_str().expect("id"), 20).await;
+    let task = env
+        .daemon
+        .wait_terminal(first["id"].as_str().expect("id"), 20)
+        .await;
     assert_eq!(task["status"], "done", "{task}");
     assert_eq!(env.sims[0].prompts().await.len(), 1);
     images.stop().await;
@@ -439,7 +675,13 @@ async fn a_retried_submit_is_answered_from_the_first_without_fetching_again() {
 #[actix_web::test]
 async fn temp_and_batch_outputs_are_stored_with_matching_content_types() {
     // Arrange
-    let env = env(EnvOpts { backends: 1, exec_ms: 5, s3: true, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        s3: true,
+        ..Default::default()
+    })
+    .await;
     let s3 = env.s3.as_ref().expect("s3");
 
     // Act
@@ -455,7 +697,10 @@ async fn temp_and_batch_outputs_are_stored_with_matching_content_types() {
     assert_eq!(preview["s3_key"], key);
     let (bytes, content_type) = s3.get(BUCKET, key).await;
     assert!(bytes.starts_with(b"\x89PNG"));
-    assert_eq!(content_type, outs[0]["content_type"].as_str().expect("content_type"));
+    assert_eq!(
+        content_type,
+        outs[0]["content_type"].as_str().expect("content_type")
+    );
     assert_eq!(content_type, "image/png");
     assert_eq!(outs[0]["size"].as_u64(), Some(bytes.len() as u64));
 
@@ -472,7 +717,11 @@ async fn temp_and_batch_outputs_are_stored_with_matching_content_types() {
         let key = o["key"].as_str().expect("key");
         assert!(key.contains(id), "{key}");
         let (bytes, content_type) = s3.get(BUCKET, key).await;
-        assert_eq!(content_type, o["content_type"].as_str().expect("content_type"), "{o}");
+        assert_eq!(
+            content_type,
+            o["content_type"].as_str().expect("content_type"),
+            "{o}"
+        );
         assert_eq!(o["size"].as_u64(), Some(bytes.len() as u64));
     }
     let keys = s3.list_keys(BUCKET).await;
@@ -484,7 +733,12 @@ async fn temp_and_batch_outputs_are_stored_with_matching_content_types() {
 #[actix_web::test]
 async fn identical_requests_both_run_and_each_gets_its_own_file() {
     // Arrange
-    let env = env(EnvOpts { backends: 1, exec_ms: 5, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        ..Default::default()
+    })
+    .await;
     let params = json!({ "width": 8, "height": 8, "color": 4660 });
 
     // Act: the same request twice, one after the other (so the backend's cache holds the first).
@@ -492,13 +746,24 @@ async fn identical_requests_both_run_and_each_gets_its_own_file() {
     let (second, g2) = run_done(&env, "solid", params).await;
 
     // Assert
-    let ids = [first["id"].as_str().expect("id"), second["id"].as_str().expect("id")];
+    let ids = [
+        first["id"].as_str().expect("id"),
+        second["id"].as_str().expect("id"),
+    ];
     assert_ne!(ids[0], ids[1]);
     for (id, g) in ids.iter().zip([&g1, &g2]) {
-        assert_eq!(g["2"]["inputs"]["filename_prefix"], format!("comfyd/{id}/solid"));
+        assert_eq!(
+            g["2"]["inputs"]["filename_prefix"],
+            format!("comfyd/{id}/solid")
+        );
     }
     // The EmptyImage node of the second prompt may come from the cache; the save still ran.
-    let history = env.sims[0].get(&format!("/history/{}", second["comfyui_task_id"].as_str().expect("pid"))).await;
+    let history = env.sims[0]
+        .get(&format!(
+            "/history/{}",
+            second["comfyui_task_id"].as_str().expect("pid")
+        ))
+        .await;
     let cached: Vec<Value> = history
         .as_object()
         .and_then(|h| h.values().next())
@@ -508,7 +773,10 @@ async fn identical_requests_both_run_and_each_gets_its_own_file() {
         .filter(|m| m[0] == "execution_cached")
         .flat_map(|m| m[1]["nodes"].as_array().cloned().unwrap_or_default())
         .collect();
-    assert!(cached.contains(&json!("1")), "the simulator served node 1 from its cache: {history}");
+    assert!(
+        cached.contains(&json!("1")),
+        "the simulator served node 1 from its cache: {history}"
+    );
 
     let mut files = Vec::new();
     for (task, id) in [&first, &second].iter().zip(ids) {
@@ -519,8 +787,18 @@ async fn identical_requests_both_run_and_each_gets_its_own_file() {
         let key = outs[0]["key"].as_str().expect("key");
         assert!(key.contains(id), "{key}");
         let stored = env.daemon.data_dir().join("outputs").join(key);
-        assert!(std::fs::read(&stored).expect("stored output").starts_with(b"\x89PNG"), "{}", stored.display());
-        let on_backend = env.sims[0].data_dir().join("output").join(format!("comfyd/{id}")).join(outs[0]["filename"].as_str().expect("filename"));
+        assert!(
+            std::fs::read(&stored)
+                .expect("stored output")
+                .starts_with(b"\x89PNG"),
+            "{}",
+            stored.display()
+        );
+        let on_backend = env.sims[0]
+            .data_dir()
+            .join("output")
+            .join(format!("comfyd/{id}"))
+            .join(outs[0]["filename"].as_str().expect("filename"));
         assert!(on_backend.is_file(), "{}", on_backend.display());
         files.push(key.to_string());
     }
@@ -529,10 +807,20 @@ async fn identical_requests_both_run_and_each_gets_its_own_file() {
 
 #[actix_web::test]
 async fn a_seed_left_out_is_fresh_for_every_task() {
-    let env = env(EnvOpts { backends: 1, exec_ms: 5, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        ..Default::default()
+    })
+    .await;
     let mut seeds = BTreeSet::new();
     for _ in 0..2 {
-        let (_, g) = run_done(&env, "text2img", json!({ "prompt": "same prompt", "steps": 1 })).await;
+        let (_, g) = run_done(
+            &env,
+            "text2img",
+            json!({ "prompt": "same prompt", "steps": 1 }),
+        )
+        .await;
         let seed = g["3"]["inputs"]["seed"].as_u64().expect("an integer seed");
         assert!(seed <= comfyd::workflow::MAX_SEED);
         assert_ne!(seed, 156680208700286, "not the graph's literal seed");
@@ -545,23 +833,38 @@ async fn a_seed_left_out_is_fresh_for_every_task() {
 
 /// Waits until the daemon log holds `needle` at least `n` times.
 async fn log_count(d: &Daemon, needle: &str, n: usize) -> String {
-    eventually(10, &format!("{n}× {needle:?} in the daemon log"), || async {
-        let log = d.log();
-        (log.matches(needle).count() >= n).then_some(log)
-    })
+    eventually(
+        10,
+        &format!("{n}× {needle:?} in the daemon log"),
+        || async {
+            let log = d.log();
+            (log.matches(needle).count() >= n).then_some(log)
+        },
+    )
     .await
 }
 
 async fn listed(d: &Daemon) -> BTreeSet<String> {
     let (_, list) = d.get("/workflows").await;
-    list["workflows"].as_array().expect("workflows").iter().filter_map(|w| w["name"].as_str().map(String::from)).collect()
+    list["workflows"]
+        .as_array()
+        .expect("workflows")
+        .iter()
+        .filter_map(|w| w["name"].as_str().map(String::from))
+        .collect()
 }
 
 #[actix_web::test]
 async fn sighup_adds_workflows_and_keeps_the_previous_set_when_a_manifest_breaks() {
     // Arrange
     let dir = workflows_copy();
-    let env = env(EnvOpts { backends: 1, exec_ms: 5, workflows_dir: Some(dir.path().to_path_buf()), ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        workflows_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
     let d = &env.daemon;
     assert!(!listed(d).await.contains("hello"));
     let (status, _) = submit_typed(d, "hello", json!({})).await;
@@ -572,24 +875,50 @@ async fn sighup_adds_workflows_and_keeps_the_previous_set_when_a_manifest_breaks
     d.sighup();
 
     // Assert: it is listed and runs.
-    eventually(10, "hello listed after SIGHUP", || async { listed(d).await.contains("hello").then_some(()) }).await;
-    assert_eq!(listed(d).await, shipped_names().into_iter().chain(["hello".to_string()]).collect());
+    eventually(10, "hello listed after SIGHUP", || async {
+        listed(d).await.contains("hello").then_some(())
+    })
+    .await;
+    assert_eq!(
+        listed(d).await,
+        shipped_names()
+            .into_iter()
+            .chain(["hello".to_string()])
+            .collect()
+    );
     let (_, schema) = d.get("/workflows/hello").await;
     assert_eq!(schema["params"]["properties"]["width"]["default"], 512);
     let (task, g) = run_done(&env, "hello", json!({ "width": 8, "height": 8 })).await;
-    assert_eq!(g["2"]["inputs"]["filename_prefix"], format!("comfyd/{}/hello", task["id"].as_str().expect("id")));
+    assert_eq!(
+        g["2"]["inputs"]["filename_prefix"],
+        format!("comfyd/{}/hello", task["id"].as_str().expect("id"))
+    );
 
     // Act: a broken manifest, then SIGHUP.
     let graph = std::fs::read_to_string(repo_workflows().join("solid.json")).expect("graph");
     write(dir.path(), "broken.json", &graph);
     let manifest = std::fs::read_to_string(repo_workflows().join("solid.toml")).expect("manifest");
-    write(dir.path(), "broken.toml", &manifest.replace("name = \"solid\"", "name = \"broken\"").replacen("default = 512", "default = 0", 1));
+    write(
+        dir.path(),
+        "broken.toml",
+        &manifest
+            .replace("name = \"solid\"", "name = \"broken\"")
+            .replacen("default = 512", "default = 0", 1),
+    );
     d.sighup();
 
     // Assert: the log names the file and the problem; the previous set stays and still runs.
     let log = log_count(d, "not reloaded", 1).await;
-    let line = log.lines().skip_while(|l| !l.contains("not reloaded")).take(4).collect::<Vec<_>>().join("\n");
-    assert!(log.contains("broken.toml") && log.contains("below min"), "log names the file and problem:\n{line}");
+    let line = log
+        .lines()
+        .skip_while(|l| !l.contains("not reloaded"))
+        .take(4)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        log.contains("broken.toml") && log.contains("below min"),
+        "log names the file and problem:\n{line}"
+    );
     let now = listed(d).await;
     assert!(now.contains("hello") && !now.contains("broken"), "{now:?}");
     assert_eq!(submit_typed(d, "broken", json!({})).await.0, 404);
@@ -599,14 +928,23 @@ async fn sighup_adds_workflows_and_keeps_the_previous_set_when_a_manifest_breaks
     std::fs::remove_file(dir.path().join("broken.toml")).expect("remove broken.toml");
     solid_as(dir.path(), "fixed");
     d.sighup();
-    eventually(10, "fixed listed", || async { listed(d).await.contains("fixed").then_some(()) }).await;
+    eventually(10, "fixed listed", || async {
+        listed(d).await.contains("fixed").then_some(())
+    })
+    .await;
 }
 
 #[actix_web::test]
 async fn a_task_keeps_the_graph_it_was_accepted_with_across_a_reload() {
     // Arrange: a paused backend, so the first task waits while its workflow changes.
     let dir = workflows_copy();
-    let env = env(EnvOpts { backends: 1, exec_ms: 5, workflows_dir: Some(dir.path().to_path_buf()), ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        workflows_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
     let d = &env.daemon;
     env.sims[0].config(json!({ "paused": true })).await;
     let (status, before) = submit_typed(d, "batch3", json!({})).await;
@@ -618,7 +956,11 @@ async fn a_task_keeps_the_graph_it_was_accepted_with_across_a_reload() {
     let path = dir.path().join("batch3.json");
     let graph = std::fs::read_to_string(&path).expect("batch3.json");
     assert!(graph.contains("\"batch_size\": 3"));
-    std::fs::write(&path, graph.replace("\"batch_size\": 3", "\"batch_size\": 2")).expect("rewrite batch3.json");
+    std::fs::write(
+        &path,
+        graph.replace("\"batch_size\": 3", "\"batch_size\": 2"),
+    )
+    .expect("rewrite batch3.json");
     std::fs::remove_file(dir.path().join("preview.toml")).expect("remove preview.toml");
     d.sighup();
     log_count(d, "SIGHUP: reloaded", 1).await;
@@ -628,7 +970,9 @@ async fn a_task_keeps_the_graph_it_was_accepted_with_across_a_reload() {
     env.sims[0].config(json!({ "paused": false })).await;
 
     // Assert: a task of a workflow removed since it was accepted still runs as accepted.
-    let task = d.wait_terminal(removed["id"].as_str().expect("id"), 20).await;
+    let task = d
+        .wait_terminal(removed["id"].as_str().expect("id"), 20)
+        .await;
     assert_eq!(task["status"], "done", "{task}");
     assert_eq!(graph_ran(&env, &task).await["1"]["inputs"]["width"], 4);
 
@@ -637,7 +981,11 @@ async fn a_task_keeps_the_graph_it_was_accepted_with_across_a_reload() {
         assert_eq!(task["status"], "done", "{task}");
         let g = graph_ran(&env, &task).await;
         assert_eq!(g["1"]["inputs"]["batch_size"], batch, "{task}");
-        assert_eq!(task["outputs"].as_array().map(Vec::len), Some(batch as usize), "{task}");
+        assert_eq!(
+            task["outputs"].as_array().map(Vec::len),
+            Some(batch as usize),
+            "{task}"
+        );
     }
 }
 
@@ -657,7 +1005,11 @@ fn workflows_check(dir: &Path, backend: Option<&str>) -> (i32, String) {
         cmd.args(["--backend", url]);
     }
     let out = cmd.output().expect("run comfyd workflows check");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -687,6 +1039,17 @@ async fn workflows_check_passes_offline_and_against_a_simulator() {
     let (code, out) = workflows_check(dir.path(), Some(&sim.url));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&sim.url), "{out}");
+
+    // A backend that does not answer fails the check, naming it.
+    let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let (code, out) = workflows_check(dir.path(), Some(&dead));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&dead), "{out}");
+
+    // So does a folder that does not exist.
+    let (code, out) = workflows_check(&dir.path().join("nowhere"), None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nowhere"), "{out}");
 }
 
 #[actix_web::test]
@@ -705,8 +1068,16 @@ async fn workflows_check_fails_naming_what_the_backend_lacks() {
     // (an enum param value).
     let dir = tempfile::tempdir().expect("dir");
     let graph = std::fs::read_to_string(repo_workflows().join("text2img.json")).expect("graph");
-    let manifest = std::fs::read_to_string(repo_workflows().join("text2img.toml")).expect("manifest");
-    write(dir.path(), "t2i.json", &graph.replace("v1-5-pruned-emaonly.safetensors", "missing-model.safetensors"));
+    let manifest =
+        std::fs::read_to_string(repo_workflows().join("text2img.toml")).expect("manifest");
+    write(
+        dir.path(),
+        "t2i.json",
+        &graph.replace(
+            "v1-5-pruned-emaonly.safetensors",
+            "missing-model.safetensors",
+        ),
+    );
     write(
         dir.path(),
         "t2i.toml",
@@ -715,25 +1086,45 @@ async fn workflows_check_fails_naming_what_the_backend_lacks() {
             "values = [\"euler\", \"no_such_sampler\"]",
         ),
     );
-    assert!(std::fs::read_to_string(dir.path().join("t2i.toml")).expect("t2i").contains("no_such_sampler"));
+    assert!(std::fs::read_to_string(dir.path().join("t2i.toml"))
+        .expect("t2i")
+        .contains("no_such_sampler"));
 
     // Act
     let (offline, out_offline) = workflows_check(dir.path(), None);
     let (code, out) = workflows_check(dir.path(), Some(&sim.url));
 
     // Assert
-    assert_eq!(offline, 0, "offline, the workflow is consistent:\n{out_offline}");
+    assert_eq!(
+        offline, 0,
+        "offline, the workflow is consistent:\n{out_offline}"
+    );
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("missing-model.safetensors"), "names the checkpoint:\n{out}");
+    assert!(
+        out.contains("missing-model.safetensors"),
+        "names the checkpoint:\n{out}"
+    );
     assert!(out.contains("ckpt_name"), "names the input:\n{out}");
-    assert!(out.contains("no_such_sampler") && out.contains("`sampler`"), "names the sampler param:\n{out}");
+    assert!(
+        out.contains("no_such_sampler") && out.contains("`sampler`"),
+        "names the sampler param:\n{out}"
+    );
     assert!(out.contains("t2i"), "names the workflow:\n{out}");
 }
 
 #[actix_web::test]
 async fn workflows_check_fails_on_a_broken_manifest_naming_the_file() {
     let dir = model_free_workflows();
-    write(dir.path(), "solid.toml", &std::fs::read_to_string(dir.path().join("solid.toml")).expect("solid").replace("node = \"1\", input = \"width\"", "node = \"7\", input = \"width\""));
+    write(
+        dir.path(),
+        "solid.toml",
+        &std::fs::read_to_string(dir.path().join("solid.toml"))
+            .expect("solid")
+            .replace(
+                "node = \"1\", input = \"width\"",
+                "node = \"7\", input = \"width\"",
+            ),
+    );
     let (code, out) = workflows_check(dir.path(), None);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("solid.toml"), "{out}");
@@ -780,31 +1171,82 @@ async fn daemon_exit(workflows_dir: &Path) -> (std::process::ExitStatus, String)
         }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     };
-    (status, std::fs::read_to_string(&log_path).unwrap_or_default())
+    (
+        status,
+        std::fs::read_to_string(&log_path).unwrap_or_default(),
+    )
 }
 
 #[actix_web::test]
 async fn the_daemon_refuses_to_start_with_a_broken_workflows_folder() {
     // A manifest that is not TOML, next to good workflows.
     let dir = model_free_workflows();
-    write(dir.path(), "bad.toml", "name = \"bad\"\n[outputs\nnodes = [\"2\"]\n");
+    write(
+        dir.path(),
+        "bad.toml",
+        "name = \"bad\"\n[outputs\nnodes = [\"2\"]\n",
+    );
     write(dir.path(), "bad.json", FLAGS_JSON);
     let (status, stderr) = daemon_exit(dir.path()).await;
     assert!(!status.success(), "{status:?}\n{stderr}");
     assert!(stderr.contains("bad.toml"), "names the file:\n{stderr}");
-    assert!(stderr.contains("line 2"), "says where the TOML breaks:\n{stderr}");
+    assert!(
+        stderr.contains("line 2"),
+        "says where the TOML breaks:\n{stderr}"
+    );
 
     // A manifest whose output node is not in its graph.
     let dir = model_free_workflows();
     let solid = std::fs::read_to_string(dir.path().join("solid.toml")).expect("solid.toml");
-    write(dir.path(), "solid.toml", &solid.replace("nodes = [\"2\"]", "nodes = [\"9\"]"));
+    write(
+        dir.path(),
+        "solid.toml",
+        &solid.replace("nodes = [\"2\"]", "nodes = [\"9\"]"),
+    );
     let (status, stderr) = daemon_exit(dir.path()).await;
     assert!(!status.success(), "{status:?}\n{stderr}");
-    assert!(stderr.contains("solid.toml") && stderr.contains("output node `9`"), "{stderr}");
+    assert!(
+        stderr.contains("solid.toml") && stderr.contains("output node `9`"),
+        "{stderr}"
+    );
 
     // No folder at all.
     let gone = dir.path().join("does-not-exist");
     let (status, stderr) = daemon_exit(&gone).await;
     assert!(!status.success(), "{status:?}\n{stderr}");
     assert!(stderr.contains("does-not-exist"), "{stderr}");
+}
+
+/// PreviewImage has no filename_prefix, so identical preview prompts are served whole from the
+/// backend's cache and share one temp file; with cleanup on, each task must still store its output.
+#[actix_web::test]
+async fn identical_preview_requests_each_store_their_output_even_with_cleanup() {
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 5,
+        env: HashMap::from([("COMFYD_CLEANUP".to_string(), "true".to_string())]),
+        ..Default::default()
+    })
+    .await;
+    let params = json!({ "width": 6, "height": 6 });
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, reply) = submit_typed(&env.daemon, "preview", params.clone()).await;
+        assert_eq!(status, 202, "{reply}");
+        ids.push(reply["id"].as_str().expect("id").to_string());
+    }
+    let mut keys = BTreeSet::new();
+    for id in &ids {
+        let t = env.daemon.wait_terminal(id, 20).await;
+        assert_eq!(t["status"], "done", "{t}\n{}", env.daemon.log());
+        let out = &t["outputs"][0];
+        assert_eq!(out["type"], "temp");
+        let key = out["key"].as_str().expect("key");
+        assert!(key.starts_with(id.as_str()), "{key}");
+        let stored =
+            std::fs::read(env.daemon.data_dir().join("outputs").join(key)).expect("stored output");
+        assert!(stored.starts_with(b"\x89PNG"));
+        keys.insert(key.to_string());
+    }
+    assert_eq!(keys.len(), 4);
 }

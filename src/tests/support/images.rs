@@ -39,7 +39,10 @@ pub struct ImageServer {
 impl ImageServer {
     /// Starts the server on a free port. Must run inside an actix runtime (`#[actix_web::test]`).
     pub async fn start(cfg: ImageServerConfig) -> ImageServer {
-        let shared = Shared { cfg, hits: Arc::default() };
+        let shared = Shared {
+            cfg,
+            hits: Arc::default(),
+        };
         let data = shared.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -62,7 +65,11 @@ impl ImageServer {
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        ImageServer { base: format!("http://127.0.0.1:{port}"), shared, handle }
+        ImageServer {
+            base: format!("http://127.0.0.1:{port}"),
+            shared,
+            handle,
+        }
     }
 
     /// The full URL of `path` (which starts with `/`).
@@ -72,7 +79,13 @@ impl ImageServer {
 
     /// How many requests `path` received.
     pub fn hits(&self, path: &str) -> usize {
-        self.shared.hits.lock().expect("lock").get(path).copied().unwrap_or(0)
+        self.shared
+            .hits
+            .lock()
+            .expect("lock")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub async fn stop(&self) {
@@ -81,12 +94,19 @@ impl ImageServer {
 }
 
 fn count(req: &HttpRequest, shared: &Shared) {
-    *shared.hits.lock().expect("lock").entry(req.path().to_string()).or_default() += 1;
+    *shared
+        .hits
+        .lock()
+        .expect("lock")
+        .entry(req.path().to_string())
+        .or_default() += 1;
 }
 
 async fn ok_png(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    HttpResponse::Ok().content_type("image/png").body(shared.cfg.png.clone())
+    HttpResponse::Ok()
+        .content_type("image/png")
+        .body(shared.cfg.png.clone())
 }
 
 /// A PNG signature followed by padding: an image by its type and magic bytes, just too big.
@@ -98,44 +118,62 @@ fn big_body(len: usize) -> Vec<u8> {
 
 async fn big(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    HttpResponse::Ok().content_type("image/png").body(big_body(shared.cfg.big_len))
+    HttpResponse::Ok()
+        .content_type("image/png")
+        .body(big_body(shared.cfg.big_len))
 }
 
 async fn big_chunked(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    let chunks: Vec<Result<web::Bytes, actix_web::Error>> =
-        big_body(shared.cfg.big_len).chunks(1024).map(|c| Ok(web::Bytes::copy_from_slice(c))).collect();
-    HttpResponse::Ok().content_type("image/png").streaming(stream::iter(chunks))
+    let chunks: Vec<Result<web::Bytes, actix_web::Error>> = big_body(shared.cfg.big_len)
+        .chunks(1024)
+        .map(|c| Ok(web::Bytes::copy_from_slice(c)))
+        .collect();
+    HttpResponse::Ok()
+        .content_type("image/png")
+        .streaming(stream::iter(chunks))
 }
 
 async fn html(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body("<html><body>not an image</body></html>")
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body("<html><body>not an image</body></html>")
 }
 
 /// HTML served as `image/png`: only the magic bytes tell.
 async fn fake_png(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    HttpResponse::Ok().content_type("image/png").body("<html><body>not an image</body></html>")
+    HttpResponse::Ok()
+        .content_type("image/png")
+        .body("<html><body>not an image</body></html>")
 }
 
 async fn redirect_to_ok(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    HttpResponse::Found().insert_header(("location", "/ok.png")).finish()
+    HttpResponse::Found()
+        .insert_header(("location", "/ok.png"))
+        .finish()
 }
 
 async fn redirect_loop(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    HttpResponse::Found().insert_header(("location", "/loop.png")).finish()
+    HttpResponse::Found()
+        .insert_header(("location", "/loop.png"))
+        .finish()
 }
 
 async fn slow(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
     actix_rt::time::sleep(shared.cfg.stall).await;
-    HttpResponse::Ok().content_type("image/png").body(shared.cfg.png.clone())
+    HttpResponse::Ok()
+        .content_type("image/png")
+        .body(shared.cfg.png.clone())
 }
 
 async fn not_found(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     count(&req, &shared);
-    HttpResponse::NotFound().content_type("text/plain").body("no such image")
+    HttpResponse::NotFound()
+        .content_type("text/plain")
+        .body("no such image")
 }
