@@ -33,6 +33,10 @@ use crate::task::InputFile;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// How often the socket is pinged, and the lost-job timer checked.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often prompts whose events cannot be trusted to arrive are looked up in `/history`: prompts
+/// adopted after a comfyd restart were queued under the previous process's client id, so ComfyUI sends
+/// their events to nobody.
+const STALE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// A socket silent this long (no frame, no pong) is considered dead.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -122,6 +126,8 @@ pub struct Backend {
     jobs: HashMap<String, Job>,
     /// Prompts of the cleaner node (their outcome is only logged).
     cleaning: HashSet<String>,
+    /// A reconciliation is under way (they must not overlap).
+    reconciling: bool,
 }
 
 impl Backend {
@@ -141,6 +147,7 @@ impl Backend {
             queue_remaining: 0,
             jobs: HashMap::new(),
             cleaning: HashSet::new(),
+            reconciling: false,
             cfg,
         }
     }
@@ -215,6 +222,11 @@ impl Backend {
     /// Asks the server about every queued prompt that may have been missed; marks the backend up
     /// afterwards when `then_up`.
     fn reconcile(&mut self, ctx: &mut Context<Self>, then_up: bool) {
+        // The one after a connect always runs: it is what marks the backend up.
+        if self.reconciling && !then_up {
+            return;
+        }
+        self.reconciling = true;
         let client = self.client.clone();
         let stale: Vec<String> =
             self.jobs.iter().filter(|(_, j)| j.stale && j.queued).map(|(p, _)| p.clone()).collect();
@@ -235,7 +247,21 @@ impl Backend {
             Ok::<_, ComfyError>(settled)
         }
         .into_actor(self)
-        .map(move |res, act, ctx| match res {
+        .map(move |res, act, ctx| {
+            act.reconciling = false;
+            act.apply_reconciliation(res, then_up, ctx)
+        })
+        .spawn(ctx);
+    }
+
+    fn apply_reconciliation(
+        &mut self,
+        res: Result<Vec<(String, Option<Value>)>, ComfyError>,
+        then_up: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let act = self;
+        match res {
             Ok(settled) => {
                 for (prompt_id, entry) in settled {
                     act.settle_from_history(&prompt_id, entry);
@@ -250,8 +276,7 @@ impl Backend {
                 warn!(backend = %act.cfg.name, error = %e, "reconciliation failed; reconnecting");
                 act.drop_socket(ctx);
             }
-        })
-        .spawn(ctx);
+        }
     }
 
     fn settle_from_history(&mut self, prompt_id: &str, entry: Option<Value>) {
@@ -408,6 +433,11 @@ impl Actor for Backend {
         ctx.set_mailbox_capacity(4096);
         self.connect(ctx);
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| act.heartbeat(ctx));
+        ctx.run_interval(STALE_POLL_INTERVAL, |act, ctx| {
+            if act.up && act.jobs.values().any(|j| j.stale && j.queued) {
+                act.reconcile(ctx, false);
+            }
+        });
     }
 }
 
@@ -417,6 +447,9 @@ impl actix::io::WriteHandler<WsProtocolError> for Backend {
         // Keep the actor; the read side ends too and triggers the reconnect.
         Running::Continue
     }
+
+    // The default stops the actor when a sink closes; a backend outlives every connection.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
 impl StreamHandler<SocketItem> for Backend {

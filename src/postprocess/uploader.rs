@@ -212,7 +212,13 @@ impl StoreJob {
         if ended {
             info!(task.id = %id, error_code = code, outputs = outputs.len(), "task {id} ended: {to}");
             if code == error_code::OK {
-                let files = outputs.iter().map(|o| (o.folder_type.clone(), comfy_path(o))).collect();
+                // Temp outputs are left alone: ComfyUI empties its temp folder at every start, and a
+                // fully cached prompt hands several tasks the same temp file.
+                let files = outputs
+                    .iter()
+                    .filter(|o| o.folder_type == "output")
+                    .map(|o| (o.folder_type.clone(), comfy_path(o)))
+                    .collect();
                 self.cleaner.do_send(CleanFiles { backend: self.backend.clone(), files });
             }
         }

@@ -1053,8 +1053,6 @@ async fn workflows_check_passes_offline_and_against_a_simulator() {
 }
 
 #[actix_web::test]
-#[ignore = "bug (comfy-sim, not workflows/): the simulator's KSampler offers no `ddim` or `uni_pc`, which \
-            real ComfyUI offers and text2img lists, so the shipped set fails the check against the sim"]
 async fn the_shipped_workflows_pass_the_check_against_a_simulator() {
     let sim = Sim::start(5).await;
     let (code, out) = workflows_check(&repo_workflows(), Some(&sim.url));

@@ -16,9 +16,15 @@ pub const CHECKPOINTS: [&str; 2] = ["v1-5-pruned-emaonly.safetensors", "sd_xl_ba
 pub const CLEAN_CLASS: &str = "Clean input and output file";
 
 const MAX_RES: i64 = 16384;
-const SAMPLERS: [&str; 8] =
-    ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde", "lcm"];
-const SCHEDULERS: [&str; 5] = ["normal", "karras", "exponential", "simple", "sgm_uniform"];
+/// KSampler's sampler and scheduler lists as ComfyUI 0.3.64 offers them (comfy/samplers.py).
+const SAMPLERS: [&str; 27] = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "deis", "ddim", "uni_pc",
+];
+const SCHEDULERS: [&str; 8] =
+    ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic"];
 
 /// Builds one `/object_info` entry; `required` is a list of `(name, spec)` in input order.
 #[allow(clippy::too_many_arguments)]

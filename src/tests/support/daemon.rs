@@ -172,14 +172,22 @@ impl Daemon {
         body
     }
 
-    /// Waits until the task is done, failed or cancelled, and returns it.
+    /// Waits until the task is done, failed or cancelled, and returns it; on timeout the panic shows
+    /// the task and the end of the daemon's log.
     pub async fn wait_terminal(&self, id: &str, secs: u64) -> Value {
-        let what = format!("task {id} to end");
-        let t = eventually(secs, &what, || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
             let t = self.task(id).await;
-            matches!(t["status"].as_str(), Some("done" | "failed" | "cancelled")).then_some(t)
-        });
-        t.await
+            if matches!(t["status"].as_str(), Some("done" | "failed" | "cancelled")) {
+                return t;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("task {id} did not end in {secs} s: {t}\n--- comfyd log (tail) ---\n{}", tail.join("\n"));
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

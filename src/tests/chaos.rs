@@ -1,0 +1,227 @@
+//! Nothing lost: backends that die or restart, comfyd killed with -9, a webhook receiver that is down,
+//! an S3 server that is down. Each test counts what it got.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::pipeline::{env, webhooks, EnvOpts, BUCKET};
+use crate::support::eventually;
+use comfyd::store;
+
+fn envs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+async fn submit_n(env: &crate::pipeline::Env, n: usize, workflow: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = env
+            .daemon
+            .submit(json!({ "service_type": workflow, "client_task_id": format!("c-{i}"),
+                            "client_callback_url": env.hook.url, "params": { "color": i } }))
+            .await;
+        ids.push(r["id"].as_str().expect("id").to_string());
+    }
+    ids
+}
+
+/// Every task ended exactly once: one terminal event in the database and one distinct webhook id.
+async fn assert_each_ended_once(env: &crate::pipeline::Env, ids: &[String]) {
+    let db = env.db.connect().await;
+    for id in ids {
+        let events = store::task_events(&db, id).await.expect("events");
+        let terminal = events.iter().filter(|e| matches!(e.kind.as_str(), "stored" | "failed" | "cancelled")).count();
+        assert_eq!(terminal, 1, "task {id}: {:?}", events.iter().map(|e| &e.kind).collect::<Vec<_>>());
+        let hooks = webhooks(env, id, 1).await;
+        let distinct: HashSet<&str> = hooks.iter().filter_map(|h| h.header("webhook-id")).collect();
+        assert_eq!(distinct.len(), 1, "task {id} notified as {} different messages", distinct.len());
+    }
+}
+
+#[actix_web::test]
+async fn a_backend_killed_mid_job_has_its_jobs_finish_elsewhere() {
+    let mut env = env(EnvOpts {
+        backends: 2,
+        exec_ms: 400,
+        env: envs(&[("COMFYD_LOST_AFTER_SECS", "1")]),
+        ..Default::default()
+    })
+    .await;
+    let ids = submit_n(&env, 6, "solid").await;
+    // Wait until the first backend is running one of them, then kill it.
+    eventually(10, "a job running on backend 0", || async {
+        env.sims[0].prompts().await.iter().any(|p| !p["started_ms"].is_null()).then_some(())
+    })
+    .await;
+    env.sims[0].kill();
+    let mut moved = 0;
+    for id in &ids {
+        let t = env.daemon.wait_terminal(id, 60).await;
+        assert_eq!(t["status"], "done", "{t}\n{}", env.daemon.log());
+        assert_eq!(t["backend"], env.sims[1].url);
+        if t["attempts"] == 2 {
+            moved += 1;
+        }
+    }
+    assert!(moved >= 1, "at least the running job was re-dispatched");
+    assert_each_ended_once(&env, &ids).await;
+}
+
+#[actix_web::test]
+async fn a_backend_that_restarts_and_forgets_its_queue_gets_its_jobs_again() {
+    let mut env = env(EnvOpts { backends: 1, exec_ms: 300, ..Default::default() }).await;
+    let ids = submit_n(&env, 4, "solid").await;
+    eventually(10, "jobs on the backend", || async { (!env.sims[0].prompts().await.is_empty()).then_some(()) }).await;
+    env.sims[0].restart().await;
+    for id in &ids {
+        let t = env.daemon.wait_terminal(id, 60).await;
+        assert_eq!(t["status"], "done", "{t}\n{}", env.daemon.log());
+    }
+    let db = env.db.connect().await;
+    let mut requeued = 0;
+    for id in &ids {
+        requeued += store::task_events(&db, id).await.expect("events").iter().filter(|e| e.kind == "requeued").count();
+    }
+    assert!(requeued >= 1, "the forgotten jobs were re-dispatched");
+    assert_each_ended_once(&env, &ids).await;
+}
+
+#[actix_web::test]
+async fn comfyd_killed_with_sigkill_resumes_every_task_from_where_it_was() {
+    let mut env = env(EnvOpts { backends: 2, exec_ms: 80, ..Default::default() }).await;
+    env.hook.answer(500); // some deliveries are still pending when comfyd dies
+    let ids = submit_n(&env, 50, "solid").await;
+    // Let some tasks finish while others run and most still wait.
+    eventually(20, "a few tasks done", || async {
+        let (_, l) = env.daemon.get("/tasks?status=done&limit=1").await;
+        (l["total"].as_u64().unwrap_or(0) >= 5).then_some(())
+    })
+    .await;
+    let (_, before) = env.daemon.get("/tasks?limit=500").await;
+    let states: HashSet<String> =
+        before["tasks"].as_array().expect("tasks").iter().filter_map(|t| t["status"].as_str().map(String::from)).collect();
+    env.daemon.kill9();
+    // The backends finish what they hold while comfyd is down.
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    env.hook.answer(200);
+    env.daemon.restart().await;
+    for id in &ids {
+        let t = env.daemon.wait_terminal(id, 90).await;
+        assert_eq!(t["status"], "done", "{t}\n{}", env.daemon.log());
+    }
+    assert!(states.len() >= 2, "tasks were in several states when killed: {states:?}");
+    assert_each_ended_once(&env, &ids).await;
+    // Every prompt ran once: those queued before the kill were found again by their prompt id.
+    let mut ran = 0;
+    for s in &env.sims {
+        ran += s.prompts().await.iter().filter(|p| p["outcome"] == "success").count();
+    }
+    assert_eq!(ran, 50, "prompts run for 50 tasks");
+}
+
+#[actix_web::test]
+async fn webhooks_reach_a_receiver_that_was_down_signed_and_with_a_stable_id() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let env = env(EnvOpts { backends: 1, env: envs(&[("COMFYD_WEBHOOK_SECRET", secret)]), ..Default::default() }).await;
+    env.hook.answer(503);
+    let ids = submit_n(&env, 5, "solid").await;
+    for id in &ids {
+        env.daemon.wait_terminal(id, 30).await;
+    }
+    // Failed attempts are recorded and retried.
+    let d = eventually(20, "retries recorded", || async {
+        let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
+        (d["deliveries"][0]["attempts"].as_i64().unwrap_or(0) >= 2).then_some(d)
+    })
+    .await;
+    assert_eq!(d["deliveries"][0]["status"], "pending");
+    assert_eq!(d["deliveries"][0]["history"][0]["status_code"], 503);
+    env.hook.answer(200);
+    for id in &ids {
+        eventually(20, "delivered", || async {
+            let (_, d) = env.daemon.get(&format!("/tasks/{id}/deliveries")).await;
+            (d["deliveries"][0]["status"] == "delivered").then_some(())
+        })
+        .await;
+    }
+    for id in &ids {
+        let hooks = env.hook.for_task(id);
+        assert!(hooks.len() >= 2, "task {id} was retried");
+        let ids: HashSet<&str> = hooks.iter().filter_map(|h| h.header("webhook-id")).collect();
+        assert_eq!(ids.len(), 1, "one webhook-id across retries");
+        for h in &hooks {
+            let msg_id = h.header("webhook-id").expect("id");
+            let ts: i64 = h.header("webhook-timestamp").expect("timestamp").parse().expect("number");
+            let expected = comfyd::outbound::sign_webhook(secret, msg_id, ts, &h.raw);
+            assert_eq!(h.header("webhook-signature"), Some(expected.as_str()));
+        }
+    }
+    // Redelivery sends the same message again.
+    let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
+    let delivery_id = d["deliveries"][0]["id"].as_str().expect("delivery id").to_string();
+    let before = env.hook.for_task(&ids[0]).len();
+    let (status, _) = env.daemon.post(&format!("/deliveries/{delivery_id}/redeliver"), &json!({})).await;
+    assert_eq!(status, 202);
+    eventually(10, "redelivered", || async { (env.hook.for_task(&ids[0]).len() > before).then_some(()) }).await;
+    assert_eq!(env.hook.for_task(&ids[0]).last().and_then(|h| h.header("webhook-id").map(String::from)), Some(delivery_id));
+}
+
+#[actix_web::test]
+async fn an_s3_outage_leaves_files_in_the_fallback_folder_and_reupload_completes_the_tasks() {
+    let mut env = env(EnvOpts { backends: 1, s3: true, env: envs(&[("COMFYD_UPLOAD_ATTEMPTS", "2")]), ..Default::default() }).await;
+    env.s3.as_mut().expect("s3").stop();
+    let ids = submit_n(&env, 3, "solid").await;
+    for id in &ids {
+        let t = env.daemon.wait_terminal(id, 60).await;
+        assert_eq!(t["error_code"], 2, "{t}");
+    }
+    env.s3.as_mut().expect("s3").restart().await;
+
+    // Act: the operator's command, with the daemon's own settings.
+    let s3 = env.s3.as_ref().expect("s3");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_comfyd"))
+        .arg("reupload")
+        .current_dir(env.daemon.data_dir())
+        .env_clear()
+        .env("DATABASE_URL", env.db.url())
+        .env("COMFYD_DATA_DIR", env.daemon.data_dir())
+        .env("S3_BUCKET", BUCKET)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("COMFYD_S3_ENDPOINT_URL", &s3.endpoint)
+        .output()
+        .expect("run comfyd reupload");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let keys = s3.list_keys(BUCKET).await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for id in &ids {
+        let t = env.daemon.task(id).await;
+        assert_eq!(t["status"], "done", "{t}");
+        assert_eq!(t["error_code"], 0);
+        assert!(t["error_message"].is_null());
+        let key = t["s3_key"].as_str().expect("s3_key");
+        assert!(keys.contains(&key.to_string()));
+        let fallback = t["outputs"][0]["fallback_path"].clone();
+        assert_eq!(fallback, Value::Null, "fallback file no longer referenced");
+    }
+    let left: Vec<_> = walk(&env.daemon.fallback_dir());
+    assert!(left.is_empty(), "fallback folder emptied: {left:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files.extend(walk(&p));
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
