@@ -405,3 +405,46 @@ async fn a_backend_that_is_down_at_start_gets_nothing() {
     assert_eq!(down.len(), 1);
     assert_eq!(down[0]["name"], dead);
 }
+
+#[actix_web::test]
+async fn cleanup_removes_the_input_after_the_job_and_the_outputs_after_storing() {
+    let env = env(EnvOpts {
+        backends: 1,
+        s3: true,
+        env: HashMap::from([("COMFYD_CLEANUP".to_string(), "true".to_string())]),
+        ..Default::default()
+    })
+    .await;
+    let reply = env
+        .daemon
+        .submit(json!({ "service_type": "invert", "params": { "image": png_base64(8, 8) } }))
+        .await;
+    let id = reply["id"].as_str().expect("id").to_string();
+    let task = env.daemon.wait_terminal(&id, 30).await;
+    assert_eq!(task["status"], "done", "{task}");
+    let sim_dir = env.sims[0].data_dir();
+    let output = sim_dir.join("output").join(task["comfyui_filepath"].as_str().expect("path"));
+    let graph = env.sims[0].graph_of(task["comfyui_task_id"].as_str().expect("prompt id")).await;
+    let input = sim_dir.join("input").join(graph["1"]["inputs"]["image"].as_str().expect("LoadImage.image"));
+    eventually(10, "files removed from the ComfyUI host", || async {
+        (!output.exists() && !input.exists()).then_some(())
+    })
+    .await;
+    // The stored copy is what remains.
+    assert_eq!(env.s3.as_ref().expect("s3").list_keys(BUCKET).await.len(), 1);
+    // The cleaner prompts ran with comfyd's client id and succeeded.
+    let cleans: Vec<Value> = env.sims[0].prompts().await.into_iter().skip(1).collect();
+    assert_eq!(cleans.len(), 2, "{cleans:?}");
+    assert!(cleans.iter().all(|p| p["outcome"] == "success"), "{cleans:?}");
+}
+
+#[actix_web::test]
+async fn without_cleanup_files_stay_on_the_comfyui_host() {
+    let env = env(EnvOpts { backends: 1, ..Default::default() }).await;
+    let reply = env.daemon.submit(json!({ "service_type": "solid", "params": { "width": 8, "height": 8 } })).await;
+    let task = env.daemon.wait_terminal(reply["id"].as_str().expect("id"), 30).await;
+    actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    let output = env.sims[0].data_dir().join("output").join(task["comfyui_filepath"].as_str().expect("path"));
+    assert!(output.exists(), "{}", output.display());
+    assert_eq!(env.sims[0].prompts().await.len(), 1, "no cleaner prompt");
+}
