@@ -337,7 +337,8 @@ impl Settings {
             bail!("log.format (COMFYD_LOG_FORMAT) must be \"text\" or \"json\", not {:?}", self.log.format);
         }
         let url = &self.database.url;
-        if !url.is_empty() && !(url.starts_with("sqlite:") || url.starts_with("postgres")) {
+        let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
+        if !url.is_empty() && !known_scheme {
             bail!("database.url (DATABASE_URL) must be a sqlite: or postgres:// URL");
         }
         Ok(())
@@ -444,7 +445,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server]\nprot = 1\n").expect("write");
-        let err = format!("{:#}", Settings::load_file(Some(&path)).unwrap_err());
+        let err = format!("{:#}", Settings::load_file(Some(&path)).expect_err("must fail"));
         assert!(err.contains("prot"), "{err}");
     }
 
@@ -453,14 +454,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[comfyui]\nmax_in_flight = \"two\"\n").expect("write");
-        let err = format!("{:#}", Settings::load_file(Some(&path)).unwrap_err());
+        let err = format!("{:#}", Settings::load_file(Some(&path)).expect_err("must fail"));
         assert!(err.contains("max_in_flight"), "{err}");
     }
 
     #[test]
     fn bad_endpoint_is_named() {
         let env = EnvOverrides { comfyui_endpoints: Some("not a url".into()), ..Default::default() };
-        let err = format!("{:#}", Settings::from_parts(None, env).unwrap_err());
+        let err = format!("{:#}", Settings::from_parts(None, env).expect_err("must fail"));
         assert!(err.contains("COMFYUI_ENDPOINTS"), "{err}");
     }
 }

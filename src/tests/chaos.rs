@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::pipeline::{env, webhooks, EnvOpts, BUCKET};
 use crate::support::eventually;
+use crate::support::webhook::WebhookReceiver;
 use comfyd::store;
 
 fn envs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -124,21 +125,31 @@ async fn comfyd_killed_with_sigkill_resumes_every_task_from_where_it_was() {
 #[actix_web::test]
 async fn webhooks_reach_a_receiver_that_was_down_signed_and_with_a_stable_id() {
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let env = env(EnvOpts { backends: 1, env: envs(&[("COMFYD_WEBHOOK_SECRET", secret)]), ..Default::default() }).await;
+    let mut env = env(EnvOpts { backends: 1, env: envs(&[("COMFYD_WEBHOOK_SECRET", secret)]), ..Default::default() }).await;
+    // First it answers 503, then it is not there at all.
     env.hook.answer(503);
     let ids = submit_n(&env, 5, "solid").await;
     for id in &ids {
         env.daemon.wait_terminal(id, 30).await;
     }
-    // Failed attempts are recorded and retried.
-    let d = eventually(20, "retries recorded", || async {
+    eventually(20, "a 503 recorded", || async {
         let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
-        (d["deliveries"][0]["attempts"].as_i64().unwrap_or(0) >= 2).then_some(d)
+        (d["deliveries"][0]["history"][0]["status_code"] == 503).then_some(())
     })
     .await;
-    assert_eq!(d["deliveries"][0]["status"], "pending");
-    assert_eq!(d["deliveries"][0]["history"][0]["status_code"], 503);
-    env.hook.answer(200);
+    let port: u16 = env.hook.url.rsplit(':').next().and_then(|p| p.trim_end_matches("/hook").parse().ok()).expect("port");
+    env.hook.stop().await;
+    let d = eventually(20, "a refused connection recorded", || async {
+        let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
+        let history = d["deliveries"][0]["history"].as_array().cloned().unwrap_or_default();
+        history.iter().any(|a| a["status_code"].is_null() && a["error"].is_string()).then_some(d)
+    })
+    .await;
+    assert_eq!(d["deliveries"][0]["status"], "pending", "{d}");
+    // Back up, on the same address.
+    let first_receiver_got: usize = ids.iter().map(|id| env.hook.for_task(id).len()).sum();
+    assert!(first_receiver_got >= 5);
+    env.hook = WebhookReceiver::start_on(port).await;
     for id in &ids {
         eventually(20, "delivered", || async {
             let (_, d) = env.daemon.get(&format!("/tasks/{id}/deliveries")).await;
@@ -148,24 +159,43 @@ async fn webhooks_reach_a_receiver_that_was_down_signed_and_with_a_stable_id() {
     }
     for id in &ids {
         let hooks = env.hook.for_task(id);
-        assert!(hooks.len() >= 2, "task {id} was retried");
-        let ids: HashSet<&str> = hooks.iter().filter_map(|h| h.header("webhook-id")).collect();
-        assert_eq!(ids.len(), 1, "one webhook-id across retries");
-        for h in &hooks {
-            let msg_id = h.header("webhook-id").expect("id");
-            let ts: i64 = h.header("webhook-timestamp").expect("timestamp").parse().expect("number");
-            let expected = comfyd::outbound::sign_webhook(secret, msg_id, ts, &h.raw);
-            assert_eq!(h.header("webhook-signature"), Some(expected.as_str()));
-        }
+        assert_eq!(hooks.len(), 1, "task {id}: delivered once to the receiver that answered");
+        let (_, d) = env.daemon.get(&format!("/tasks/{id}/deliveries")).await;
+        assert_eq!(hooks[0].header("webhook-id"), d["deliveries"][0]["id"].as_str(), "one webhook-id across retries");
+        let h = &hooks[0];
+        let msg_id = h.header("webhook-id").expect("id");
+        let ts: i64 = h.header("webhook-timestamp").expect("timestamp").parse().expect("number");
+        let expected = comfyd::outbound::sign_webhook(secret, msg_id, ts, &h.raw);
+        assert_eq!(h.header("webhook-signature"), Some(expected.as_str()));
     }
     // Redelivery sends the same message again.
     let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
     let delivery_id = d["deliveries"][0]["id"].as_str().expect("delivery id").to_string();
-    let before = env.hook.for_task(&ids[0]).len();
     let (status, _) = env.daemon.post(&format!("/deliveries/{delivery_id}/redeliver"), &json!({})).await;
     assert_eq!(status, 202);
-    eventually(10, "redelivered", || async { (env.hook.for_task(&ids[0]).len() > before).then_some(()) }).await;
-    assert_eq!(env.hook.for_task(&ids[0]).last().and_then(|h| h.header("webhook-id").map(String::from)), Some(delivery_id));
+    eventually(10, "redelivered", || async { (env.hook.for_task(&ids[0]).len() == 2).then_some(()) }).await;
+    assert_eq!(env.hook.for_task(&ids[0])[1].header("webhook-id"), Some(delivery_id.as_str()));
+    assert_each_ended_once(&env, &ids).await;
+}
+
+#[actix_web::test]
+async fn a_webhook_receiver_that_hangs_times_out_and_is_retried() {
+    let env = env(EnvOpts { backends: 1, env: envs(&[("COMFYD_WEBHOOK_TIMEOUT_MS", "300")]), ..Default::default() }).await;
+    env.hook.delay(Duration::from_secs(2));
+    let id = submit_n(&env, 1, "solid").await.remove(0);
+    env.daemon.wait_terminal(&id, 30).await;
+    eventually(20, "a timeout recorded", || async {
+        let (_, d) = env.daemon.get(&format!("/tasks/{id}/deliveries")).await;
+        let first = d["deliveries"][0]["history"][0].clone();
+        (first["error"].as_str().is_some_and(|e| e.contains("timed out"))).then_some(())
+    })
+    .await;
+    env.hook.delay(Duration::ZERO);
+    eventually(20, "delivered", || async {
+        let (_, d) = env.daemon.get(&format!("/tasks/{id}/deliveries")).await;
+        (d["deliveries"][0]["status"] == "delivered").then_some(())
+    })
+    .await;
 }
 
 #[actix_web::test]
