@@ -41,6 +41,9 @@ enum WorkflowCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto library for every client (awc to ComfyUI and webhooks, the S3 SDK): without a
+    // process-wide default, awc's rustls setup panics on the first https:// URL.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
