@@ -365,3 +365,38 @@ impl Handler<InProgress> for Uploader {
         self.busy.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_foreign;
+    use crate::entity::output;
+
+    fn out(subfolder: &str) -> output::Model {
+        output::Model {
+            id: 1,
+            task_id: "t".into(),
+            node_id: "9".into(),
+            idx: 0,
+            kind: "images".into(),
+            filename: "x_00001_.png".into(),
+            subfolder: subfolder.into(),
+            folder_type: "output".into(),
+            content_type: "image/png".into(),
+            size: 0,
+            storage_key: "k".into(),
+            stored: false,
+            fallback_path: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn another_tasks_folder_is_foreign_and_unprefixed_files_are_not() {
+        let me = "3f6d0a4e-0000-4000-8000-000000000001";
+        assert!(!is_foreign(me, &out(&format!("comfyd/{me}"))));
+        assert!(!is_foreign(me, &out(&format!("comfyd/{me}/sub"))));
+        assert!(is_foreign(me, &out("comfyd/3f6d0a4e-0000-4000-8000-000000000002")));
+        assert!(!is_foreign(me, &out("")));
+        assert!(!is_foreign(me, &out("batch")));
+    }
+}
