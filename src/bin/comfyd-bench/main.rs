@@ -11,6 +11,10 @@
 //! target/release/comfyd-bench all --store both --out BENCHMARKS.md
 //! ```
 //!
+//! Environment: `COMFYD_BENCH_LOG` sets comfyd's `RUST_LOG` (default `warn`); `COMFYD_BENCH_KEEP=1` keeps
+//! each run's scratch folder (logs of comfyd, the sims and s3s-fs); `COMFYD_BENCH_PERF=<dir>` records
+//! comfyd with `perf record -g` during each run.
+//!
 //! # Layout
 //! - `scenario.rs`: the four scenarios, and running one against one store
 //! - `procs.rs`: child processes (killed on drop), scratch folders, `/proc` figures
@@ -33,7 +37,10 @@ use crate::scenario::{Outcome, StoreKind};
 
 /// Command line.
 #[derive(Parser, Debug)]
-#[command(name = "comfyd-bench", about = "End-to-end benchmark of comfyd against comfy-sim backends")]
+#[command(
+    name = "comfyd-bench",
+    about = "End-to-end benchmark of comfyd against comfy-sim backends"
+)]
 struct Cli {
     /// Scenarios to run: a, b, c, d, or all.
     #[arg(default_value = "all")]
@@ -93,9 +100,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         v
     };
     if !cli.workflows.join("solid.toml").is_file() {
-        bail!("{} has no solid workflow (solid.toml); pass --workflows", cli.workflows.display());
+        bail!(
+            "{} has no solid workflow (solid.toml); pass --workflows",
+            cli.workflows.display()
+        );
     }
-    let workflows = cli.workflows.canonicalize().context("resolving --workflows")?;
+    let workflows = cli
+        .workflows
+        .canonicalize()
+        .context("resolving --workflows")?;
 
     let receiver = receiver::Receiver::start().context("starting the webhook receiver")?;
     let started = chrono::Utc::now();
@@ -105,7 +118,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("({}) {} [{}] ...", sc.key, sc.title, store.name());
             let o = scenario::run(&bins, &workflows, sc, store, &receiver)
                 .await
-                .with_context(|| format!("scenario ({}) with the {} store", sc.key, store.name()))?;
+                .with_context(|| {
+                    format!("scenario ({}) with the {} store", sc.key, store.name())
+                })?;
             eprintln!(
                 "  {} jobs: submit p99 {:.1} ms, webhook p50 {:.1} ms, {:.0} jobs/s, makespan {:.0}/{:.0} ms, \
                  CPU {:.2} ms/job, RSS {:.1} MiB, lost {}, dup {}",
@@ -153,7 +168,9 @@ fn machine(started: &chrono::DateTime<chrono::Utc>) -> String {
         .and_then(|k| k.parse::<f64>().ok())
         .map(|k| format!("{:.1} GiB", k / 1024.0 / 1024.0))
         .unwrap_or_else(|| "?".into());
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))

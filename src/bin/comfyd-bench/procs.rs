@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-/// A folder under the system temp dir, removed on drop.
+/// A folder under the system temp dir, removed on drop unless `COMFYD_BENCH_KEEP` is set (then its
+/// logs stay for a look).
 pub struct ScratchDir(PathBuf);
 
 impl ScratchDir {
@@ -32,7 +33,11 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("COMFYD_BENCH_KEEP").is_some() {
+            eprintln!("  kept {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -58,6 +63,25 @@ impl Children {
     }
 }
 
+impl Children {
+    /// Waits up to `limit` for the child `pid` to exit, then forgets it (killing it if needed).
+    pub fn wait_for(&mut self, pid: u32, limit: Duration) {
+        let Some(i) = self.0.iter().position(|(_, c)| c.id() == pid) else {
+            return;
+        };
+        let (_, mut child) = self.0.remove(i);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 impl Drop for Children {
     fn drop(&mut self) {
         while let Some((_, mut child)) = self.0.pop() {
@@ -77,7 +101,9 @@ pub struct Binaries {
 impl Binaries {
     pub fn locate() -> anyhow::Result<Binaries> {
         let exe = std::env::current_exe().context("finding the bench's own executable")?;
-        let dir = exe.parent().context("the bench executable has no parent folder")?;
+        let dir = exe
+            .parent()
+            .context("the bench executable has no parent folder")?;
         let find = |name: &str| -> anyhow::Result<PathBuf> {
             let p = dir.join(name);
             if p.is_file() {
@@ -90,7 +116,10 @@ impl Binaries {
                 )
             }
         };
-        Ok(Binaries { comfyd: find("comfyd")?, sim: find("comfy-sim")? })
+        Ok(Binaries {
+            comfyd: find("comfyd")?,
+            sim: find("comfy-sim")?,
+        })
     }
 }
 
@@ -100,7 +129,10 @@ pub fn s3s_fs_binary() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     if let Some(paths) = std::env::var_os("PATH") {
-        if let Some(p) = std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).find(|p| p.is_file()) {
+        if let Some(p) = std::env::split_paths(&paths)
+            .map(|d| d.join("s3s-fs"))
+            .find(|p| p.is_file())
+        {
             return Ok(p);
         }
     }
@@ -145,12 +177,16 @@ pub fn start_sim(
     if paused {
         cmd.arg("--paused");
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", bins.sim.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bins.sim.display()))?;
     let stdout = child.stdout.take().context("comfy-sim stdout")?;
     children.push(format!("comfy-sim #{index}"), child);
     // The banner is the first line; the sim prints nothing else on stdout.
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).context("reading the comfy-sim banner")?;
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("reading the comfy-sim banner")?;
     let url = line
         .trim()
         .strip_prefix("comfy-sim listening on ")
@@ -180,7 +216,12 @@ pub fn start_s3(children: &mut Children, dir: &Path) -> anyhow::Result<S3Proc> {
     let log = std::fs::File::create(dir.join("s3s-fs.log"))?;
     let child = Command::new(&bin)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", &s3.access_key, "--secret-key", &s3.secret_key])
+        .args([
+            "--access-key",
+            &s3.access_key,
+            "--secret-key",
+            &s3.secret_key,
+        ])
         .arg(&data)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -217,11 +258,17 @@ pub fn start_comfyd(
         .current_dir(&data)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", std::env::var("COMFYD_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("COMFYD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("SERVICE_PORT", port.to_string())
         .env("COMFYD_HOST", "127.0.0.1")
         .env("COMFYUI_ENDPOINTS", endpoints.join(","))
-        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", data.join("c.db").display()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", data.join("c.db").display()),
+        )
         .env("COMFYD_DATA_DIR", &data)
         .env("COMFYD_WORKFLOWS_DIR", workflows)
         .envs(extra_env)
@@ -234,16 +281,60 @@ pub fn start_comfyd(
     Ok((format!("http://127.0.0.1:{port}"), pid))
 }
 
+/// With `COMFYD_BENCH_PERF=<dir>`, records comfyd with `perf record -g` into
+/// `<dir>/<label>.perf.data` until [`stop_profiler`]; otherwise does nothing.
+pub fn start_profiler(
+    children: &mut Children,
+    pid: u32,
+    label: &str,
+) -> anyhow::Result<Option<u32>> {
+    let Some(dir) = std::env::var_os("COMFYD_BENCH_PERF").map(PathBuf::from) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(format!("{label}.perf.data"));
+    let child = Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf (COMFYD_BENCH_PERF is set)")?;
+    eprintln!("  perf record -> {}", out.display());
+    Ok(Some(children.push("perf", child)))
+}
+
+/// Stops `perf record` with SIGINT (it writes its file on SIGINT, not on SIGKILL) and gives it a
+/// moment to finish.
+pub fn stop_profiler(children: &mut Children, pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    children.wait_for(pid, Duration::from_secs(30));
+}
+
 /// A port that was free a moment ago (the child binds it right away).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// CPU time (user + system) a process has used so far, in milliseconds.
 pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    cpu_ms_of(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of a `/proc/.../stat` file, in milliseconds.
+fn cpu_ms_of(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
     // The command name (field 2) may hold spaces; the fields after its closing paren are plain.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/PID/stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After ')': field 3 (state) is index 0, so utime (14) is index 11 and stime (15) index 12.
     let utime: f64 = fields.get(11).context("no utime")?.parse()?;
@@ -262,11 +353,42 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// CPU time per thread name (digits stripped, so a pool's threads add up), in milliseconds.
+pub fn thread_cpu_ms(pid: u32) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let name =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        let name: String = name
+            .trim()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        if let Ok(ms) = cpu_ms_of(&format!("/proc/{pid}/task/{tid}/stat")) {
+            *out.entry(name).or_insert(0.0) += ms;
+        }
+    }
+    out
+}
+
 /// Peak resident set size (`VmHWM`) of a process, in MiB.
 pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/PID/status")?;
-    let kib: f64 = line.split_whitespace().nth(1).context("malformed VmHWM")?.parse()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM in /proc/PID/status")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmHWM")?
+        .parse()?;
     Ok(kib / 1024.0)
 }
 
@@ -296,5 +418,7 @@ mod tests {
         assert!(cpu_ms(pid).expect("cpu") >= 0.0);
         assert!(peak_rss_mib(pid).expect("rss") > 0.1);
         assert!(cpu_ms(u32::MAX).is_err());
+        // The test harness names its threads; at least one thread is seen.
+        assert!(!thread_cpu_ms(pid).is_empty());
     }
 }

@@ -57,7 +57,11 @@ impl Receiver {
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        Ok(Receiver { url: format!("http://127.0.0.1:{port}/hook"), hooks, handle })
+        Ok(Receiver {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            hooks,
+            handle,
+        })
     }
 
     /// Forgets everything received (between scenarios).

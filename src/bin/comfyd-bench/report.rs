@@ -19,14 +19,70 @@ struct Target {
 }
 
 const TARGETS: &[Target] = &[
-    Target { what: "jobs/s end to end >= 300", scenarios: &["b"], store: None, value: |o| o.jobs_per_s, limit: 300.0, below: false },
-    Target { what: "makespan <= 1.10 x ideal", scenarios: &["a", "c"], store: None, value: ratio, limit: 1.10, below: true },
-    Target { what: "completion -> webhook p50 < 20 ms", scenarios: &[], store: Some("local"), value: |o| o.hook_p50, limit: 20.0, below: true },
-    Target { what: "submit p99 < 20 ms", scenarios: &[], store: None, value: |o| o.submit_p99, limit: 20.0, below: true },
-    Target { what: "comfyd CPU < 2 ms per job", scenarios: &[], store: None, value: |o| o.cpu_ms_per_job, limit: 2.0, below: true },
-    Target { what: "peak RSS < 60 MB", scenarios: &["d"], store: None, value: |o| o.peak_rss_mib, limit: 60.0, below: true },
-    Target { what: "no lost job", scenarios: &[], store: None, value: |o| Some(o.lost as f64), limit: 1.0, below: true },
-    Target { what: "no duplicated job", scenarios: &[], store: None, value: |o| Some(o.duplicated as f64), limit: 1.0, below: true },
+    Target {
+        what: "jobs/s end to end >= 300",
+        scenarios: &["b"],
+        store: None,
+        value: |o| o.jobs_per_s,
+        limit: 300.0,
+        below: false,
+    },
+    Target {
+        what: "makespan <= 1.10 x ideal",
+        scenarios: &["a", "c"],
+        store: None,
+        value: ratio,
+        limit: 1.10,
+        below: true,
+    },
+    Target {
+        what: "completion -> webhook p50 < 20 ms",
+        scenarios: &[],
+        store: Some("local"),
+        value: |o| o.hook_p50,
+        limit: 20.0,
+        below: true,
+    },
+    Target {
+        what: "submit p99 < 20 ms",
+        scenarios: &[],
+        store: None,
+        value: |o| o.submit_p99,
+        limit: 20.0,
+        below: true,
+    },
+    Target {
+        what: "comfyd CPU < 2 ms per job",
+        scenarios: &[],
+        store: None,
+        value: |o| o.cpu_ms_per_job,
+        limit: 2.0,
+        below: true,
+    },
+    Target {
+        what: "peak RSS < 60 MB",
+        scenarios: &["d"],
+        store: None,
+        value: |o| o.peak_rss_mib,
+        limit: 60.0,
+        below: true,
+    },
+    Target {
+        what: "no lost job",
+        scenarios: &[],
+        store: None,
+        value: |o| Some(o.lost as f64),
+        limit: 1.0,
+        below: true,
+    },
+    Target {
+        what: "no duplicated job",
+        scenarios: &[],
+        store: None,
+        value: |o| Some(o.duplicated as f64),
+        limit: 1.0,
+        below: true,
+    },
 ];
 
 fn ratio(o: &Outcome) -> Option<f64> {
@@ -54,7 +110,13 @@ pub fn verdicts(outcomes: &[Outcome]) -> Vec<(String, String, String, Option<f64
     for t in TARGETS {
         for o in outcomes.iter().filter(|o| t.applies(o)) {
             let v = (t.value)(o);
-            rows.push((t.what.to_owned(), o.scenario.clone(), o.store.clone(), v, v.is_some_and(|v| t.met(v))));
+            rows.push((
+                t.what.to_owned(),
+                o.scenario.clone(),
+                o.store.clone(),
+                v,
+                v.is_some_and(|v| t.met(v)),
+            ));
         }
     }
     rows
@@ -76,9 +138,17 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
     let mut s = String::new();
     let _ = writeln!(s, "{machine}\n");
     let _ = writeln!(s, "### Targets\n");
-    let _ = writeln!(s, "| target | scenario | store | value | met |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| target | scenario | store | value | met |\n|---|---|---|---|---|"
+    );
     for (what, sc, store, v, met) in verdicts(outcomes) {
-        let _ = writeln!(s, "| {what} | ({sc}) | {store} | {} | {} |", num(v, 2), if met { "met" } else { "**MISSED**" });
+        let _ = writeln!(
+            s,
+            "| {what} | ({sc}) | {store} | {} | {} |",
+            num(v, 2),
+            if met { "met" } else { "**MISSED**" }
+        );
     }
     for sc in scenarios {
         let cols: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == sc.key).collect();
@@ -96,21 +166,75 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
         }
         let _ = writeln!(s);
         let rows: Vec<(&str, Box<dyn Fn(&Outcome) -> String>)> = vec![
-            ("jobs accepted / submitted / refused", Box::new(|o| format!("{} / {} / {}", o.accepted, o.submitted, o.refused))),
-            ("submit latency p50 / p99 (ms)", Box::new(|o| pair(o.submit_p50, o.submit_p99, 1))),
-            ("submit phase (s)", Box::new(|o| format!("{:.2}", o.submit_phase_s))),
-            ("dispatch delay p50 / p99 (ms)", Box::new(|o| pair(o.dispatch_p50, o.dispatch_p99, 1))),
-            ("completion -> webhook p50 / p99 (ms)", Box::new(|o| pair(o.hook_p50, o.hook_p99, 1))),
+            (
+                "jobs accepted / submitted / refused",
+                Box::new(|o| format!("{} / {} / {}", o.accepted, o.submitted, o.refused)),
+            ),
+            (
+                "submit latency p50 / p99 (ms)",
+                Box::new(|o| pair(o.submit_p50, o.submit_p99, 1)),
+            ),
+            (
+                "submit phase (s)",
+                Box::new(|o| format!("{:.2}", o.submit_phase_s)),
+            ),
+            (
+                "dispatch delay p50 / p99 (ms)",
+                Box::new(|o| pair(o.dispatch_p50, o.dispatch_p99, 1)),
+            ),
+            (
+                "completion -> webhook p50 / p99 (ms)",
+                Box::new(|o| pair(o.hook_p50, o.hook_p99, 1)),
+            ),
+            (
+                "... p50 while submits arrived / after",
+                Box::new(|o| pair(o.hook_p50_during_submits, o.hook_p50_after_submits, 1)),
+            ),
             ("jobs/s end to end", Box::new(|o| num(o.jobs_per_s, 1))),
-            ("makespan / ideal (ms)", Box::new(|o| pair(o.makespan_ms, o.ideal_ms, 0))),
+            (
+                "makespan / ideal (ms)",
+                Box::new(|o| pair(o.makespan_ms, o.ideal_ms, 0)),
+            ),
             ("makespan ratio", Box::new(|o| num(ratio(o), 3))),
-            ("backend idle while jobs waited (backend-ms)", Box::new(|o| num(o.idle_ms, 0))),
-            ("comfyd CPU per job (ms)", Box::new(|o| num(o.cpu_ms_per_job, 2))),
-            ("comfyd peak RSS (MiB)", Box::new(|o| num(o.peak_rss_mib, 1))),
-            ("comfyd peak RSS with the queue full (MiB)", Box::new(|o| num(o.rss_deep_queue_mib, 1))),
-            ("lost / duplicated / not done", Box::new(|o| format!("{} / {} / {}", o.lost, o.duplicated, o.not_done))),
-            ("prompts the backends received", Box::new(|o| o.prompts.to_string())),
-            ("load average before / after", Box::new(|o| format!("{} / {}", o.load_before, o.load_after))),
+            (
+                "backend idle while jobs waited (backend-ms)",
+                Box::new(|o| num(o.idle_ms, 0)),
+            ),
+            (
+                "comfyd CPU per job (ms)",
+                Box::new(|o| num(o.cpu_ms_per_job, 2)),
+            ),
+            (
+                "comfyd CPU by thread (ms, top 4)",
+                Box::new(|o| {
+                    o.thread_cpu
+                        .iter()
+                        .take(4)
+                        .map(|(n, ms)| format!("{n} {ms:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            ),
+            (
+                "comfyd peak RSS (MiB)",
+                Box::new(|o| num(o.peak_rss_mib, 1)),
+            ),
+            (
+                "comfyd peak RSS with the queue full (MiB)",
+                Box::new(|o| num(o.rss_deep_queue_mib, 1)),
+            ),
+            (
+                "lost / duplicated / not done",
+                Box::new(|o| format!("{} / {} / {}", o.lost, o.duplicated, o.not_done)),
+            ),
+            (
+                "prompts the backends received",
+                Box::new(|o| o.prompts.to_string()),
+            ),
+            (
+                "load average before / after",
+                Box::new(|o| format!("{} / {}", o.load_before, o.load_after)),
+            ),
         ];
         for (label, f) in rows {
             let _ = write!(s, "| {label} |");
@@ -149,7 +273,10 @@ mod tests {
     fn splice_keeps_the_text_around_the_markers() {
         let old = "# B\nintro\n<!-- bench:begin -->\nold\n<!-- bench:end -->\nanalysis\n";
         let new = splice(Some(old), "new\n");
-        assert_eq!(new, "# B\nintro\n<!-- bench:begin -->\nnew\n<!-- bench:end -->\nanalysis\n");
+        assert_eq!(
+            new,
+            "# B\nintro\n<!-- bench:begin -->\nnew\n<!-- bench:end -->\nanalysis\n"
+        );
         assert!(splice(None, "x\n").contains("<!-- bench:begin -->\nx\n<!-- bench:end -->"));
     }
 

@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 
 use crate::procs::{self, Binaries, Children, ScratchDir};
 use crate::receiver::{Hook, Receiver};
-use crate::stats::{idle_while_waiting, ideal_makespan, percentile, Span};
+use crate::stats::{ideal_makespan, idle_while_waiting, percentile, Span};
 
-/// Submits in flight at once ("at once" = as fast as ~64 concurrent clients can).
+/// Submits in flight at once ("at once" = as fast as ~64 concurrent clients can);
+/// `COMFYD_BENCH_CONCURRENCY` overrides it (to see latency without queueing, for example).
 const CONCURRENCY: usize = 64;
 /// After the last expected webhook, how long to keep listening for duplicates (comfyd reads its
 /// webhook outbox every second, so a second copy would show up within this).
@@ -108,6 +109,11 @@ pub struct Outcome {
     pub dispatch_p99: Option<f64>,
     pub hook_p50: Option<f64>,
     pub hook_p99: Option<f64>,
+    /// Completion -> webhook p50 of jobs that completed while submits were still arriving, and after.
+    pub hook_p50_during_submits: Option<f64>,
+    pub hook_p50_after_submits: Option<f64>,
+    /// comfyd's CPU per thread name during the run, largest first (ms).
+    pub thread_cpu: Vec<(String, f64)>,
     /// Accepted jobs / (last webhook - first submit).
     pub jobs_per_s: Option<f64>,
     pub submit_phase_s: f64,
@@ -165,7 +171,14 @@ pub async fn run(
 
     let mut sims = Vec::new();
     for (i, ms) in sc.exec_ms.iter().enumerate() {
-        sims.push(procs::start_sim(bins, &mut children, scratch.path(), i, *ms, sc.paused_then_resume)?);
+        sims.push(procs::start_sim(
+            bins,
+            &mut children,
+            scratch.path(),
+            i,
+            *ms,
+            sc.paused_then_resume,
+        )?);
     }
     let mut env = HashMap::new();
     if store == StoreKind::S3 {
@@ -178,14 +191,31 @@ pub async fn run(
         env.insert("COMFYD_S3_ENDPOINT_URL".into(), s3.endpoint.clone());
     }
     let endpoints: Vec<String> = sims.iter().map(|s| s.url.clone()).collect();
-    let (base, pid) = procs::start_comfyd(bins, &mut children, scratch.path(), workflows, &endpoints, &env)?;
-    let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
-    wait_ready(&client, &base, sims.len(), &mut children).await.with_context(|| {
-        format!("comfyd did not become ready; its log:\n{}", tail(&scratch.path().join("comfyd.log")))
-    })?;
+    let (base, pid) = procs::start_comfyd(
+        bins,
+        &mut children,
+        scratch.path(),
+        workflows,
+        &endpoints,
+        &env,
+    )?;
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    wait_ready(&client, &base, sims.len(), &mut children)
+        .await
+        .with_context(|| {
+            format!(
+                "comfyd did not become ready; its log:\n{}",
+                tail(&scratch.path().join("comfyd.log"))
+            )
+        })?;
 
     receiver.clear();
+    let profiler =
+        procs::start_profiler(&mut children, pid, &format!("{}-{}", sc.key, store.name()))?;
     let cpu_before = procs::cpu_ms(pid)?;
+    let threads_before = procs::thread_cpu_ms(pid);
     let submit_start = Instant::now();
     let submitted = submit_all(&client, &format!("{base}/api/v1"), &receiver.url, sc.jobs).await;
     let submit_phase_s = submit_start.elapsed().as_secs_f64();
@@ -205,7 +235,10 @@ pub async fn run(
         }
     }
 
-    let expected: HashSet<&str> = submitted.iter().filter_map(|s| s.task_id.as_deref()).collect();
+    let expected: HashSet<&str> = submitted
+        .iter()
+        .filter_map(|s| s.task_id.as_deref())
+        .collect();
     let deadline = Instant::now() + sc.deadline;
     loop {
         let seen: HashSet<String> = receiver.hooks().into_iter().map(|h| h.task_id).collect();
@@ -225,6 +258,16 @@ pub async fn run(
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = procs::cpu_ms(pid)?;
+    let mut thread_cpu: Vec<(String, f64)> = procs::thread_cpu_ms(pid)
+        .into_iter()
+        .map(|(name, ms)| {
+            let before = threads_before.get(&name).copied().unwrap_or(0.0);
+            (name, ms - before)
+        })
+        .filter(|(_, ms)| *ms > 0.0)
+        .collect();
+    thread_cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
+    procs::stop_profiler(&mut children, profiler);
     actix_rt::time::sleep(DUPLICATE_GRACE).await;
     let peak_rss_mib = procs::peak_rss_mib(pid).ok();
     let hooks = receiver.hooks();
@@ -236,7 +279,11 @@ pub async fn run(
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("GET {}/sim/stats: {e}", s.url))?;
-        let body: SimStats = resp.json().limit(256 << 20).await.context("reading /sim/stats")?;
+        let body: SimStats = resp
+            .json()
+            .limit(256 << 20)
+            .await
+            .context("reading /sim/stats")?;
         stats.push(body.prompts);
     }
     let exec_configured: Vec<f64> = sims.iter().map(|s| s.exec_ms as f64).collect();
@@ -248,6 +295,7 @@ pub async fn run(
     out.submit_phase_s = submit_phase_s;
     out.cpu_ms_per_job = (out.accepted > 0).then(|| (cpu_after - cpu_before) / out.accepted as f64);
     out.peak_rss_mib = peak_rss_mib;
+    out.thread_cpu = thread_cpu;
     out.rss_deep_queue_mib = rss_deep_queue_mib;
     out.load_before = load_before;
     out.load_after = procs::load_average();
@@ -275,16 +323,23 @@ fn summarize(
     out.submit_p50 = percentile(&latencies, 50.0);
     out.submit_p99 = percentile(&latencies, 99.0);
 
-    let prompts: HashMap<&str, &PromptStat> =
-        stats.iter().flatten().map(|p| (p.prompt_id.as_str(), p)).collect();
+    let prompts: HashMap<&str, &PromptStat> = stats
+        .iter()
+        .flatten()
+        .map(|p| (p.prompt_id.as_str(), p))
+        .collect();
     let mut by_task: HashMap<&str, Vec<&Hook>> = HashMap::new();
     for h in hooks {
         by_task.entry(h.task_id.as_str()).or_default().push(h);
     }
     let (mut dispatch, mut to_hook) = (Vec::new(), Vec::new());
+    let (mut hook_during, mut hook_after) = (Vec::new(), Vec::new());
+    let last_accepted = ok.iter().map(|s| s.accepted_ms).fold(f64::MIN, f64::max);
     let mut last_hook = f64::MIN;
     for s in &ok {
-        let Some(task) = s.task_id.as_deref() else { continue };
+        let Some(task) = s.task_id.as_deref() else {
+            continue;
+        };
         let Some(hs) = by_task.get(task) else {
             out.lost += 1;
             continue;
@@ -293,7 +348,10 @@ fn summarize(
         if ids.len() > 1 {
             out.duplicated += 1;
         }
-        let first = hs.iter().min_by(|a, b| a.received_ms.total_cmp(&b.received_ms)).copied();
+        let first = hs
+            .iter()
+            .min_by(|a, b| a.received_ms.total_cmp(&b.received_ms))
+            .copied();
         let Some(first) = first else { continue };
         last_hook = last_hook.max(first.received_ms);
         if first.status != "done" {
@@ -302,7 +360,13 @@ fn summarize(
         if let Some(p) = first.prompt_id.as_deref().and_then(|id| prompts.get(id)) {
             dispatch.push(p.received_ms - s.sent_ms);
             if let Some(f) = p.finished_ms {
-                to_hook.push(first.received_ms - f);
+                let d = first.received_ms - f;
+                to_hook.push(d);
+                if f <= last_accepted {
+                    hook_during.push(d)
+                } else {
+                    hook_after.push(d)
+                }
             }
         }
     }
@@ -310,6 +374,8 @@ fn summarize(
     out.dispatch_p99 = percentile(&dispatch, 99.0);
     out.hook_p50 = percentile(&to_hook, 50.0);
     out.hook_p99 = percentile(&to_hook, 99.0);
+    out.hook_p50_during_submits = percentile(&hook_during, 50.0);
+    out.hook_p50_after_submits = percentile(&hook_after, 50.0);
 
     let first_sent = ok.iter().map(|s| s.sent_ms).fold(f64::MAX, f64::min);
     if out.accepted > 0 && last_hook > first_sent {
@@ -318,7 +384,11 @@ fn summarize(
 
     // Makespan: from the moment work could start (first submit, or the resume) to the last finish.
     let start = resume_ms.unwrap_or(first_sent);
-    let last_finish = stats.iter().flatten().filter_map(|p| p.finished_ms).fold(f64::MIN, f64::max);
+    let last_finish = stats
+        .iter()
+        .flatten()
+        .filter_map(|p| p.finished_ms)
+        .fold(f64::MIN, f64::max);
     if out.accepted > 0 && last_finish > start {
         out.makespan_ms = Some(last_finish - start);
         // Each backend's speed as measured (mean execution time), else as configured.
@@ -326,8 +396,10 @@ fn summarize(
             .iter()
             .zip(exec_configured)
             .map(|(ps, conf)| {
-                let runs: Vec<f64> =
-                    ps.iter().filter_map(|p| Some(p.finished_ms? - p.started_ms?)).collect();
+                let runs: Vec<f64> = ps
+                    .iter()
+                    .filter_map(|p| Some(p.finished_ms? - p.started_ms?))
+                    .collect();
                 if runs.is_empty() {
                     *conf
                 } else {
@@ -337,16 +409,33 @@ fn summarize(
             .collect();
         out.ideal_ms = Some(ideal_makespan(out.accepted, &speeds));
         let accepted: Vec<f64> = ok.iter().map(|s| s.accepted_ms).collect();
-        let started: Vec<f64> = stats.iter().flatten().filter_map(|p| p.started_ms).collect();
+        let started: Vec<f64> = stats
+            .iter()
+            .flatten()
+            .filter_map(|p| p.started_ms)
+            .collect();
         let busy: Vec<Vec<Span>> = stats
             .iter()
             .map(|ps| {
                 ps.iter()
-                    .filter_map(|p| Some(Span { start: p.started_ms?, end: p.finished_ms.unwrap_or(last_finish) }))
+                    .filter_map(|p| {
+                        Some(Span {
+                            start: p.started_ms?,
+                            end: p.finished_ms.unwrap_or(last_finish),
+                        })
+                    })
                     .collect()
             })
             .collect();
-        out.idle_ms = Some(idle_while_waiting(&accepted, &started, &busy, Span { start, end: last_finish }));
+        out.idle_ms = Some(idle_while_waiting(
+            &accepted,
+            &started,
+            &busy,
+            Span {
+                start,
+                end: last_finish,
+            },
+        ));
     }
     out
 }
@@ -373,7 +462,12 @@ async fn create_bucket(s3: &procs::S3Proc, bucket: &str) -> anyhow::Result<()> {
 }
 
 /// Waits for `GET /healthz` 200 with every backend up.
-async fn wait_ready(client: &awc::Client, base: &str, backends: usize, children: &mut Children) -> anyhow::Result<()> {
+async fn wait_ready(
+    client: &awc::Client,
+    base: &str,
+    backends: usize,
+    children: &mut Children,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
@@ -389,11 +483,19 @@ async fn wait_ready(client: &awc::Client, base: &str, backends: usize, children:
         }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("not ready within {} s (last /healthz: {last})", READY_TIMEOUT.as_secs())
+    bail!(
+        "not ready within {} s (last /healthz: {last})",
+        READY_TIMEOUT.as_secs()
+    )
 }
 
 /// Submits `jobs` tasks with [`CONCURRENCY`] requests in flight.
-async fn submit_all(client: &awc::Client, api: &str, hook_url: &str, jobs: usize) -> Vec<Submitted> {
+async fn submit_all(
+    client: &awc::Client,
+    api: &str,
+    hook_url: &str,
+    jobs: usize,
+) -> Vec<Submitted> {
     futures_util::stream::iter(0..jobs)
         .map(|n| {
             let body = json!({
@@ -410,7 +512,10 @@ async fn submit_all(client: &awc::Client, api: &str, hook_url: &str, jobs: usize
                     Ok(mut resp) => {
                         let status = resp.status();
                         match resp.json::<Value>().limit(1 << 20).await {
-                            Ok(v) if status.is_success() => v["id"].as_str().map(str::to_owned).ok_or(format!("no id in {v}")),
+                            Ok(v) if status.is_success() => v["id"]
+                                .as_str()
+                                .map(str::to_owned)
+                                .ok_or(format!("no id in {v}")),
                             Ok(v) => Err(format!("{status}: {v}")),
                             Err(e) => Err(format!("{status}: {e}")),
                         }
@@ -422,12 +527,27 @@ async fn submit_all(client: &awc::Client, api: &str, hook_url: &str, jobs: usize
                     Ok(id) => (Some(id), None),
                     Err(e) => (None, Some(e)),
                 };
-                Submitted { sent_ms, latency_ms, accepted_ms: sent_ms + latency_ms, task_id, error }
+                Submitted {
+                    sent_ms,
+                    latency_ms,
+                    accepted_ms: sent_ms + latency_ms,
+                    task_id,
+                    error,
+                }
             }
         })
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(concurrency())
         .collect()
         .await
+}
+
+/// [`CONCURRENCY`], or `COMFYD_BENCH_CONCURRENCY`.
+pub fn concurrency() -> usize {
+    std::env::var("COMFYD_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(CONCURRENCY)
 }
 
 /// The last lines of a log file, for error messages.

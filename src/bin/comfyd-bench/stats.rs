@@ -32,13 +32,28 @@ pub struct Span {
 /// job that never started waits until the end of the window. `busy` holds, per backend, the spans
 /// during which it executed a prompt. Only time inside `window` counts (scenario (d) starts counting
 /// when the backends are resumed).
-pub fn idle_while_waiting(accepted: &[f64], started: &[f64], busy: &[Vec<Span>], window: Span) -> f64 {
+pub fn idle_while_waiting(
+    accepted: &[f64],
+    started: &[f64],
+    busy: &[Vec<Span>],
+    window: Span,
+) -> f64 {
     // Change points of the waiting count and of each backend's state.
     let mut points: Vec<f64> = vec![window.start, window.end];
-    points.extend(accepted.iter().chain(started).copied().filter(|t| *t > window.start && *t < window.end));
+    points.extend(
+        accepted
+            .iter()
+            .chain(started)
+            .copied()
+            .filter(|t| *t > window.start && *t < window.end),
+    );
     for spans in busy {
         for s in spans {
-            points.extend([s.start, s.end].into_iter().filter(|t| *t > window.start && *t < window.end));
+            points.extend(
+                [s.start, s.end]
+                    .into_iter()
+                    .filter(|t| *t > window.start && *t < window.end),
+            );
         }
     }
     points.sort_by(f64::total_cmp);
@@ -57,7 +72,8 @@ pub fn idle_while_waiting(accepted: &[f64], started: &[f64], busy: &[Vec<Span>],
             continue;
         }
         // The state is constant inside (a, b); look at it just after a.
-        let waiting = count_at_or_before(&accepted, a).saturating_sub(count_at_or_before(&started, a));
+        let waiting =
+            count_at_or_before(&accepted, a).saturating_sub(count_at_or_before(&started, a));
         if waiting == 0 {
             continue;
         }
@@ -113,10 +129,24 @@ mod tests {
         // Two backends, window 0..100. Jobs accepted at 0 and 0; one starts at 10 on backend A
         // (busy 10..60), the other at 40 on backend B (busy 40..100).
         let busy = vec![
-            vec![Span { start: 10.0, end: 60.0 }],
-            vec![Span { start: 40.0, end: 100.0 }],
+            vec![Span {
+                start: 10.0,
+                end: 60.0,
+            }],
+            vec![Span {
+                start: 40.0,
+                end: 100.0,
+            }],
         ];
-        let idle = idle_while_waiting(&[0.0, 0.0], &[10.0, 40.0], &busy, Span { start: 0.0, end: 100.0 });
+        let idle = idle_while_waiting(
+            &[0.0, 0.0],
+            &[10.0, 40.0],
+            &busy,
+            Span {
+                start: 0.0,
+                end: 100.0,
+            },
+        );
         // 0..10: both wait, both idle = 20; 10..40: one waits, B idle = 30; after 40 nothing waits.
         assert_eq!(idle, 50.0);
     }
@@ -125,9 +155,28 @@ mod tests {
     fn idle_is_zero_when_nothing_waits_and_respects_the_window() {
         let busy = vec![vec![], vec![]];
         // Nothing accepted: idle backends are not a problem.
-        assert_eq!(idle_while_waiting(&[], &[], &busy, Span { start: 0.0, end: 50.0 }), 0.0);
+        assert_eq!(
+            idle_while_waiting(
+                &[],
+                &[],
+                &busy,
+                Span {
+                    start: 0.0,
+                    end: 50.0
+                }
+            ),
+            0.0
+        );
         // A job that never starts waits to the end of the window, counted from the window start.
-        let idle = idle_while_waiting(&[0.0], &[], &busy, Span { start: 20.0, end: 50.0 });
+        let idle = idle_while_waiting(
+            &[0.0],
+            &[],
+            &busy,
+            Span {
+                start: 20.0,
+                end: 50.0,
+            },
+        );
         assert_eq!(idle, 60.0);
     }
 
