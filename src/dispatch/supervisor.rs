@@ -223,7 +223,7 @@ impl Supervisor {
         let pipeline = self.pipeline.clone();
         let from = from.to_vec();
         async move {
-            if let Err(e) = pipeline.finish_failed(&task_id, &from, code, message, details).await {
+            if let Err(e) = pipeline.finisher.finish_failed(&task_id, &from, code, message, details).await {
                 error!(task.id = %task_id, error = %e, "could not record failure");
             }
         }
@@ -554,7 +554,7 @@ impl Handler<CancelTask> for Supervisor {
         Box::pin(
             async move {
                 let from = [Status::Queued, Status::Dispatched, Status::Running];
-                let applied = pipeline.finish_cancelled(&id, &from).await?;
+                let applied = pipeline.finisher.finish_cancelled(&id, &from).await?;
                 Ok::<_, anyhow::Error>(applied)
             }
             .into_actor(self)

@@ -105,23 +105,6 @@ pub struct Pipeline {
     pub cleaner: Addr<cleaner::Cleaner>,
 }
 
-impl Pipeline {
-    pub async fn finish_failed(
-        &self,
-        task_id: &str,
-        from: &[Status],
-        code: i32,
-        message: String,
-        details: Value,
-    ) -> anyhow::Result<bool> {
-        self.finisher.finish_failed(task_id, from, code, message, details).await
-    }
-
-    pub async fn finish_cancelled(&self, task_id: &str, from: &[Status]) -> anyhow::Result<bool> {
-        self.finisher.finish_cancelled(task_id, from).await
-    }
-}
-
 /// Delay before retry number `attempt` (1-based): exponential from `first`, capped at `max`, with
 /// "equal jitter" (half fixed, half random from `rand01` in [0, 1)) so that many clients retrying
 /// after one outage do not come back in lockstep.
