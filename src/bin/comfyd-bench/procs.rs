@@ -377,6 +377,45 @@ pub fn thread_cpu_ms(pid: u32) -> HashMap<String, f64> {
     out
 }
 
+/// Context switches (voluntary + involuntary) of every thread of a process so far. Each hand-off
+/// between threads (an SQL statement sent to SQLite's worker thread, say) costs at least one.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.flatten() {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// Machine-wide CPU counters from `/proc/stat`: (busy, total) in clock ticks, over every core.
+/// Busy is everything but idle and iowait.
+pub fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
 /// Peak resident set size (`VmHWM`) of a process, in MiB.
 pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -420,5 +459,8 @@ mod tests {
         assert!(cpu_ms(u32::MAX).is_err());
         // The test harness names its threads; at least one thread is seen.
         assert!(!thread_cpu_ms(pid).is_empty());
+        assert!(context_switches(pid) > 0);
+        let (busy, total) = machine_cpu();
+        assert!(total > 0 && busy <= total);
     }
 }

@@ -205,6 +205,18 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
                 Box::new(|o| num(o.cpu_ms_per_job, 2)),
             ),
             (
+                "machine CPU busy during the run (all cores, %)",
+                Box::new(|o| num(o.machine_busy_pct, 0)),
+            ),
+            (
+                "comfyd idle CPU before the run (ms per s)",
+                Box::new(|o| num(o.idle_cpu_ms_per_s, 1)),
+            ),
+            (
+                "comfyd context switches per job",
+                Box::new(|o| num(o.ctx_switches_per_job, 0)),
+            ),
+            (
                 "comfyd CPU by thread (ms, top 4)",
                 Box::new(|o| {
                     o.thread_cpu

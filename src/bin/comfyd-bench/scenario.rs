@@ -21,6 +21,8 @@ const CONCURRENCY: usize = 64;
 /// After the last expected webhook, how long to keep listening for duplicates (comfyd reads its
 /// webhook outbox every second, so a second copy would show up within this).
 const DUPLICATE_GRACE: Duration = Duration::from_millis(1500);
+/// How long comfyd's idle CPU use is measured before the submits start.
+const IDLE_PROBE: Duration = Duration::from_secs(2);
 /// How long comfyd may take to answer `/healthz` with every backend up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -112,6 +114,12 @@ pub struct Outcome {
     /// Completion -> webhook p50 of jobs that completed while submits were still arriving, and after.
     pub hook_p50_during_submits: Option<f64>,
     pub hook_p50_after_submits: Option<f64>,
+    /// comfyd's CPU use while nothing is submitted (timers, heartbeats), per second.
+    pub idle_cpu_ms_per_s: Option<f64>,
+    /// Share of the machine's CPU (all cores) in use from the first submit to the last webhook, %.
+    pub machine_busy_pct: Option<f64>,
+    /// comfyd's context switches (all threads) per accepted job.
+    pub ctx_switches_per_job: Option<f64>,
     /// comfyd's CPU per thread name during the run, largest first (ms).
     pub thread_cpu: Vec<(String, f64)>,
     /// Accepted jobs / (last webhook - first submit).
@@ -212,10 +220,16 @@ pub async fn run(
         })?;
 
     receiver.clear();
+    let idle_start = (procs::cpu_ms(pid)?, Instant::now());
+    actix_rt::time::sleep(IDLE_PROBE).await;
+    let idle_cpu_ms_per_s =
+        (procs::cpu_ms(pid)? - idle_start.0) / idle_start.1.elapsed().as_secs_f64();
     let profiler =
         procs::start_profiler(&mut children, pid, &format!("{}-{}", sc.key, store.name()))?;
     let cpu_before = procs::cpu_ms(pid)?;
     let threads_before = procs::thread_cpu_ms(pid);
+    let switches_before = procs::context_switches(pid);
+    let machine_before = procs::machine_cpu();
     let submit_start = Instant::now();
     let submitted = submit_all(&client, &format!("{base}/api/v1"), &receiver.url, sc.jobs).await;
     let submit_phase_s = submit_start.elapsed().as_secs_f64();
@@ -258,6 +272,12 @@ pub async fn run(
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = procs::cpu_ms(pid)?;
+    let switches = procs::context_switches(pid).saturating_sub(switches_before);
+    let machine_after = procs::machine_cpu();
+    let machine_total = machine_after.1.saturating_sub(machine_before.1);
+    let machine_busy_pct = (machine_total > 0).then(|| {
+        100.0 * machine_after.0.saturating_sub(machine_before.0) as f64 / machine_total as f64
+    });
     let mut thread_cpu: Vec<(String, f64)> = procs::thread_cpu_ms(pid)
         .into_iter()
         .map(|(name, ms)| {
@@ -296,6 +316,9 @@ pub async fn run(
     out.cpu_ms_per_job = (out.accepted > 0).then(|| (cpu_after - cpu_before) / out.accepted as f64);
     out.peak_rss_mib = peak_rss_mib;
     out.thread_cpu = thread_cpu;
+    out.idle_cpu_ms_per_s = Some(idle_cpu_ms_per_s);
+    out.machine_busy_pct = machine_busy_pct;
+    out.ctx_switches_per_job = (out.accepted > 0).then(|| switches as f64 / out.accepted as f64);
     out.rss_deep_queue_mib = rss_deep_queue_mib;
     out.load_before = load_before;
     out.load_after = procs::load_average();
