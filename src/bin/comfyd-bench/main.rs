@@ -55,6 +55,18 @@ struct Cli {
     /// The workflows folder comfyd loads (must hold `solid`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"))]
     workflows: PathBuf,
+    /// Extra environment for comfyd, as KEY=VALUE (repeatable), e.g. `COMFYD_MAX_IN_FLIGHT=4`
+    /// to see what a setting changes. The report lists them.
+    #[arg(long = "comfyd-env", value_parser = parse_key_value)]
+    comfyd_env: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE` → (KEY, VALUE).
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -116,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for sc in &wanted {
         for store in cli.store.kinds() {
             eprintln!("({}) {} [{}] ...", sc.key, sc.title, store.name());
-            let o = scenario::run(&bins, &workflows, sc, store, &receiver)
+            let o = scenario::run(&bins, &workflows, sc, store, &receiver, &cli.comfyd_env)
                 .await
                 .with_context(|| {
                     format!("scenario ({}) with the {} store", sc.key, store.name())
@@ -140,7 +152,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     receiver.stop().await;
 
-    let text = report::render(&machine(&started), &wanted, &outcomes);
+    let mut header = machine(&started);
+    if !cli.comfyd_env.is_empty() {
+        let list: Vec<String> = cli
+            .comfyd_env
+            .iter()
+            .map(|(k, v)| format!("`{k}={v}`"))
+            .collect();
+        header.push_str(&format!(" comfyd ran with {}.", list.join(", ")));
+    }
+    let text = report::render(&header, &wanted, &outcomes);
     println!("{text}");
     if let Some(path) = &cli.out {
         let existing = std::fs::read_to_string(path).ok();

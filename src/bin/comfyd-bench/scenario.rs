@@ -172,6 +172,7 @@ pub async fn run(
     sc: &Scenario,
     store: StoreKind,
     receiver: &Receiver,
+    extra_env: &[(String, String)],
 ) -> anyhow::Result<Outcome> {
     let scratch = ScratchDir::new(&format!("{}-{}", sc.key, store.name()))?;
     let mut children = Children::default();
@@ -198,6 +199,7 @@ pub async fn run(
         env.insert("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone());
         env.insert("COMFYD_S3_ENDPOINT_URL".into(), s3.endpoint.clone());
     }
+    env.extend(extra_env.iter().cloned());
     let endpoints: Vec<String> = sims.iter().map(|s| s.url.clone()).collect();
     let (base, pid) = procs::start_comfyd(
         bins,
