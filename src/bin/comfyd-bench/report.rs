@@ -122,6 +122,9 @@ pub fn verdicts(outcomes: &[Outcome]) -> Vec<(String, String, String, Option<f64
     rows
 }
 
+/// One line of a scenario table: its label and how to read it off an outcome.
+type Row = (&'static str, Box<dyn Fn(&Outcome) -> String>);
+
 fn num(v: Option<f64>, decimals: usize) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
@@ -165,7 +168,7 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
             let _ = write!(s, "---|");
         }
         let _ = writeln!(s);
-        let rows: Vec<(&str, Box<dyn Fn(&Outcome) -> String>)> = vec![
+        let rows: Vec<Row> = vec![
             (
                 "jobs accepted / submitted / refused",
                 Box::new(|o| format!("{} / {} / {}", o.accepted, o.submitted, o.refused)),
