@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use chrono::Utc;
+use sea_orm::TransactionTrait;
 use serde_json::json;
 
 use crate::config::Settings;
@@ -73,10 +74,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             ..Default::default()
         };
         let event = Event::new("reuploaded", json!({ "outputs": outputs.len() }));
-        if store::transition(&db, &task_id, &[Status::Failed], Status::Done, patch, Some(event))
+        let txn = db.begin().await?;
+        let updated = store::transition(&txn, &task_id, &[Status::Failed], Status::Done, &patch, Some(&event))
             .await
-            .context("updating task")?
-        {
+            .context("updating task")?;
+        txn.commit().await?;
+        if updated {
             println!("task {task_id}: done");
             report.tasks_done += 1;
         }

@@ -1,8 +1,9 @@
 //! Database access: connecting, migrating, and every query, as plain `async fn`s over a connection.
 //!
-//! Writes are made by the `Recorder` actor only (one writer, in order); readers (routes, recovery) call the
-//! query functions directly. Status changes are conditional updates (`WHERE status IN (...)`), which is
-//! what makes every step idempotent and, later, lets several comfyd instances share one PostgreSQL.
+//! Writes are made by the `Recorder` actor only (one writer, in order, inside its transactions: the
+//! write functions here open none); readers (routes, recovery) call the query functions directly.
+//! Status changes are conditional updates (`WHERE status IN (...)`), which is what makes every step
+//! idempotent and, later, lets several comfyd instances share one PostgreSQL.
 
 use std::time::Duration;
 
@@ -11,9 +12,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    TransactionSession,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 
@@ -75,7 +75,7 @@ pub enum Inserted {
 }
 
 /// Inserts a task (status queued) and its `accepted` event, or finds the task a retried submit refers to.
-pub async fn insert_task(db: &DatabaseConnection, t: NewTask) -> Result<Inserted, DbErr> {
+pub async fn insert_task<C: ConnectionTrait>(db: &C, t: &NewTask) -> Result<Inserted, DbErr> {
     if let Some(ctid) = &t.client_task_id {
         if let Some(existing) =
             task::Entity::find().filter(task::Column::ClientTaskId.eq(ctid.as_str())).one(db).await?
@@ -90,10 +90,10 @@ pub async fn insert_task(db: &DatabaseConnection, t: NewTask) -> Result<Inserted
     let now = Utc::now();
     let model = task::Model {
         id: t.id.clone(),
-        client_task_id: t.client_task_id,
-        client_callback_url: t.client_callback_url,
-        workflow: t.workflow,
-        request_hash: t.request_hash,
+        client_task_id: t.client_task_id.clone(),
+        client_callback_url: t.client_callback_url.clone(),
+        workflow: t.workflow.clone(),
+        request_hash: t.request_hash.clone(),
         params: t.params.to_string(),
         graph: t.graph.to_string(),
         inputs: t.inputs.to_string(),
@@ -115,10 +115,8 @@ pub async fn insert_task(db: &DatabaseConnection, t: NewTask) -> Result<Inserted
         started_at: None,
         finished_at: None,
     };
-    let txn = db.begin().await?;
-    task::Entity::insert(task::ActiveModel::from(model.clone())).exec_without_returning(&txn).await?;
-    insert_event(&txn, &t.id, "accepted", serde_json::json!({ "priority": t.priority })).await?;
-    txn.commit().await?;
+    task::Entity::insert(task::ActiveModel::from(model.clone())).exec_without_returning(db).await?;
+    insert_event(db, &t.id, "accepted", serde_json::json!({ "priority": t.priority })).await?;
     Ok(Inserted::New(model))
 }
 
@@ -153,24 +151,23 @@ impl Event {
     }
 }
 
-/// Moves a task from one of `from` to `to`, sets the patch and records the event, in one transaction.
-/// Returns false (and changes nothing) when the task was not in one of `from`: someone else moved it.
-pub async fn transition<C: ConnectionTrait + TransactionTrait>(
+/// Moves a task from one of `from` to `to`, sets the patch and records the event (run it in a
+/// transaction). Returns false (and changes nothing) when the task was not in one of `from`: someone
+/// else moved it.
+pub async fn transition<C: ConnectionTrait>(
     db: &C,
     id: &str,
     from: &[Status],
     to: Status,
-    patch: TaskPatch,
-    event: Option<Event>,
+    patch: &TaskPatch,
+    event: Option<&Event>,
 ) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
-    let applied = transition_in(&txn, id, from, to, patch).await?;
+    let applied = transition_in(db, id, from, to, patch).await?;
     if applied {
         if let Some(e) = event {
-            insert_event(&txn, id, e.kind, e.details).await?;
+            insert_event(db, id, e.kind, e.details.clone()).await?;
         }
     }
-    txn.commit().await?;
     Ok(applied)
 }
 
@@ -179,31 +176,31 @@ async fn transition_in<C: ConnectionTrait>(
     id: &str,
     from: &[Status],
     to: Status,
-    p: TaskPatch,
+    p: &TaskPatch,
 ) -> Result<bool, DbErr> {
     use task::Column as C;
     let mut q = task::Entity::update_many()
         .col_expr(C::Status, Expr::value(to.as_str()))
         .col_expr(C::UpdatedAt, Expr::value(Utc::now()));
-    if let Some(v) = p.backend {
+    if let Some(v) = p.backend.clone() {
         q = q.col_expr(C::Backend, Expr::value(v));
     }
-    if let Some(v) = p.comfyui_task_id {
+    if let Some(v) = p.comfyui_task_id.clone() {
         q = q.col_expr(C::ComfyuiTaskId, Expr::value(v));
     }
-    if let Some(v) = p.comfyui_filepath {
+    if let Some(v) = p.comfyui_filepath.clone() {
         q = q.col_expr(C::ComfyuiFilepath, Expr::value(v));
     }
-    if let Some(v) = p.s3_key {
+    if let Some(v) = p.s3_key.clone() {
         q = q.col_expr(C::S3Key, Expr::value(v));
     }
     if let Some(v) = p.error_code {
         q = q.col_expr(C::ErrorCode, Expr::value(v));
     }
-    if let Some(v) = p.error_message {
+    if let Some(v) = p.error_message.clone() {
         q = q.col_expr(C::ErrorMessage, Expr::value(v));
     }
-    if let Some(v) = p.error_details {
+    if let Some(v) = &p.error_details {
         q = q.col_expr(C::ErrorDetails, Expr::value(v.to_string()));
     }
     if p.clear_error {
@@ -240,33 +237,31 @@ pub struct Finished {
     pub delivery: Option<delivery::Model>,
 }
 
-/// The terminal transition of a task and its webhook, atomically: either both are recorded or neither,
-/// so a crash can neither lose the webhook of a finished task nor send one for an unfinished task. The
-/// payload is the task's final record, read inside the same transaction.
-pub async fn finish(
-    db: &DatabaseConnection,
+/// The terminal transition of a task and its webhook. Run in a transaction, so that either both are
+/// recorded or neither: a crash can neither lose the webhook of a finished task nor send one for an
+/// unfinished task. The payload is the task's final record, read inside the same transaction.
+pub async fn finish<C: ConnectionTrait>(
+    txn: &C,
     id: &str,
     from: &[Status],
     to: Status,
-    patch: TaskPatch,
-    event: Event,
+    patch: &TaskPatch,
+    event: &Event,
     give_up_at: DateTime<Utc>,
 ) -> Result<Finished, DbErr> {
-    let txn = db.begin().await?;
-    if !transition_in(&txn, id, from, to, patch).await? {
-        txn.rollback().await?;
+    if !transition_in(txn, id, from, to, patch).await? {
         return Ok(Finished::default());
     }
-    insert_event(&txn, id, event.kind, event.details).await?;
+    insert_event(txn, id, event.kind, event.details.clone()).await?;
     let mut delivery = None;
-    let task = task::Entity::find_by_id(id.to_string()).one(&txn).await?;
+    let task = task::Entity::find_by_id(id.to_string()).one(txn).await?;
     if let Some(task) = task {
         if let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) {
             let outputs = output::Entity::find()
                 .filter(output::Column::TaskId.eq(id))
                 .order_by_asc(output::Column::NodeId)
                 .order_by_asc(output::Column::Idx)
-                .all(&txn)
+                .all(txn)
                 .await?;
             let payload = serde_json::to_string(&TaskRecord::new(&task, &outputs))
                 .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
@@ -286,12 +281,11 @@ pub async fn finish(
                 delivered_at: None,
             };
             delivery::Entity::insert(delivery::ActiveModel::from(model.clone()))
-                .exec_without_returning(&txn)
+                .exec_without_returning(txn)
                 .await?;
             delivery = Some(model);
         }
     }
-    txn.commit().await?;
     Ok(Finished { applied: true, delivery })
 }
 
@@ -410,17 +404,16 @@ pub struct NewOutput {
     pub storage_key: String,
 }
 
-/// Records a task's outputs and moves it to `executed`, atomically, so recovery knows what to store.
+/// Records a task's outputs and moves it to `executed` (in a transaction), so recovery knows what to store.
 /// Outputs already recorded (a replay) are left as they are.
-pub async fn record_executed(
-    db: &DatabaseConnection,
+pub async fn record_executed<C: ConnectionTrait>(
+    txn: &C,
     task_id: &str,
     from: &[Status],
-    outputs: Vec<NewOutput>,
-    event: Event,
+    outputs: &[NewOutput],
+    event: &Event,
 ) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
-    let applied = transition_in(&txn, task_id, from, Status::Executed, TaskPatch::default()).await?;
+    let applied = transition_in(txn, task_id, from, Status::Executed, &TaskPatch::default()).await?;
     if applied {
         let now = Utc::now();
         for o in outputs {
@@ -428,7 +421,7 @@ pub async fn record_executed(
                 .filter(output::Column::TaskId.eq(task_id))
                 .filter(output::Column::NodeId.eq(o.node_id.as_str()))
                 .filter(output::Column::Idx.eq(o.idx))
-                .count(&txn)
+                .count(txn)
                 .await?
                 > 0;
             if exists {
@@ -437,25 +430,24 @@ pub async fn record_executed(
             output::Entity::insert(output::ActiveModel {
                 id: NotSet,
                 task_id: Set(task_id.into()),
-                node_id: Set(o.node_id),
+                node_id: Set(o.node_id.clone()),
                 idx: Set(o.idx),
-                kind: Set(o.kind),
-                filename: Set(o.filename),
-                subfolder: Set(o.subfolder),
-                folder_type: Set(o.folder_type),
-                content_type: Set(o.content_type),
+                kind: Set(o.kind.clone()),
+                filename: Set(o.filename.clone()),
+                subfolder: Set(o.subfolder.clone()),
+                folder_type: Set(o.folder_type.clone()),
+                content_type: Set(o.content_type.clone()),
                 size: Set(0),
-                storage_key: Set(o.storage_key),
+                storage_key: Set(o.storage_key.clone()),
                 stored: Set(false),
                 fallback_path: Set(None),
                 created_at: Set(now),
             })
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
         }
-        insert_event(&txn, task_id, event.kind, event.details).await?;
+        insert_event(txn, task_id, event.kind, event.details.clone()).await?;
     }
-    txn.commit().await?;
     Ok(applied)
 }
 
@@ -469,8 +461,8 @@ pub async fn task_outputs(db: &DatabaseConnection, task_id: &str) -> Result<Vec<
 }
 
 /// Marks one output stored (or kept in the fallback folder), with its real content type and size.
-pub async fn mark_output(
-    db: &DatabaseConnection,
+pub async fn mark_output<C: ConnectionTrait>(
+    db: &C,
     output_id: i64,
     stored: bool,
     content_type: &str,
@@ -553,9 +545,8 @@ pub struct AttemptOutcome {
 
 /// Records an attempt and its consequence for the delivery; a delivered webhook also gets a `notified`
 /// event on its task. Only a pending delivery changes, so a late duplicate attempt cannot undo a success.
-pub async fn record_attempt(db: &DatabaseConnection, a: AttemptOutcome) -> Result<(), DbErr> {
+pub async fn record_attempt<C: ConnectionTrait>(txn: &C, a: &AttemptOutcome) -> Result<(), DbErr> {
     let now = Utc::now();
-    let txn = db.begin().await?;
     delivery_attempt::Entity::insert(delivery_attempt::ActiveModel {
         id: NotSet,
         delivery_id: Set(a.delivery_id.clone()),
@@ -564,7 +555,7 @@ pub async fn record_attempt(db: &DatabaseConnection, a: AttemptOutcome) -> Resul
         duration_ms: Set(a.duration_ms),
         at: Set(now),
     })
-    .exec_without_returning(&txn)
+    .exec_without_returning(txn)
     .await?;
     let mut q = delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value(a.new_status))
@@ -578,24 +569,24 @@ pub async fn record_attempt(db: &DatabaseConnection, a: AttemptOutcome) -> Resul
     let res = q
         .filter(delivery::Column::Id.eq(a.delivery_id.as_str()))
         .filter(delivery::Column::Status.eq("pending"))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     if res.rows_affected == 1 && a.new_status != "pending" {
         let kind = if a.new_status == "delivered" { "notified" } else { "notify_failed" };
         insert_event(
-            &txn,
+            txn,
             &a.task_id,
             kind,
             serde_json::json!({ "delivery_id": a.delivery_id, "status_code": a.status_code, "error": a.error }),
         )
         .await?;
     }
-    txn.commit().await
+    Ok(())
 }
 
 /// Puts a delivery back in the outbox, due now (the redeliver API).
-pub async fn redeliver(
-    db: &DatabaseConnection,
+pub async fn redeliver<C: ConnectionTrait>(
+    db: &C,
     id: &str,
     give_up_at: DateTime<Utc>,
 ) -> Result<bool, DbErr> {

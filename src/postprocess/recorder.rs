@@ -1,20 +1,56 @@
-//! `Recorder`: the only writer to the database. Each message is one short transaction, applied one at a
-//! time in arrival order (`AtomicResponse`), so writes are ordered and SQLite never sees two writers.
-//! Readers (routes, recovery) query through `crate::store` directly.
+//! `Recorder`: the only writer to the database, with group commit.
+//!
+//! Writes are applied in arrival order. Every write that arrives while a transaction is being written
+//! joins the next one, so under load many writes share one commit (the cost that dominates SQLite and
+//! PostgreSQL writes alike), and a burst of submits waits for one commit instead of queueing behind
+//! each other's. If a batch fails, each of its writes is applied again on its own, so only the faulty
+//! one reports an error. SQLite never sees two writers. Readers (routes, recovery) query through
+//! `crate::store` directly.
 
 use actix::prelude::*;
-use sea_orm::{DatabaseConnection, DbErr};
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+use tokio::sync::oneshot;
 
 use crate::store::{self, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, TaskPatch};
 use crate::task::Status;
 
+/// Most writes in one transaction (keeps a transaction short when a backlog built up).
+const MAX_BATCH: usize = 256;
+
 pub struct Recorder {
     db: DatabaseConnection,
+    queue: Vec<Pending>,
+    writing: bool,
 }
 
 impl Recorder {
     pub fn new(db: DatabaseConnection) -> Recorder {
-        Recorder { db }
+        Recorder { db, queue: Vec::new(), writing: false }
+    }
+
+    fn submit(&mut self, write: Write, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Written, DbErr>> {
+        let (reply, rx) = oneshot::channel();
+        self.queue.push(Pending { write, reply });
+        if !self.writing {
+            self.write_next(ctx);
+        }
+        rx
+    }
+
+    fn write_next(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() {
+            self.writing = false;
+            return;
+        }
+        self.writing = true;
+        let n = self.queue.len().min(MAX_BATCH);
+        let batch: Vec<Pending> = self.queue.drain(..n).collect();
+        let db = self.db.clone();
+        async move { write_batch(&db, batch).await }
+            .into_actor(self)
+            .map(|_, act, ctx| act.write_next(ctx))
+            .spawn(ctx);
     }
 }
 
@@ -22,21 +58,118 @@ impl Actor for Recorder {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Every task goes through here several times; senders await their answer, so the mailbox
-        // only fills under real load, and then it is better to queue than to refuse.
+        // Senders await their answer, so the mailbox only fills under real load, and then it is better
+        // to queue than to refuse.
         ctx.set_mailbox_capacity(1 << 16);
     }
 }
 
-/// Writes one message's transaction with the actor blocked until it commits.
-macro_rules! write_handler {
-    ($msg:ty, $ret:ty, |$db:ident, $m:ident| $body:expr) => {
-        impl Handler<$msg> for Recorder {
-            type Result = AtomicResponse<Self, Result<$ret, DbErr>>;
+/// One write waiting for its transaction.
+struct Pending {
+    write: Write,
+    reply: oneshot::Sender<Result<Written, DbErr>>,
+}
 
-            fn handle(&mut self, $m: $msg, _ctx: &mut Context<Self>) -> Self::Result {
-                let $db = self.db.clone();
-                AtomicResponse::new(Box::pin(async move { $body }.into_actor(self)))
+/// Every kind of write, as data.
+enum Write {
+    InsertTask(NewTask),
+    Transition(Transition),
+    RecordExecuted(RecordExecuted),
+    MarkOutput(MarkOutput),
+    Finish(Finish),
+    RecordAttempt(AttemptOutcome),
+    Redeliver(Redeliver),
+    RecordEvent(RecordEvent),
+}
+
+/// What a write answers.
+enum Written {
+    Inserted(Inserted),
+    Applied(bool),
+    Finished(Finished),
+    Done,
+}
+
+impl Write {
+    async fn apply<C: ConnectionTrait>(&self, c: &C) -> Result<Written, DbErr> {
+        Ok(match self {
+            Write::InsertTask(t) => Written::Inserted(store::insert_task(c, t).await?),
+            Write::Transition(m) => Written::Applied(
+                store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref()).await?,
+            ),
+            Write::RecordExecuted(m) => {
+                Written::Applied(store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event).await?)
+            }
+            Write::MarkOutput(m) => {
+                store::mark_output(c, m.output_id, m.stored, &m.content_type, m.size, m.fallback_path.clone())
+                    .await?;
+                Written::Done
+            }
+            Write::Finish(m) => Written::Finished(
+                store::finish(c, &m.task_id, &m.from, m.to, &m.patch, &m.event, m.give_up_at).await?,
+            ),
+            Write::RecordAttempt(a) => {
+                store::record_attempt(c, a).await?;
+                Written::Done
+            }
+            Write::Redeliver(m) => Written::Applied(store::redeliver(c, &m.delivery_id, m.give_up_at).await?),
+            Write::RecordEvent(m) => {
+                store::insert_event(c, &m.task_id, m.event.kind, m.event.details.clone()).await?;
+                Written::Done
+            }
+        })
+    }
+}
+
+async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
+    match write_together(db, &batch).await {
+        Ok(results) => {
+            for (p, r) in batch.into_iter().zip(results) {
+                let _ = p.reply.send(Ok(r));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, writes = batch.len(), "batch failed; writing one by one");
+            for p in batch {
+                let _ = p.reply.send(write_alone(db, &p.write).await);
+            }
+        }
+    }
+}
+
+async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Vec<Written>, DbErr> {
+    let txn = db.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for p in batch {
+        results.push(p.write.apply(&txn).await?);
+    }
+    txn.commit().await?;
+    Ok(results)
+}
+
+async fn write_alone(db: &DatabaseConnection, write: &Write) -> Result<Written, DbErr> {
+    let txn = db.begin().await?;
+    let written = write.apply(&txn).await?;
+    txn.commit().await?;
+    Ok(written)
+}
+
+/// Defines a write message: its handler queues it and answers once its transaction committed.
+macro_rules! write_message {
+    ($msg:ty => $ret:ty, |$m:ident| $write:expr, $pat:pat => $val:expr) => {
+        impl Handler<$msg> for Recorder {
+            type Result = ResponseFuture<Result<$ret, DbErr>>;
+
+            fn handle(&mut self, $m: $msg, ctx: &mut Context<Self>) -> Self::Result {
+                let rx = self.submit($write, ctx);
+                Box::pin(async move {
+                    match rx.await {
+                        Ok(Ok($pat)) => Ok($val),
+                        Ok(Ok(_)) => Err(DbErr::Custom("recorder: unexpected answer".into())),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(DbErr::Custom("recorder stopped before the write".into())),
+                    }
+                })
             }
         }
     };
@@ -46,7 +179,7 @@ macro_rules! write_handler {
 #[derive(Message)]
 #[rtype(result = "Result<Inserted, DbErr>")]
 pub struct InsertTask(pub NewTask);
-write_handler!(InsertTask, Inserted, |db, m| store::insert_task(&db, m.0).await);
+write_message!(InsertTask => Inserted, |m| Write::InsertTask(m.0), Written::Inserted(v) => v);
 
 /// A status change with its event; answers whether it applied (the task was in one of `from`).
 #[derive(Message, Debug)]
@@ -58,8 +191,7 @@ pub struct Transition {
     pub patch: TaskPatch,
     pub event: Option<Event>,
 }
-write_handler!(Transition, bool, |db, m| store::transition(&db, &m.task_id, &m.from, m.to, m.patch, m.event)
-    .await);
+write_message!(Transition => bool, |m| Write::Transition(m), Written::Applied(v) => v);
 
 /// A prompt finished: its outputs are recorded and the task moves to `executed`.
 #[derive(Message, Debug)]
@@ -70,10 +202,7 @@ pub struct RecordExecuted {
     pub outputs: Vec<NewOutput>,
     pub event: Event,
 }
-write_handler!(RecordExecuted, bool, |db, m| store::record_executed(
-    &db, &m.task_id, &m.from, m.outputs, m.event
-)
-.await);
+write_message!(RecordExecuted => bool, |m| Write::RecordExecuted(m), Written::Applied(v) => v);
 
 /// One output was stored, or kept in the fallback folder.
 #[derive(Message, Debug)]
@@ -85,15 +214,7 @@ pub struct MarkOutput {
     pub size: i64,
     pub fallback_path: Option<String>,
 }
-write_handler!(MarkOutput, (), |db, m| store::mark_output(
-    &db,
-    m.output_id,
-    m.stored,
-    &m.content_type,
-    m.size,
-    m.fallback_path
-)
-.await);
+write_message!(MarkOutput => (), |m| Write::MarkOutput(m), Written::Done => ());
 
 /// The terminal transition of a task, with its webhook put in the outbox in the same transaction.
 #[derive(Message, Debug)]
@@ -105,27 +226,24 @@ pub struct Finish {
     pub patch: TaskPatch,
     pub event: Event,
     /// When the webhook, if any, stops being retried.
-    pub give_up_at: chrono::DateTime<chrono::Utc>,
+    pub give_up_at: DateTime<Utc>,
 }
-write_handler!(Finish, Finished, |db, m| store::finish(
-    &db, &m.task_id, &m.from, m.to, m.patch, m.event, m.give_up_at
-)
-.await);
+write_message!(Finish => Finished, |m| Write::Finish(m), Written::Finished(v) => v);
 
 /// One webhook attempt and what it means for its delivery.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), DbErr>")]
 pub struct RecordAttempt(pub AttemptOutcome);
-write_handler!(RecordAttempt, (), |db, m| store::record_attempt(&db, m.0).await);
+write_message!(RecordAttempt => (), |m| Write::RecordAttempt(m.0), Written::Done => ());
 
 /// Puts a delivery back in the outbox (the redeliver API).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<bool, DbErr>")]
 pub struct Redeliver {
     pub delivery_id: String,
-    pub give_up_at: chrono::DateTime<chrono::Utc>,
+    pub give_up_at: DateTime<Utc>,
 }
-write_handler!(Redeliver, bool, |db, m| store::redeliver(&db, &m.delivery_id, m.give_up_at).await);
+write_message!(Redeliver => bool, |m| Write::Redeliver(m), Written::Applied(v) => v);
 
 /// A step worth recording that changes no status (e.g. an upload retry).
 #[derive(Message, Debug)]
@@ -134,5 +252,4 @@ pub struct RecordEvent {
     pub task_id: String,
     pub event: Event,
 }
-write_handler!(RecordEvent, (), |db, m| store::insert_event(&db, &m.task_id, m.event.kind, m.event.details)
-    .await);
+write_message!(RecordEvent => (), |m| Write::RecordEvent(m), Written::Done => ());
