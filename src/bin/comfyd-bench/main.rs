@@ -201,6 +201,17 @@ fn machine(started: &chrono::DateTime<chrono::Utc>) -> String {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "?".into());
+    // Others may be editing the tree: say so when the binaries may include uncommitted changes.
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    let commit = if dirty {
+        format!("{commit} (plus uncommitted changes)")
+    } else {
+        commit
+    };
     format!(
         "Run {} UTC at commit {commit}; {cpus} CPUs ({model}), {mem_gib} RAM; load average at start {}.",
         started.format("%Y-%m-%d %H:%M"),
