@@ -14,7 +14,7 @@ use sea_orm::TransactionTrait;
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::store::{self, Event, TaskPatch};
+use crate::store::{self, Event, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
 
 /// What a run did.
@@ -42,7 +42,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         };
         match storage.put(&o.storage_key, bytes.into(), &o.content_type).await {
             Ok(()) => {
-                store::mark_output(&db, o.id, true, &o.content_type, o.size, None).await?;
+                let mark = OutputMark {
+                    output_id: o.id,
+                    stored: true,
+                    content_type: o.content_type.clone(),
+                    size: o.size,
+                    fallback_path: None,
+                };
+                store::mark_output(&db, &mark).await?;
                 // Recorded as stored first: a crash here leaves a stray file, never a lost output.
                 if let Err(e) = tokio::fs::remove_file(&path).await {
                     eprintln!("stored {}, but could not remove {}: {e}", o.storage_key, path.display());

@@ -237,20 +237,25 @@ pub struct Finished {
     pub delivery: Option<delivery::Model>,
 }
 
-/// The terminal transition of a task and its webhook. Run in a transaction, so that either both are
-/// recorded or neither: a crash can neither lose the webhook of a finished task nor send one for an
+/// The terminal transition of a task, what became of its outputs, and its webhook. Run in a
+/// transaction, so that either all are recorded or none: a crash can neither lose the webhook of a finished task nor send one for an
 /// unfinished task. The payload is the task's final record, read inside the same transaction.
+#[allow(clippy::too_many_arguments)] // one transaction's worth of facts, each named
 pub async fn finish<C: ConnectionTrait>(
     txn: &C,
     id: &str,
     from: &[Status],
     to: Status,
     patch: &TaskPatch,
+    marks: &[OutputMark],
     event: &Event,
     give_up_at: DateTime<Utc>,
 ) -> Result<Finished, DbErr> {
     if !transition_in(txn, id, from, to, patch).await? {
         return Ok(Finished::default());
+    }
+    for m in marks {
+        mark_output(txn, m).await?;
     }
     insert_event(txn, id, event.kind, event.details.clone()).await?;
     let mut delivery = None;
@@ -405,16 +410,20 @@ pub struct NewOutput {
 }
 
 /// Records a task's outputs and moves it to `executed` (in a transaction), so recovery knows what to store.
-/// Outputs already recorded (a replay) are left as they are.
+/// Outputs already recorded (a replay) are left as they are. Returns every output of the task, or None
+/// when the task was not in one of `from`.
 pub async fn record_executed<C: ConnectionTrait>(
     txn: &C,
     task_id: &str,
     from: &[Status],
     outputs: &[NewOutput],
     event: &Event,
-) -> Result<bool, DbErr> {
+) -> Result<Option<Vec<output::Model>>, DbErr> {
     let applied = transition_in(txn, task_id, from, Status::Executed, &TaskPatch::default()).await?;
-    if applied {
+    if !applied {
+        return Ok(None);
+    }
+    {
         let now = Utc::now();
         for o in outputs {
             let exists = output::Entity::find()
@@ -448,10 +457,10 @@ pub async fn record_executed<C: ConnectionTrait>(
         }
         insert_event(txn, task_id, event.kind, event.details.clone()).await?;
     }
-    Ok(applied)
+    task_outputs(txn, task_id).await.map(Some)
 }
 
-pub async fn task_outputs(db: &DatabaseConnection, task_id: &str) -> Result<Vec<output::Model>, DbErr> {
+pub async fn task_outputs<C: ConnectionTrait>(db: &C, task_id: &str) -> Result<Vec<output::Model>, DbErr> {
     output::Entity::find()
         .filter(output::Column::TaskId.eq(task_id))
         .order_by_asc(output::Column::NodeId)
@@ -460,21 +469,26 @@ pub async fn task_outputs(db: &DatabaseConnection, task_id: &str) -> Result<Vec<
         .await
 }
 
-/// Marks one output stored (or kept in the fallback folder), with its real content type and size.
-pub async fn mark_output<C: ConnectionTrait>(
-    db: &C,
-    output_id: i64,
-    stored: bool,
-    content_type: &str,
-    size: i64,
-    fallback_path: Option<String>,
-) -> Result<(), DbErr> {
+/// What storing one output came to.
+#[derive(Debug, Clone)]
+pub struct OutputMark {
+    pub output_id: i64,
+    /// Stored under its key; false: kept in the fallback folder, or not fetched at all.
+    pub stored: bool,
+    /// The real content type and size, as ComfyUI served it.
+    pub content_type: String,
+    pub size: i64,
+    pub fallback_path: Option<String>,
+}
+
+/// Records what storing one output came to.
+pub async fn mark_output<C: ConnectionTrait>(db: &C, m: &OutputMark) -> Result<(), DbErr> {
     output::Entity::update_many()
-        .col_expr(output::Column::Stored, Expr::value(stored))
-        .col_expr(output::Column::ContentType, Expr::value(content_type))
-        .col_expr(output::Column::Size, Expr::value(size))
-        .col_expr(output::Column::FallbackPath, Expr::value(fallback_path))
-        .filter(output::Column::Id.eq(output_id))
+        .col_expr(output::Column::Stored, Expr::value(m.stored))
+        .col_expr(output::Column::ContentType, Expr::value(m.content_type.as_str()))
+        .col_expr(output::Column::Size, Expr::value(m.size))
+        .col_expr(output::Column::FallbackPath, Expr::value(m.fallback_path.clone()))
+        .filter(output::Column::Id.eq(m.output_id))
         .exec(db)
         .await?;
     Ok(())

@@ -21,7 +21,7 @@ use actix::Addr;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::store::{Event, TaskPatch};
+use crate::store::{Event, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
 use recorder::{Finish, Recorder};
 
@@ -43,13 +43,14 @@ impl Finisher {
         from: &[Status],
         to: Status,
         patch: TaskPatch,
+        outputs: Vec<OutputMark>,
         event: Event,
     ) -> anyhow::Result<bool> {
         let give_up_at = Utc::now()
             + chrono::Duration::from_std(self.webhook_horizon).unwrap_or(chrono::Duration::days(1));
         let finished = self
             .recorder
-            .send(Finish { task_id: task_id.into(), from: from.to_vec(), to, patch, event, give_up_at })
+            .send(Finish { task_id: task_id.into(), from: from.to_vec(), to, patch, outputs, event, give_up_at })
             .await??;
         if let Some(d) = finished.delivery {
             self.notifier.do_send(notifier::Deliver(d));
@@ -82,7 +83,7 @@ impl Finisher {
             ..Default::default()
         };
         let event = Event::new("failed", json!({ "error_code": code, "message": message }));
-        self.finish(task_id, from, Status::Failed, patch, event).await
+        self.finish(task_id, from, Status::Failed, patch, Vec::new(), event).await
     }
 
     pub async fn finish_cancelled(&self, task_id: &str, from: &[Status]) -> anyhow::Result<bool> {
@@ -92,7 +93,7 @@ impl Finisher {
             finished_at: Some(Utc::now()),
             ..Default::default()
         };
-        self.finish(task_id, from, Status::Cancelled, patch, Event::new("cancelled", json!({}))).await
+        self.finish(task_id, from, Status::Cancelled, patch, Vec::new(), Event::new("cancelled", json!({}))).await
     }
 }
 

@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::oneshot;
 
-use crate::store::{self, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, TaskPatch};
+use crate::entity::output;
+use crate::store::{self, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark, TaskPatch};
 use crate::task::Status;
 
 /// Most writes in one transaction (keeps a transaction short when a backlog built up).
@@ -75,7 +76,6 @@ enum Write {
     InsertTask(NewTask),
     Transition(Transition),
     RecordExecuted(RecordExecuted),
-    MarkOutput(MarkOutput),
     Finish(Finish),
     RecordAttempt(AttemptOutcome),
     Redeliver(Redeliver),
@@ -85,6 +85,7 @@ enum Write {
 /// What a write answers.
 enum Written {
     Inserted(Inserted),
+    Outputs(Option<Vec<output::Model>>),
     Applied(bool),
     Finished(Finished),
     Done,
@@ -98,15 +99,10 @@ impl Write {
                 store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref()).await?,
             ),
             Write::RecordExecuted(m) => {
-                Written::Applied(store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event).await?)
-            }
-            Write::MarkOutput(m) => {
-                store::mark_output(c, m.output_id, m.stored, &m.content_type, m.size, m.fallback_path.clone())
-                    .await?;
-                Written::Done
+                Written::Outputs(store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event).await?)
             }
             Write::Finish(m) => Written::Finished(
-                store::finish(c, &m.task_id, &m.from, m.to, &m.patch, &m.event, m.give_up_at).await?,
+                store::finish(c, &m.task_id, &m.from, m.to, &m.patch, &m.outputs, &m.event, m.give_up_at).await?,
             ),
             Write::RecordAttempt(a) => {
                 store::record_attempt(c, a).await?;
@@ -193,30 +189,20 @@ pub struct Transition {
 }
 write_message!(Transition => bool, |m| Write::Transition(m), Written::Applied(v) => v);
 
-/// A prompt finished: its outputs are recorded and the task moves to `executed`.
+/// A prompt finished: its outputs are recorded and the task moves to `executed`. Answers every output
+/// of the task, or None when the task was no longer on a backend (cancelled, or already recorded).
 #[derive(Message, Debug)]
-#[rtype(result = "Result<bool, DbErr>")]
+#[rtype(result = "Result<Option<Vec<output::Model>>, DbErr>")]
 pub struct RecordExecuted {
     pub task_id: String,
     pub from: Vec<Status>,
     pub outputs: Vec<NewOutput>,
     pub event: Event,
 }
-write_message!(RecordExecuted => bool, |m| Write::RecordExecuted(m), Written::Applied(v) => v);
+write_message!(RecordExecuted => Option<Vec<output::Model>>, |m| Write::RecordExecuted(m), Written::Outputs(v) => v);
 
-/// One output was stored, or kept in the fallback folder.
-#[derive(Message, Debug)]
-#[rtype(result = "Result<(), DbErr>")]
-pub struct MarkOutput {
-    pub output_id: i64,
-    pub stored: bool,
-    pub content_type: String,
-    pub size: i64,
-    pub fallback_path: Option<String>,
-}
-write_message!(MarkOutput => (), |m| Write::MarkOutput(m), Written::Done => ());
-
-/// The terminal transition of a task, with its webhook put in the outbox in the same transaction.
+/// The terminal transition of a task, with what became of its outputs and its webhook put in the
+/// outbox, in one transaction.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<Finished, DbErr>")]
 pub struct Finish {
@@ -224,6 +210,7 @@ pub struct Finish {
     pub from: Vec<Status>,
     pub to: Status,
     pub patch: TaskPatch,
+    pub outputs: Vec<OutputMark>,
     pub event: Event,
     /// When the webhook, if any, stops being retried.
     pub give_up_at: DateTime<Utc>,

@@ -19,12 +19,12 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use super::cleaner::{CleanFiles, Cleaner};
-use super::recorder::{MarkOutput, RecordEvent, RecordExecuted, Recorder};
+use super::recorder::{RecordEvent, RecordExecuted, Recorder};
 use super::Finisher;
 use crate::comfy::{ComfyClient, FileRef};
 use crate::entity::output;
 use crate::storage::Store;
-use crate::store::{self, Event, NewOutput, TaskPatch};
+use crate::store::{self, Event, NewOutput, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
 
 /// Fetch attempts per output before it counts as not retrievable.
@@ -144,23 +144,27 @@ enum Trouble {
 impl StoreJob {
     async fn run(self, files: Option<Vec<FileRef>>) -> anyhow::Result<()> {
         let id = self.task_id.clone();
-        if let Some(files) = files {
-            let outputs = self.new_outputs(&files);
-            let count = outputs.len();
-            let recorded = self
-                .recorder
-                .send(RecordExecuted {
-                    task_id: id.clone(),
-                    from: Status::ON_BACKEND.to_vec(),
-                    outputs,
-                    event: Event::new("executed", json!({ "backend": self.backend, "outputs": count })),
-                })
-                .await??;
-            if !recorded {
-                return Ok(()); // cancelled, or already recorded by an earlier pass
+        let outputs = match files {
+            Some(files) => {
+                let outputs = self.new_outputs(&files);
+                let count = outputs.len();
+                let recorded = self
+                    .recorder
+                    .send(RecordExecuted {
+                        task_id: id.clone(),
+                        from: Status::ON_BACKEND.to_vec(),
+                        outputs,
+                        event: Event::new("executed", json!({ "backend": self.backend, "outputs": count })),
+                    })
+                    .await??;
+                match recorded {
+                    Some(outputs) => outputs,
+                    None => return Ok(()), // cancelled, or already recorded by an earlier pass
+                }
             }
-        }
-        let outputs = store::task_outputs(&self.db, &id).await?;
+            // Recovery of a task left in `executed`: its outputs were recorded then.
+            None => store::task_outputs(&self.db, &id).await?,
+        };
         let foreign: Vec<&output::Model> = outputs.iter().filter(|o| is_foreign(&id, o)).collect();
         if outputs.is_empty() || !foreign.is_empty() {
             let message = if outputs.is_empty() {
@@ -174,22 +178,20 @@ impl StoreJob {
             return Ok(());
         }
 
+        // Store what is not stored yet (all of it, unless this is a replay after a crash).
         let mut worst = Trouble::None;
         let mut first_error = None;
-        for o in outputs.iter().filter(|o| !o.stored && o.fallback_path.is_none()) {
-            let (trouble, err) = self.store_one(o).await?;
+        let mut marks = Vec::new();
+        for o in outputs.iter().filter(|o| !o.stored) {
+            let (mark, trouble, err) = self.store_one(o).await?;
+            marks.push(mark);
             if trouble > worst {
                 worst = trouble;
                 first_error = err;
             }
         }
-        // Outputs stored by an earlier pass count as they were recorded.
-        let outputs = store::task_outputs(&self.db, &id).await?;
-        if worst == Trouble::None && outputs.iter().any(|o| !o.stored) {
-            worst = Trouble::NotStored;
-            first_error = Some("an output was kept in the fallback folder by an earlier attempt".into());
-        }
         let first = &outputs[0];
+        let first_stored = first.stored || marks.iter().any(|m| m.output_id == first.id && m.stored);
         let code = match worst {
             Trouble::None => error_code::OK,
             Trouble::NotStored => error_code::UPLOAD_FAILED,
@@ -197,7 +199,7 @@ impl StoreJob {
         };
         let patch = TaskPatch {
             comfyui_filepath: Some(comfy_path(first)),
-            s3_key: first.stored.then(|| first.storage_key.clone()),
+            s3_key: first_stored.then(|| first.storage_key.clone()),
             error_code: Some(code),
             error_message: first_error.clone(),
             finished_at: Some(Utc::now()),
@@ -208,7 +210,7 @@ impl StoreJob {
         } else {
             (Status::Failed, Event::new("failed", json!({ "error_code": code, "message": first_error })))
         };
-        let ended = self.finisher.finish(&id, &[Status::Executed], to, patch, event).await?;
+        let ended = self.finisher.finish(&id, &[Status::Executed], to, patch, marks, event).await?;
         if ended {
             info!(task.id = %id, error_code = code, outputs = outputs.len(), "task {id} ended: {to}");
             if code == error_code::OK {
@@ -254,13 +256,21 @@ impl StoreJob {
     }
 
     /// Fetches and stores one output; on failure keeps it in the fallback folder when it has the bytes.
-    async fn store_one(&self, o: &output::Model) -> anyhow::Result<(Trouble, Option<String>)> {
+    /// Returns what to record for it (with the task's terminal state), how it went, and why not.
+    async fn store_one(&self, o: &output::Model) -> anyhow::Result<(OutputMark, Trouble, Option<String>)> {
         let file = FileRef {
             node_id: o.node_id.clone(),
             kind: o.kind.clone(),
             filename: o.filename.clone(),
             subfolder: o.subfolder.clone(),
             folder_type: o.folder_type.clone(),
+        };
+        let mut mark = OutputMark {
+            output_id: o.id,
+            stored: false,
+            content_type: o.content_type.clone(),
+            size: o.size,
+            fallback_path: None,
         };
         let mut fetched = None;
         let mut last_err = String::new();
@@ -282,20 +292,18 @@ impl StoreJob {
             let msg = format!("could not fetch {}: {last_err}", file.path());
             warn!(task.id = %self.task_id, "{msg}");
             self.event("fetch_failed", json!({ "file": file.path(), "error": last_err })).await;
-            return Ok((Trouble::NotFetched, Some(msg)));
+            return Ok((mark, Trouble::NotFetched, Some(msg)));
         };
         // ComfyUI serves what it guessed from the extension; trust it unless it is generic.
-        let content_type = served_type
-            .filter(|t| t != "application/octet-stream")
-            .unwrap_or_else(|| o.content_type.clone());
-        let size = bytes.len() as i64;
+        if let Some(t) = served_type.filter(|t| t != "application/octet-stream") {
+            mark.content_type = t;
+        }
+        mark.size = bytes.len() as i64;
         for attempt in 1..=self.cfg.upload_attempts {
-            match self.store.put(&o.storage_key, bytes.clone(), &content_type).await {
+            match self.store.put(&o.storage_key, bytes.clone(), &mark.content_type).await {
                 Ok(()) => {
-                    self.recorder
-                        .send(MarkOutput { output_id: o.id, stored: true, content_type, size, fallback_path: None })
-                        .await??;
-                    return Ok((Trouble::None, None));
+                    mark.stored = true;
+                    return Ok((mark, Trouble::None, None));
                 }
                 Err(e) => {
                     last_err = e.to_string();
@@ -317,16 +325,8 @@ impl StoreJob {
         tokio::fs::write(&path, &bytes).await?;
         let msg = format!("could not store {}: {last_err}", o.storage_key);
         warn!(task.id = %self.task_id, path = %path.display(), "{msg}; kept in the fallback folder");
-        self.recorder
-            .send(MarkOutput {
-                output_id: o.id,
-                stored: false,
-                content_type,
-                size,
-                fallback_path: Some(path.display().to_string()),
-            })
-            .await??;
-        Ok((Trouble::NotStored, Some(msg)))
+        mark.fallback_path = Some(path.display().to_string());
+        Ok((mark, Trouble::NotStored, Some(msg)))
     }
 
     async fn event(&self, kind: &'static str, details: serde_json::Value) {
