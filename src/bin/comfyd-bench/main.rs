@@ -123,7 +123,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("resolving --workflows")?;
 
     let receiver = receiver::Receiver::start().context("starting the webhook receiver")?;
-    let started = chrono::Utc::now();
+    // The header is taken now: the commit and load at the start are the ones that matter.
+    let mut header = machine(&chrono::Utc::now());
+    let built = binary_mtime(&bins.comfyd);
     let mut outcomes: Vec<Outcome> = Vec::new();
     for sc in &wanted {
         for store in cli.store.kinds() {
@@ -152,7 +154,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     receiver.stop().await;
 
-    let mut header = machine(&started);
+    if binary_mtime(&bins.comfyd) != built {
+        header.push_str(
+            " **Warning: the comfyd binary was rebuilt during this run; later scenarios ran the new build.**",
+        );
+    }
     if !cli.comfyd_env.is_empty() {
         let list: Vec<String> = cli
             .comfyd_env
@@ -170,6 +176,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// When a binary was last written (another build in a shared target dir can replace it mid-run).
+fn binary_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// The machine and the moment, for the report's header.
