@@ -64,6 +64,11 @@ impl Children {
 }
 
 impl Children {
+    /// Name and pid of every child.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.0.iter().map(|(n, c)| (n.clone(), c.id())).collect()
+    }
+
     /// Waits up to `limit` for the child `pid` to exit, then forgets it (killing it if needed).
     pub fn wait_for(&mut self, pid: u32, limit: Duration) {
         let Some(i) = self.0.iter().position(|(_, c)| c.id() == pid) else {

@@ -212,6 +212,16 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
                 Box::new(|o| num(o.machine_busy_pct, 0)),
             ),
             (
+                "CPU per job of the other processes (ms)",
+                Box::new(|o| {
+                    o.others_cpu_per_job
+                        .iter()
+                        .map(|(n, ms)| format!("{n} {ms:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            ),
+            (
                 "comfyd idle CPU before the run (ms per s)",
                 Box::new(|o| num(o.idle_cpu_ms_per_s, 1)),
             ),

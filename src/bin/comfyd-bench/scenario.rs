@@ -120,6 +120,9 @@ pub struct Outcome {
     pub machine_busy_pct: Option<f64>,
     /// comfyd's context switches (all threads) per accepted job.
     pub ctx_switches_per_job: Option<f64>,
+    /// CPU per job of the other processes on the machine during the run: the simulators, s3s-fs, and
+    /// the bench itself (ms).
+    pub others_cpu_per_job: Vec<(String, f64)>,
     /// comfyd's CPU per thread name during the run, largest first (ms).
     pub thread_cpu: Vec<(String, f64)>,
     /// Accepted jobs / (last webhook - first submit).
@@ -232,6 +235,29 @@ pub async fn run(
     let threads_before = procs::thread_cpu_ms(pid);
     let switches_before = procs::context_switches(pid);
     let machine_before = procs::machine_cpu();
+    let others = |children: &Children| -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = Vec::new();
+        let named = children
+            .pids()
+            .into_iter()
+            .filter(|(n, _)| n != "comfyd" && n != "perf");
+        let all = named.chain(std::iter::once(("bench".to_owned(), std::process::id())));
+        for (name, pid) in all {
+            // The sims add up under one name.
+            let name = if name.starts_with("comfy-sim") {
+                "sims".to_owned()
+            } else {
+                name
+            };
+            let ms = procs::cpu_ms(pid).unwrap_or(0.0);
+            match v.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += ms,
+                None => v.push((name, ms)),
+            }
+        }
+        v
+    };
+    let others_before = others(&children);
     let submit_start = Instant::now();
     let submitted = submit_all(&client, &format!("{base}/api/v1"), &receiver.url, sc.jobs).await;
     let submit_phase_s = submit_start.elapsed().as_secs_f64();
@@ -276,6 +302,7 @@ pub async fn run(
     let cpu_after = procs::cpu_ms(pid)?;
     let switches = procs::context_switches(pid).saturating_sub(switches_before);
     let machine_after = procs::machine_cpu();
+    let others_after = others(&children);
     let machine_total = machine_after.1.saturating_sub(machine_before.1);
     let machine_busy_pct = (machine_total > 0).then(|| {
         100.0 * machine_after.0.saturating_sub(machine_before.0) as f64 / machine_total as f64
@@ -320,6 +347,18 @@ pub async fn run(
     out.thread_cpu = thread_cpu;
     out.idle_cpu_ms_per_s = Some(idle_cpu_ms_per_s);
     out.machine_busy_pct = machine_busy_pct;
+    if out.accepted > 0 {
+        out.others_cpu_per_job = others_after
+            .into_iter()
+            .map(|(name, ms)| {
+                let before = others_before
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(0.0, |e| e.1);
+                (name, (ms - before) / out.accepted as f64)
+            })
+            .collect();
+    }
     out.ctx_switches_per_job = (out.accepted > 0).then(|| switches as f64 / out.accepted as f64);
     out.rss_deep_queue_mib = rss_deep_queue_mib;
     out.load_before = load_before;
