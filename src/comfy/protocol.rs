@@ -47,9 +47,9 @@ struct Frame<'a> {
 
 /// Decodes one text frame. Malformed frames are an error (the caller logs and skips them).
 pub fn parse_frame(text: &str) -> Result<WsEvent, serde_json::Error> {
-    // progress_state frames carry the whole node map of the prompt; skip them without a full parse.
-    if text.contains("\"progress_state\"") && text.trim_start().starts_with("{\"type\": \"progress_state\"")
-    {
+    // progress_state frames carry the whole node map of the prompt and come several times per node:
+    // skip them without a full parse. The type comes first in ComfyUI's frames, whatever the spacing.
+    if text.get(..40).is_some_and(|head| head.contains("\"progress_state\"")) {
         return Ok(WsEvent::Other);
     }
     let frame: Frame = serde_json::from_str(text)?;
@@ -252,6 +252,19 @@ mod tests {
             .expect("an execution_error");
         assert_eq!(err.exception_type, "IndexError");
         assert_eq!(err.node_type.as_deref(), Some("ImageToMask"));
+    }
+
+    #[test]
+    fn progress_state_is_skipped_whatever_the_spacing() {
+        for text in [
+            r#"{"type": "progress_state", "data": {"prompt_id": "p", "nodes": {}}}"#,
+            r#"{"type":"progress_state","data":{"prompt_id":"p","nodes":{}}}"#,
+        ] {
+            assert_eq!(parse_frame(text).expect("frame"), WsEvent::Other);
+        }
+        // A frame that merely mentions it later is still parsed.
+        let status = r#"{"type":"status","data":{"status":{"exec_info":{"queue_remaining":2}},"note":"progress_state"}}"#;
+        assert_eq!(parse_frame(status).expect("frame"), WsEvent::Status { queue_remaining: 2 });
     }
 
     #[test]
