@@ -26,7 +26,6 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 
 /// Time allowed to open a TCP (and TLS) connection to the S3 endpoint.
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -272,7 +271,7 @@ impl Store {
     pub async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StoreError> {
         validate_key(key)?;
         match self {
-            Store::Local { root } => put_local(root, key, &bytes).await,
+            Store::Local { root } => put_local(root, key, bytes).await,
             Store::S3 {
                 client,
                 bucket,
@@ -387,42 +386,36 @@ fn validate_key(key: &str) -> Result<(), StoreError> {
 }
 
 /// Writes `root/key` atomically: a temporary file beside the target, synced, then renamed over it.
-async fn put_local(root: &Path, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+async fn put_local(root: &Path, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+    // One blocking task for the whole write: each tokio::fs call is a thread hand-off of its own.
     let path = root.join(key);
+    tokio::task::spawn_blocking(move || put_local_blocking(&path, &bytes))
+        .await
+        .map_err(|e| StoreError::io(root, io::Error::other(e)))?
+}
+
+fn put_local_blocking(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     // validate_key guarantees at least one normal component, so there is a parent and a name.
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(StoreError::InvalidKey("not a plain relative path"));
     };
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| StoreError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let written = write_synced(&tmp, bytes).await;
-    let renamed = match written {
-        Ok(()) => tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| StoreError::io(&path, e)),
-        Err(e) => Err(e),
-    };
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), uuid::Uuid::new_v4().simple()));
+    let renamed = write_synced(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e)));
     if renamed.is_err() {
         // Best effort: the temporary file may not exist, and the original error matters more.
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = std::fs::remove_file(&tmp);
     }
     renamed
 }
 
-async fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| StoreError::io(path, e))?;
-    file.write_all(bytes)
-        .await
-        .map_err(|e| StoreError::io(path, e))?;
-    file.sync_all().await.map_err(|e| StoreError::io(path, e))
+/// Writes and syncs a file, so that what the rename publishes is complete even after a power loss.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).map_err(|e| StoreError::io(path, e))?;
+    file.write_all(bytes).map_err(|e| StoreError::io(path, e))?;
+    file.sync_all().map_err(|e| StoreError::io(path, e))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
+    TryInsertResult,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -76,17 +77,6 @@ pub enum Inserted {
 
 /// Inserts a task (status queued) and its `accepted` event, or finds the task a retried submit refers to.
 pub async fn insert_task<C: ConnectionTrait>(db: &C, t: &NewTask) -> Result<Inserted, DbErr> {
-    if let Some(ctid) = &t.client_task_id {
-        if let Some(existing) =
-            task::Entity::find().filter(task::Column::ClientTaskId.eq(ctid.as_str())).one(db).await?
-        {
-            return Ok(if existing.request_hash == t.request_hash {
-                Inserted::Existing(existing)
-            } else {
-                Inserted::Conflict(existing)
-            });
-        }
-    }
     let now = Utc::now();
     let model = task::Model {
         id: t.id.clone(),
@@ -115,7 +105,25 @@ pub async fn insert_task<C: ConnectionTrait>(db: &C, t: &NewTask) -> Result<Inse
         started_at: None,
         finished_at: None,
     };
-    task::Entity::insert(task::ActiveModel::from(model.clone())).exec_without_returning(db).await?;
+    // The unique client_task_id decides between a new task and a retried submit, in one statement.
+    let inserted = task::Entity::insert(task::ActiveModel::from(model.clone()))
+        .on_conflict_do_nothing_on([task::Column::ClientTaskId])
+        .exec_without_returning(db)
+        .await?;
+    // DO NOTHING shows as no row written (sea-orm reports it as Inserted(0) or as Conflicted).
+    let conflicted = matches!(inserted, TryInsertResult::Conflicted | TryInsertResult::Inserted(0));
+    if let (true, Some(ctid)) = (conflicted, &t.client_task_id) {
+        let existing = task::Entity::find()
+            .filter(task::Column::ClientTaskId.eq(ctid.as_str()))
+            .one(db)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("task with client_task_id {ctid}")))?;
+        return Ok(if existing.request_hash == t.request_hash {
+            Inserted::Existing(existing)
+        } else {
+            Inserted::Conflict(existing)
+        });
+    }
     insert_event(db, &t.id, "accepted", serde_json::json!({ "priority": t.priority })).await?;
     Ok(Inserted::New(model))
 }
@@ -178,6 +186,26 @@ async fn transition_in<C: ConnectionTrait>(
     to: Status,
     p: &TaskPatch,
 ) -> Result<bool, DbErr> {
+    Ok(transition_query(id, from, to, p).exec(db).await?.rows_affected == 1)
+}
+
+/// Claims a queued task for a backend under a prompt id: the conditional update answers the whole
+/// row (`RETURNING`), so dispatch needs no second read. None: it was no longer queued.
+pub async fn claim<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    patch: &TaskPatch,
+    event: &Event,
+) -> Result<Option<task::Model>, DbErr> {
+    let rows = transition_query(id, &[Status::Queued], Status::Dispatched, patch)
+        .exec_with_returning(db)
+        .await?;
+    let Some(task) = rows.into_iter().next() else { return Ok(None) };
+    insert_event(db, id, event.kind, event.details.clone()).await?;
+    Ok(Some(task))
+}
+
+fn transition_query(id: &str, from: &[Status], to: Status, p: &TaskPatch) -> sea_orm::UpdateMany<task::Entity> {
     use task::Column as C;
     let mut q = task::Entity::update_many()
         .col_expr(C::Status, Expr::value(to.as_str()))
@@ -220,12 +248,7 @@ async fn transition_in<C: ConnectionTrait>(
     if let Some(v) = p.finished_at {
         q = q.col_expr(C::FinishedAt, Expr::value(v));
     }
-    let res = q
-        .filter(C::Id.eq(id))
-        .filter(C::Status.is_in(from.iter().map(|s| s.as_str())))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
+    q.filter(C::Id.eq(id)).filter(C::Status.is_in(from.iter().map(|s| s.as_str())))
 }
 
 /// What a terminal transition came to.
@@ -423,40 +446,29 @@ pub async fn record_executed<C: ConnectionTrait>(
     if !applied {
         return Ok(None);
     }
-    {
-        let now = Utc::now();
-        for o in outputs {
-            let exists = output::Entity::find()
-                .filter(output::Column::TaskId.eq(task_id))
-                .filter(output::Column::NodeId.eq(o.node_id.as_str()))
-                .filter(output::Column::Idx.eq(o.idx))
-                .count(txn)
-                .await?
-                > 0;
-            if exists {
-                continue;
-            }
-            output::Entity::insert(output::ActiveModel {
-                id: NotSet,
-                task_id: Set(task_id.into()),
-                node_id: Set(o.node_id.clone()),
-                idx: Set(o.idx),
-                kind: Set(o.kind.clone()),
-                filename: Set(o.filename.clone()),
-                subfolder: Set(o.subfolder.clone()),
-                folder_type: Set(o.folder_type.clone()),
-                content_type: Set(o.content_type.clone()),
-                size: Set(0),
-                storage_key: Set(o.storage_key.clone()),
-                stored: Set(false),
-                fallback_path: Set(None),
-                created_at: Set(now),
-            })
-            .exec_without_returning(txn)
-            .await?;
-        }
-        insert_event(txn, task_id, event.kind, event.details.clone()).await?;
-    }
+    let now = Utc::now();
+    let rows = outputs.iter().map(|o| output::ActiveModel {
+        id: NotSet,
+        task_id: Set(task_id.into()),
+        node_id: Set(o.node_id.clone()),
+        idx: Set(o.idx),
+        kind: Set(o.kind.clone()),
+        filename: Set(o.filename.clone()),
+        subfolder: Set(o.subfolder.clone()),
+        folder_type: Set(o.folder_type.clone()),
+        content_type: Set(o.content_type.clone()),
+        size: Set(0),
+        storage_key: Set(o.storage_key.clone()),
+        stored: Set(false),
+        fallback_path: Set(None),
+        created_at: Set(now),
+    });
+    // One statement for all of them; outputs already recorded (a replay) stay as they are.
+    output::Entity::insert_many(rows)
+        .on_conflict_do_nothing_on([output::Column::TaskId, output::Column::NodeId, output::Column::Idx])
+        .exec_without_returning(txn)
+        .await?;
+    insert_event(txn, task_id, event.kind, event.details.clone()).await?;
     task_outputs(txn, task_id).await.map(Some)
 }
 

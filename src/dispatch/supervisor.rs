@@ -24,7 +24,7 @@ use super::backend::{self, Backend};
 use crate::comfy::protocol::ExecutionError;
 use crate::comfy::FileRef;
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
-use crate::postprocess::recorder::Transition;
+use crate::postprocess::recorder::{Claim, Transition};
 use crate::postprocess::uploader::StoreOutputs;
 use crate::postprocess::Pipeline;
 use crate::store::{self, Event, TaskPatch};
@@ -145,16 +145,13 @@ impl Supervisor {
 
     /// Claims a task for slot `i` in the database (it must still be queued) and sends it there.
     fn hand_over(&mut self, i: usize, key: QueueKey, prompt_id: String, ctx: &mut Context<Self>) {
-        let db = self.db.clone();
         let recorder = self.pipeline.recorder.clone();
         let backend = self.slots[i].name.clone();
         let task_id = key.task_id.clone();
         async move {
             let claimed = recorder
-                .send(Transition {
+                .send(Claim {
                     task_id: task_id.clone(),
-                    from: vec![Status::Queued],
-                    to: Status::Dispatched,
                     patch: TaskPatch {
                         backend: Some(Some(backend.clone())),
                         comfyui_task_id: Some(Some(prompt_id.clone())),
@@ -162,14 +159,11 @@ impl Supervisor {
                         dispatched_at: Some(Utc::now()),
                         ..Default::default()
                     },
-                    event: Some(Event::new("dispatched", json!({ "backend": backend, "prompt_id": prompt_id }))),
+                    event: Event::new("dispatched", json!({ "backend": backend, "prompt_id": prompt_id })),
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!(e))??;
-            if !claimed {
-                return Ok(None);
-            }
-            Ok::<_, anyhow::Error>(store::get_task(&db, &task_id).await?)
+            Ok::<_, anyhow::Error>(claimed)
         }
         .into_actor(self)
         .map(move |res, act, ctx| {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::oneshot;
 
-use crate::entity::output;
+use crate::entity::{output, task};
 use crate::store::{self, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark, TaskPatch};
 use crate::task::Status;
 
@@ -75,6 +75,7 @@ struct Pending {
 enum Write {
     InsertTask(NewTask),
     Transition(Transition),
+    Claim(Claim),
     RecordExecuted(RecordExecuted),
     Finish(Finish),
     RecordAttempt(AttemptOutcome),
@@ -86,6 +87,7 @@ enum Write {
 enum Written {
     Inserted(Inserted),
     Outputs(Option<Vec<output::Model>>),
+    Claimed(Option<task::Model>),
     Applied(bool),
     Finished(Finished),
     Done,
@@ -98,6 +100,7 @@ impl Write {
             Write::Transition(m) => Written::Applied(
                 store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref()).await?,
             ),
+            Write::Claim(m) => Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event).await?),
             Write::RecordExecuted(m) => {
                 Written::Outputs(store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event).await?)
             }
@@ -188,6 +191,17 @@ pub struct Transition {
     pub event: Option<Event>,
 }
 write_message!(Transition => bool, |m| Write::Transition(m), Written::Applied(v) => v);
+
+/// Claims a queued task for dispatch (status `dispatched`, with its backend and prompt id); answers the
+/// task's row, or None when it was no longer queued (cancelled meanwhile).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Option<task::Model>, DbErr>")]
+pub struct Claim {
+    pub task_id: String,
+    pub patch: TaskPatch,
+    pub event: Event,
+}
+write_message!(Claim => Option<task::Model>, |m| Write::Claim(m), Written::Claimed(v) => v);
 
 /// A prompt finished: its outputs are recorded and the task moves to `executed`. Answers every output
 /// of the task, or None when the task was no longer on a backend (cancelled, or already recorded).

@@ -11,9 +11,8 @@ fn one_in_flight() -> HashMap<String, String> {
     HashMap::from([("COMFYD_MAX_IN_FLIGHT".to_string(), "1".to_string())])
 }
 
-#[actix_web::test]
-async fn resubmitting_a_client_task_id_returns_the_task_or_409() {
-    let env = env(EnvOpts { backends: 1, ..Default::default() }).await;
+async fn resubmitting_a_client_task_id_returns_the_task_or_409(postgres: bool) {
+    let env = env(EnvOpts { backends: 1, postgres, ..Default::default() }).await;
     let body = json!({ "service_type": "solid", "client_task_id": "same", "params": { "width": 8, "height": 8 } });
     let first = env.daemon.submit(body.clone()).await;
     let again = env.daemon.submit(body).await;
@@ -28,6 +27,16 @@ async fn resubmitting_a_client_task_id_returns_the_task_or_409() {
     assert_eq!(env.daemon.task("same").await["id"], first["id"]);
     env.daemon.wait_terminal("same", 30).await;
     assert_eq!(env.sims[0].prompts().await.len(), 1, "the retried submit did not run twice");
+}
+
+#[actix_web::test]
+async fn resubmitting_a_client_task_id_returns_the_task_or_409_with_sqlite() {
+    resubmitting_a_client_task_id_returns_the_task_or_409(false).await;
+}
+
+#[actix_web::test]
+async fn resubmitting_a_client_task_id_returns_the_task_or_409_with_postgres() {
+    resubmitting_a_client_task_id_returns_the_task_or_409(true).await;
 }
 
 #[actix_web::test]
