@@ -234,7 +234,8 @@ impl Settings {
         let mut settings: Settings = toml::Value::Table(merged).try_into().with_context(|| {
             format!(
                 "invalid configuration{}",
-                file.map(|p| format!(" in {}", p.display())).unwrap_or_default()
+                file.map(|p| format!(" in {}", p.display()))
+                    .unwrap_or_default()
             )
         })?;
         settings.apply_env(env);
@@ -257,7 +258,10 @@ impl Settings {
                 .collect();
         }
         set(&mut s.storage.s3_access_key_id, env.aws_access_key_id);
-        set(&mut s.storage.s3_secret_access_key, env.aws_secret_access_key);
+        set(
+            &mut s.storage.s3_secret_access_key,
+            env.aws_secret_access_key,
+        );
         set(&mut s.storage.s3_bucket, env.s3_bucket);
         set(&mut s.storage.s3_region, env.s3_region_name);
         set(&mut s.storage.fallback_dir, env.default_failed_image_path);
@@ -278,30 +282,57 @@ impl Settings {
         // DATABASE_URL is the more specific setting and wins over RDB_*.
         set(&mut s.database.url, env.database_url);
         set(&mut s.server.host, env.comfyd_host);
-        set(&mut s.server.shutdown_timeout_secs, env.comfyd_shutdown_timeout_secs);
+        set(
+            &mut s.server.shutdown_timeout_secs,
+            env.comfyd_shutdown_timeout_secs,
+        );
         set(&mut s.server.http_workers, env.comfyd_http_workers);
         set(&mut s.server.max_body_bytes, env.comfyd_max_body_bytes);
         set(&mut s.data.dir, env.comfyd_data_dir);
-        set(&mut s.database.max_connections, env.comfyd_db_max_connections);
+        set(
+            &mut s.database.max_connections,
+            env.comfyd_db_max_connections,
+        );
         set(&mut s.comfyui.max_in_flight, env.comfyd_max_in_flight);
         set(&mut s.comfyui.reconnect_max_ms, env.comfyd_reconnect_max_ms);
         set(&mut s.comfyui.lost_after_secs, env.comfyd_lost_after_secs);
         set(&mut s.comfyui.max_attempts, env.comfyd_max_attempts);
-        set(&mut s.comfyui.task_deadline_secs, env.comfyd_task_deadline_secs);
-        set(&mut s.comfyui.http_timeout_ms, env.comfyd_comfyui_timeout_ms);
+        set(
+            &mut s.comfyui.task_deadline_secs,
+            env.comfyd_task_deadline_secs,
+        );
+        set(
+            &mut s.comfyui.http_timeout_ms,
+            env.comfyd_comfyui_timeout_ms,
+        );
         set(&mut s.storage.s3_endpoint_url, env.comfyd_s3_endpoint_url);
-        set(&mut s.storage.s3_force_path_style, env.comfyd_s3_force_path_style);
+        set(
+            &mut s.storage.s3_force_path_style,
+            env.comfyd_s3_force_path_style,
+        );
         set(&mut s.storage.key_prefix, env.comfyd_key_prefix);
         set(&mut s.storage.local_dir, env.comfyd_local_dir);
         set(&mut s.storage.upload_attempts, env.comfyd_upload_attempts);
         set(&mut s.webhooks.secret, env.comfyd_webhook_secret);
         set(&mut s.webhooks.timeout_ms, env.comfyd_webhook_timeout_ms);
-        set(&mut s.webhooks.retry_horizon_secs, env.comfyd_webhook_horizon_secs);
-        set(&mut s.webhooks.first_backoff_ms, env.comfyd_webhook_first_backoff_ms);
-        set(&mut s.webhooks.max_backoff_secs, env.comfyd_webhook_max_backoff_secs);
+        set(
+            &mut s.webhooks.retry_horizon_secs,
+            env.comfyd_webhook_horizon_secs,
+        );
+        set(
+            &mut s.webhooks.first_backoff_ms,
+            env.comfyd_webhook_first_backoff_ms,
+        );
+        set(
+            &mut s.webhooks.max_backoff_secs,
+            env.comfyd_webhook_max_backoff_secs,
+        );
         set(&mut s.inputs.fetch_max_bytes, env.comfyd_fetch_max_bytes);
         set(&mut s.inputs.fetch_timeout_ms, env.comfyd_fetch_timeout_ms);
-        set(&mut s.url_policy.allow_private_addresses, env.comfyd_allow_private_urls);
+        set(
+            &mut s.url_policy.allow_private_addresses,
+            env.comfyd_allow_private_urls,
+        );
         set(&mut s.cleanup.enabled, env.comfyd_cleanup);
         set(&mut s.workflows.dir, env.comfyd_workflows_dir);
         set(&mut s.log.format, env.comfyd_log_format);
@@ -334,7 +365,10 @@ impl Settings {
             bail!("storage.upload_attempts (COMFYD_UPLOAD_ATTEMPTS) must be at least 1");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            bail!("log.format (COMFYD_LOG_FORMAT) must be \"text\" or \"json\", not {:?}", self.log.format);
+            bail!(
+                "log.format (COMFYD_LOG_FORMAT) must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            );
         }
         let url = &self.database.url;
         let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
@@ -347,7 +381,10 @@ impl Settings {
     /// The database URL in use: the configured one, or the SQLite file in the data folder.
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
-            format!("sqlite://{}?mode=rwc", self.data.dir.join("comfyd.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data.dir.join("comfyd.db").display()
+            )
         } else {
             self.database.url.clone()
         }
@@ -445,7 +482,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server]\nprot = 1\n").expect("write");
-        let err = format!("{:#}", Settings::load_file(Some(&path)).expect_err("must fail"));
+        let err = format!(
+            "{:#}",
+            Settings::load_file(Some(&path)).expect_err("must fail")
+        );
         assert!(err.contains("prot"), "{err}");
     }
 
@@ -454,14 +494,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[comfyui]\nmax_in_flight = \"two\"\n").expect("write");
-        let err = format!("{:#}", Settings::load_file(Some(&path)).expect_err("must fail"));
+        let err = format!(
+            "{:#}",
+            Settings::load_file(Some(&path)).expect_err("must fail")
+        );
         assert!(err.contains("max_in_flight"), "{err}");
     }
 
     #[test]
     fn bad_endpoint_is_named() {
-        let env = EnvOverrides { comfyui_endpoints: Some("not a url".into()), ..Default::default() };
-        let err = format!("{:#}", Settings::from_parts(None, env).expect_err("must fail"));
+        let env = EnvOverrides {
+            comfyui_endpoints: Some("not a url".into()),
+            ..Default::default()
+        };
+        let err = format!(
+            "{:#}",
+            Settings::from_parts(None, env).expect_err("must fail")
+        );
         assert!(err.contains("COMFYUI_ENDPOINTS"), "{err}");
     }
 }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use comfyd::config::Settings;
 
 #[derive(Parser)]
-#[command(name = "comfyd", version, about = "A fleet of ComfyUI servers behind one reliable HTTP API")]
+#[command(
+    name = "comfyd",
+    version,
+    about = "A fleet of ComfyUI servers behind one reliable HTTP API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -53,13 +57,24 @@ fn main() -> ExitCode {
     };
     let result = actix_web::rt::System::new().block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => comfyd::startup::serve(settings).await.map(|_| ExitCode::SUCCESS),
+            Command::Serve => comfyd::startup::serve(settings)
+                .await
+                .map(|_| ExitCode::SUCCESS),
             Command::Reupload => {
                 let r = comfyd::reupload::run(&settings).await?;
-                println!("{} outputs stored, {} tasks done, {} still failing", r.stored, r.tasks_done, r.still_failing);
-                Ok(if r.still_failing == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                println!(
+                    "{} outputs stored, {} tasks done, {} still failing",
+                    r.stored, r.tasks_done, r.still_failing
+                );
+                Ok(if r.still_failing == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
             }
-            Command::Workflows { command: WorkflowCommand::Check { backend, dir } } => {
+            Command::Workflows {
+                command: WorkflowCommand::Check { backend, dir },
+            } => {
                 let dir = dir.unwrap_or(settings.workflows.dir);
                 Ok(comfyd::workflow_check::run(&dir, backend.as_deref()).await)
             }

@@ -31,7 +31,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let mut tasks = std::collections::BTreeSet::new();
     for o in store::fallback_outputs(&db).await? {
-        let Some(path) = o.fallback_path.clone().map(PathBuf::from) else { continue };
+        let Some(path) = o.fallback_path.clone().map(PathBuf::from) else {
+            continue;
+        };
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
             Err(e) => {
@@ -40,7 +42,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
                 continue;
             }
         };
-        match storage.put(&o.storage_key, bytes.into(), &o.content_type).await {
+        match storage
+            .put(&o.storage_key, bytes.into(), &o.content_type)
+            .await
+        {
             Ok(()) => {
                 let mark = OutputMark {
                     output_id: o.id,
@@ -52,7 +57,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
                 store::mark_output(&db, &mark).await?;
                 // Recorded as stored first: a crash here leaves a stray file, never a lost output.
                 if let Err(e) = tokio::fs::remove_file(&path).await {
-                    eprintln!("stored {}, but could not remove {}: {e}", o.storage_key, path.display());
+                    eprintln!(
+                        "stored {}, but could not remove {}: {e}",
+                        o.storage_key,
+                        path.display()
+                    );
                 }
                 println!("stored {}", o.storage_key);
                 report.stored += 1;
@@ -69,7 +78,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         if outputs.is_empty() || outputs.iter().any(|o| !o.stored) {
             continue;
         }
-        let Some(task) = store::get_task(&db, &task_id).await? else { continue };
+        let Some(task) = store::get_task(&db, &task_id).await? else {
+            continue;
+        };
         if task.status != Status::Failed.as_str() || task.error_code != error_code::UPLOAD_FAILED {
             continue;
         }
@@ -82,9 +93,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         };
         let event = Event::new("reuploaded", json!({ "outputs": outputs.len() }));
         let txn = db.begin().await?;
-        let updated = store::transition(&txn, &task_id, &[Status::Failed], Status::Done, &patch, Some(&event))
-            .await
-            .context("updating task")?;
+        let updated = store::transition(
+            &txn,
+            &task_id,
+            &[Status::Failed],
+            Status::Done,
+            &patch,
+            Some(&event),
+        )
+        .await
+        .context("updating task")?;
         txn.commit().await?;
         if updated {
             println!("task {task_id}: done");

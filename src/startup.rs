@@ -27,7 +27,9 @@ use tracing::{error, info, warn};
 
 use crate::config::{redact_url, Settings};
 use crate::dispatch::backend::BackendConfig;
-use crate::dispatch::supervisor::{AttachBackends, Snapshot, StopDispatching, Supervisor, SupervisorConfig};
+use crate::dispatch::supervisor::{
+    AttachBackends, Snapshot, StopDispatching, Supervisor, SupervisorConfig,
+};
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::postprocess::cleaner::Cleaner;
 use crate::postprocess::notifier::{Notifier, NotifierConfig};
@@ -60,9 +62,18 @@ impl Application {
         let db = store::connect(&url, settings.database.max_connections)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
-        let workflows = WorkflowSet::load_dir(&settings.workflows.dir)
-            .map_err(|e| anyhow::anyhow!("loading workflows from {}:\n{e}", settings.workflows.dir.display()))?;
-        info!(count = workflows.len(), "loaded {} workflows from {}", workflows.len(), settings.workflows.dir.display());
+        let workflows = WorkflowSet::load_dir(&settings.workflows.dir).map_err(|e| {
+            anyhow::anyhow!(
+                "loading workflows from {}:\n{e}",
+                settings.workflows.dir.display()
+            )
+        })?;
+        info!(
+            count = workflows.len(),
+            "loaded {} workflows from {}",
+            workflows.len(),
+            settings.workflows.dir.display()
+        );
 
         let storage = Arc::new(build_store(&settings));
         info!("outputs go to {}", storage.describe());
@@ -106,7 +117,12 @@ impl Application {
             finisher.clone(),
         )
         .start();
-        let pipeline = Pipeline { finisher, recorder: recorder.clone(), uploader: uploader.clone(), cleaner };
+        let pipeline = Pipeline {
+            finisher,
+            recorder: recorder.clone(),
+            uploader: uploader.clone(),
+            cleaner,
+        };
         let supervisor = Supervisor::new(
             SupervisorConfig {
                 max_in_flight: settings.comfyui.max_in_flight,
@@ -142,7 +158,9 @@ impl Application {
             accepting: Arc::new(AtomicBool::new(true)),
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .with_context(|| format!("binding {}:{}", settings.server.host, settings.server.port))?;
+            .with_context(|| {
+                format!("binding {}:{}", settings.server.host, settings.server.port)
+            })?;
         let port = listener.local_addr()?.port();
         let prefix = settings.server.route_prefix.clone();
         let max_body = settings.server.max_body_bytes;
@@ -150,7 +168,11 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .app_data(web::JsonConfig::default().limit(max_body).error_handler(routes::error::json_error))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(max_body)
+                        .error_handler(routes::error::json_error),
+                )
                 .app_data(web::QueryConfig::default().error_handler(routes::error::query_error))
                 .wrap(tracing_actix_web::TracingLogger::default())
                 .configure(|cfg| routes::configure(cfg, &prefix))
@@ -161,8 +183,16 @@ impl Application {
             server = server.workers(settings.server.http_workers);
         }
         let server = server.listen(listener)?.run();
-        info!(port, "comfyd listening on {}:{port}{}", settings.server.host, settings.server.route_prefix);
-        Ok(Application { port, server, state, uploader })
+        info!(
+            port,
+            "comfyd listening on {}:{port}{}", settings.server.host, settings.server.route_prefix
+        );
+        Ok(Application {
+            port,
+            server,
+            state,
+            uploader,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -171,7 +201,12 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT, then shuts down in order (see the module docs).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Application { server, state, uploader, .. } = self;
+        let Application {
+            server,
+            state,
+            uploader,
+            ..
+        } = self;
         let handle = server.handle();
         let server_task = actix_rt::spawn(server);
         notify(&[sd_notify::NotifyState::Ready]);
@@ -189,14 +224,18 @@ impl Application {
         notify(&[sd_notify::NotifyState::Stopping]);
         state.accepting.store(false, Ordering::SeqCst);
         let _ = state.supervisor.send(StopDispatching).await;
-        let deadline = Instant::now() + Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+        let deadline =
+            Instant::now() + Duration::from_secs(state.settings.server.shutdown_timeout_secs);
         loop {
             let busy = uploader.send(InProgress).await.unwrap_or(0);
             if busy == 0 {
                 break;
             }
             if Instant::now() >= deadline {
-                warn!(busy, "shutdown timeout: {busy} tasks left for recovery at the next start");
+                warn!(
+                    busy,
+                    "shutdown timeout: {busy} tasks left for recovery at the next start"
+                );
                 break;
             }
             actix_rt::time::sleep(Duration::from_millis(100)).await;
@@ -232,7 +271,11 @@ fn reload_workflows(state: &AppState) {
     notify(&[sd_notify::NotifyState::Reloading]);
     match WorkflowSet::load_dir(&state.settings.workflows.dir) {
         Ok(set) => {
-            info!(count = set.len(), "SIGHUP: reloaded {} workflows", set.len());
+            info!(
+                count = set.len(),
+                "SIGHUP: reloaded {} workflows",
+                set.len()
+            );
             state.workflows.replace(set);
         }
         Err(e) => error!("SIGHUP: workflows not reloaded, keeping the previous set:\n{e}"),

@@ -400,7 +400,11 @@ fn put_local_blocking(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         return Err(StoreError::InvalidKey("not a plain relative path"));
     };
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), uuid::Uuid::new_v4().simple()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let renamed = write_synced(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e)));
     if renamed.is_err() {

@@ -12,9 +12,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    TryInsertResult,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
 };
 use serde_json::Value;
 
@@ -24,7 +23,8 @@ use crate::task::{Status, TaskRecord};
 /// Opens the database and brings its schema up to date.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(url.to_string());
-    opts.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10));
     if url.starts_with("sqlite:") {
         // WAL lets the routes read while the Recorder writes; NORMAL sync is durable across a process
         // crash (kill -9), which is the failure comfyd must survive; a busy timeout instead of errors.
@@ -34,7 +34,10 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
                 .busy_timeout(Duration::from_secs(10))
                 .create_if_missing(true)
         });
-        if let Some(path) = url.strip_prefix("sqlite://").and_then(|p| p.split('?').next()) {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .and_then(|p| p.split('?').next())
+        {
             if let Some(dir) = std::path::Path::new(path).parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir)?;
@@ -111,7 +114,10 @@ pub async fn insert_task<C: ConnectionTrait>(db: &C, t: &NewTask) -> Result<Inse
         .exec_without_returning(db)
         .await?;
     // DO NOTHING shows as no row written (sea-orm reports it as Inserted(0) or as Conflicted).
-    let conflicted = matches!(inserted, TryInsertResult::Conflicted | TryInsertResult::Inserted(0));
+    let conflicted = matches!(
+        inserted,
+        TryInsertResult::Conflicted | TryInsertResult::Inserted(0)
+    );
     if let (true, Some(ctid)) = (conflicted, &t.client_task_id) {
         let existing = task::Entity::find()
             .filter(task::Column::ClientTaskId.eq(ctid.as_str()))
@@ -124,7 +130,13 @@ pub async fn insert_task<C: ConnectionTrait>(db: &C, t: &NewTask) -> Result<Inse
             Inserted::Conflict(existing)
         });
     }
-    insert_event(db, &t.id, "accepted", serde_json::json!({ "priority": t.priority })).await?;
+    insert_event(
+        db,
+        &t.id,
+        "accepted",
+        serde_json::json!({ "priority": t.priority }),
+    )
+    .await?;
     Ok(Inserted::New(model))
 }
 
@@ -186,7 +198,11 @@ async fn transition_in<C: ConnectionTrait>(
     to: Status,
     p: &TaskPatch,
 ) -> Result<bool, DbErr> {
-    Ok(transition_query(id, from, to, p).exec(db).await?.rows_affected == 1)
+    Ok(transition_query(id, from, to, p)
+        .exec(db)
+        .await?
+        .rows_affected
+        == 1)
 }
 
 /// Claims a queued task for a backend under a prompt id: the conditional update answers the whole
@@ -200,12 +216,19 @@ pub async fn claim<C: ConnectionTrait>(
     let rows = transition_query(id, &[Status::Queued], Status::Dispatched, patch)
         .exec_with_returning(db)
         .await?;
-    let Some(task) = rows.into_iter().next() else { return Ok(None) };
+    let Some(task) = rows.into_iter().next() else {
+        return Ok(None);
+    };
     insert_event(db, id, event.kind, event.details.clone()).await?;
     Ok(Some(task))
 }
 
-fn transition_query(id: &str, from: &[Status], to: Status, p: &TaskPatch) -> sea_orm::UpdateMany<task::Entity> {
+fn transition_query(
+    id: &str,
+    from: &[Status],
+    to: Status,
+    p: &TaskPatch,
+) -> sea_orm::UpdateMany<task::Entity> {
     use task::Column as C;
     let mut q = task::Entity::update_many()
         .col_expr(C::Status, Expr::value(to.as_str()))
@@ -248,7 +271,8 @@ fn transition_query(id: &str, from: &[Status], to: Status, p: &TaskPatch) -> sea
     if let Some(v) = p.finished_at {
         q = q.col_expr(C::FinishedAt, Expr::value(v));
     }
-    q.filter(C::Id.eq(id)).filter(C::Status.is_in(from.iter().map(|s| s.as_str())))
+    q.filter(C::Id.eq(id))
+        .filter(C::Status.is_in(from.iter().map(|s| s.as_str())))
 }
 
 /// What a terminal transition came to.
@@ -314,7 +338,10 @@ pub async fn finish<C: ConnectionTrait>(
             delivery = Some(model);
         }
     }
-    Ok(Finished { applied: true, delivery })
+    Ok(Finished {
+        applied: true,
+        delivery,
+    })
 }
 
 pub async fn insert_event<C: ConnectionTrait>(
@@ -340,7 +367,10 @@ pub async fn find_task(db: &DatabaseConnection, id: &str) -> Result<Option<task:
     if let Some(t) = task::Entity::find_by_id(id.to_string()).one(db).await? {
         return Ok(Some(t));
     }
-    task::Entity::find().filter(task::Column::ClientTaskId.eq(id)).one(db).await
+    task::Entity::find()
+        .filter(task::Column::ClientTaskId.eq(id))
+        .one(db)
+        .await
 }
 
 pub async fn get_task(db: &DatabaseConnection, id: &str) -> Result<Option<task::Model>, DbErr> {
@@ -394,7 +424,10 @@ pub async fn queued_tasks(db: &DatabaseConnection) -> Result<Vec<(String, i32)>,
 }
 
 /// Tasks in the given statuses (recovery after a restart).
-pub async fn tasks_in(db: &DatabaseConnection, statuses: &[Status]) -> Result<Vec<task::Model>, DbErr> {
+pub async fn tasks_in(
+    db: &DatabaseConnection,
+    statuses: &[Status],
+) -> Result<Vec<task::Model>, DbErr> {
     task::Entity::find()
         .filter(task::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
         .order_by_asc(task::Column::CreatedAt)
@@ -403,7 +436,10 @@ pub async fn tasks_in(db: &DatabaseConnection, statuses: &[Status]) -> Result<Ve
 }
 
 /// Active tasks past their deadline.
-pub async fn overdue_tasks(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Vec<task::Model>, DbErr> {
+pub async fn overdue_tasks(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<task::Model>, DbErr> {
     task::Entity::find()
         .filter(task::Column::Status.is_in(Status::ACTIVE.iter().map(|s| s.as_str())))
         .filter(task::Column::DeadlineAt.lt(now))
@@ -411,7 +447,10 @@ pub async fn overdue_tasks(db: &DatabaseConnection, now: DateTime<Utc>) -> Resul
         .await
 }
 
-pub async fn task_events(db: &DatabaseConnection, task_id: &str) -> Result<Vec<task_event::Model>, DbErr> {
+pub async fn task_events(
+    db: &DatabaseConnection,
+    task_id: &str,
+) -> Result<Vec<task_event::Model>, DbErr> {
     task_event::Entity::find()
         .filter(task_event::Column::TaskId.eq(task_id))
         .order_by_asc(task_event::Column::Id)
@@ -442,7 +481,8 @@ pub async fn record_executed<C: ConnectionTrait>(
     outputs: &[NewOutput],
     event: &Event,
 ) -> Result<Option<Vec<output::Model>>, DbErr> {
-    let applied = transition_in(txn, task_id, from, Status::Executed, &TaskPatch::default()).await?;
+    let applied =
+        transition_in(txn, task_id, from, Status::Executed, &TaskPatch::default()).await?;
     if !applied {
         return Ok(None);
     }
@@ -465,14 +505,21 @@ pub async fn record_executed<C: ConnectionTrait>(
     });
     // One statement for all of them; outputs already recorded (a replay) stay as they are.
     output::Entity::insert_many(rows)
-        .on_conflict_do_nothing_on([output::Column::TaskId, output::Column::NodeId, output::Column::Idx])
+        .on_conflict_do_nothing_on([
+            output::Column::TaskId,
+            output::Column::NodeId,
+            output::Column::Idx,
+        ])
         .exec_without_returning(txn)
         .await?;
     insert_event(txn, task_id, event.kind, event.details.clone()).await?;
     task_outputs(txn, task_id).await.map(Some)
 }
 
-pub async fn task_outputs<C: ConnectionTrait>(db: &C, task_id: &str) -> Result<Vec<output::Model>, DbErr> {
+pub async fn task_outputs<C: ConnectionTrait>(
+    db: &C,
+    task_id: &str,
+) -> Result<Vec<output::Model>, DbErr> {
     output::Entity::find()
         .filter(output::Column::TaskId.eq(task_id))
         .order_by_asc(output::Column::NodeId)
@@ -497,9 +544,15 @@ pub struct OutputMark {
 pub async fn mark_output<C: ConnectionTrait>(db: &C, m: &OutputMark) -> Result<(), DbErr> {
     output::Entity::update_many()
         .col_expr(output::Column::Stored, Expr::value(m.stored))
-        .col_expr(output::Column::ContentType, Expr::value(m.content_type.as_str()))
+        .col_expr(
+            output::Column::ContentType,
+            Expr::value(m.content_type.as_str()),
+        )
         .col_expr(output::Column::Size, Expr::value(m.size))
-        .col_expr(output::Column::FallbackPath, Expr::value(m.fallback_path.clone()))
+        .col_expr(
+            output::Column::FallbackPath,
+            Expr::value(m.fallback_path.clone()),
+        )
         .filter(output::Column::Id.eq(m.output_id))
         .exec(db)
         .await?;
@@ -530,7 +583,10 @@ pub async fn due_deliveries(
         .await
 }
 
-pub async fn get_delivery(db: &DatabaseConnection, id: &str) -> Result<Option<delivery::Model>, DbErr> {
+pub async fn get_delivery(
+    db: &DatabaseConnection,
+    id: &str,
+) -> Result<Option<delivery::Model>, DbErr> {
     delivery::Entity::find_by_id(id.to_string()).one(db).await
 }
 
@@ -585,8 +641,14 @@ pub async fn record_attempt<C: ConnectionTrait>(txn: &C, a: &AttemptOutcome) -> 
     .await?;
     let mut q = delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value(a.new_status))
-        .col_expr(delivery::Column::Attempts, Expr::col(delivery::Column::Attempts).add(1))
-        .col_expr(delivery::Column::NextAttemptAt, Expr::value(a.next_attempt_at))
+        .col_expr(
+            delivery::Column::Attempts,
+            Expr::col(delivery::Column::Attempts).add(1),
+        )
+        .col_expr(
+            delivery::Column::NextAttemptAt,
+            Expr::value(a.next_attempt_at),
+        )
         .col_expr(delivery::Column::LastStatusCode, Expr::value(a.status_code))
         .col_expr(delivery::Column::LastError, Expr::value(a.error.clone()));
     if a.new_status == "delivered" {
@@ -598,7 +660,11 @@ pub async fn record_attempt<C: ConnectionTrait>(txn: &C, a: &AttemptOutcome) -> 
         .exec(txn)
         .await?;
     if res.rows_affected == 1 && a.new_status != "pending" {
-        let kind = if a.new_status == "delivered" { "notified" } else { "notify_failed" };
+        let kind = if a.new_status == "delivered" {
+            "notified"
+        } else {
+            "notify_failed"
+        };
         insert_event(
             txn,
             &a.task_id,

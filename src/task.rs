@@ -43,8 +43,12 @@ impl Status {
     /// Statuses in which a prompt may exist on a backend.
     pub const ON_BACKEND: [Status; 2] = [Status::Dispatched, Status::Running];
     /// Every status that is not terminal.
-    pub const ACTIVE: [Status; 4] =
-        [Status::Queued, Status::Dispatched, Status::Running, Status::Executed];
+    pub const ACTIVE: [Status; 4] = [
+        Status::Queued,
+        Status::Dispatched,
+        Status::Running,
+        Status::Executed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -125,7 +129,11 @@ impl From<&output::Model> for OutputInfo {
             folder_type: o.folder_type.clone(),
             content_type: o.content_type.clone(),
             size: o.size,
-            key: if o.stored { o.storage_key.clone() } else { String::new() },
+            key: if o.stored {
+                o.storage_key.clone()
+            } else {
+                String::new()
+            },
             stored: o.stored,
             fallback_path: o.fallback_path.clone(),
         }
@@ -172,7 +180,10 @@ impl TaskRecord {
             backend: t.backend.clone(),
             attempts: t.attempts,
             error_message: t.error_message.clone(),
-            error_details: t.error_details.as_deref().and_then(|d| serde_json::from_str(d).ok()),
+            error_details: t
+                .error_details
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok()),
             outputs: outputs.iter().map(OutputInfo::from).collect(),
             created_at: t.created_at,
             finished_at: t.finished_at,

@@ -4,9 +4,14 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber. `json` switches to one JSON object per line (for log shippers).
 pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,aws=warn,aws_smithy_runtime=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,sea_orm=warn,aws=warn,aws_smithy_runtime=warn")
+    });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // try_init: a second call (tests, tools) keeps the first subscriber instead of panicking.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -16,11 +16,17 @@ pub async fn run(dir: &Path, backend: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("ok: {} workflows in {} load and match their graphs", set.len(), dir.display());
+    println!(
+        "ok: {} workflows in {} load and match their graphs",
+        set.len(),
+        dir.display()
+    );
     for w in set.iter() {
         println!("  - {} ({} params)", w.name, w.params.len());
     }
-    let Some(url) = backend else { return ExitCode::SUCCESS };
+    let Some(url) = backend else {
+        return ExitCode::SUCCESS;
+    };
     let client = ComfyClient::new(url, Duration::from_secs(30));
     let info = match client.object_info().await {
         Ok(info) => info,

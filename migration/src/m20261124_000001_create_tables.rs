@@ -54,7 +54,11 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create().name("tasks_status").table("tasks").col("status").to_owned(),
+                Index::create()
+                    .name("tasks_status")
+                    .table("tasks")
+                    .col("status")
+                    .to_owned(),
             )
             .await?;
 
@@ -110,7 +114,11 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create().name("task_events_task").table("task_events").col("task_id").to_owned(),
+                Index::create()
+                    .name("task_events_task")
+                    .table("task_events")
+                    .col("task_id")
+                    .to_owned(),
             )
             .await?;
 
@@ -147,7 +155,11 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create().name("deliveries_task").table("deliveries").col("task_id").to_owned(),
+                Index::create()
+                    .name("deliveries_task")
+                    .table("deliveries")
+                    .col("task_id")
+                    .to_owned(),
             )
             .await?;
         manager
@@ -176,8 +188,16 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for t in ["delivery_attempts", "deliveries", "task_events", "outputs", "tasks"] {
-            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        for t in [
+            "delivery_attempts",
+            "deliveries",
+            "task_events",
+            "outputs",
+            "tasks",
+        ] {
+            manager
+                .drop_table(Table::drop().table(t).if_exists().to_owned())
+                .await?;
         }
         Ok(())
     }

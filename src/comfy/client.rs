@@ -25,7 +25,10 @@ pub enum ComfyError {
 
 impl ComfyError {
     fn unreachable(what: &'static str, e: impl std::fmt::Display) -> ComfyError {
-        ComfyError::Unreachable { what, detail: e.to_string() }
+        ComfyError::Unreachable {
+            what,
+            detail: e.to_string(),
+        }
     }
 }
 
@@ -41,7 +44,10 @@ const MAX_VIEW_BYTES: usize = 2 * 1024 * 1024 * 1024;
 impl ComfyClient {
     pub fn new(base: &str, timeout: Duration) -> ComfyClient {
         let http = awc::Client::builder().timeout(timeout).finish();
-        ComfyClient { base: base.trim_end_matches('/').to_string(), http }
+        ComfyClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -75,14 +81,23 @@ impl ComfyClient {
         Ok(framed)
     }
 
-    async fn json(&self, what: &'static str, req: awc::ClientRequest, body: Option<&Value>) -> Result<Value, ComfyError> {
+    async fn json(
+        &self,
+        what: &'static str,
+        req: awc::ClientRequest,
+        body: Option<&Value>,
+    ) -> Result<Value, ComfyError> {
         let mut resp = match body {
             Some(b) => req.send_json(b).await,
             None => req.send().await,
         }
         .map_err(|e| ComfyError::unreachable(what, e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.body().limit(64 * 1024 * 1024).await.map_err(|e| ComfyError::unreachable(what, e))?;
+        let bytes = resp
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| ComfyError::unreachable(what, e))?;
         if status == 400 && what == "POST /prompt" {
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let message = body
@@ -98,7 +113,10 @@ impl ComfyClient {
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|e| ComfyError::Decode { what, detail: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| ComfyError::Decode {
+            what,
+            detail: e.to_string(),
+        })
     }
 
     /// Queues a prompt under the id comfyd chose. A 200 with `node_errors` not empty is a rejection
@@ -110,7 +128,13 @@ impl ComfyClient {
         prompt_id: &str,
     ) -> Result<(), ComfyError> {
         let body = json!({ "prompt": graph, "client_id": client_id, "prompt_id": prompt_id });
-        let resp = self.json("POST /prompt", self.http.post(format!("{}/prompt", self.base)), Some(&body)).await?;
+        let resp = self
+            .json(
+                "POST /prompt",
+                self.http.post(format!("{}/prompt", self.base)),
+                Some(&body),
+            )
+            .await?;
         if let Some(errors) = resp.get("node_errors").and_then(Value::as_object) {
             if !errors.is_empty() {
                 return Err(ComfyError::Rejected {
@@ -132,39 +156,69 @@ impl ComfyClient {
     /// `GET /history/{id}`: `None` while the prompt is queued, running, or unknown.
     pub async fn history(&self, prompt_id: &str) -> Result<Option<Value>, ComfyError> {
         let v = self
-            .json("GET /history", self.http.get(format!("{}/history/{prompt_id}", self.base)), None)
+            .json(
+                "GET /history",
+                self.http.get(format!("{}/history/{prompt_id}", self.base)),
+                None,
+            )
             .await?;
         Ok(v.get(prompt_id).cloned())
     }
 
     /// `GET /queue`, as the ids running or pending.
     pub async fn queue(&self) -> Result<Vec<String>, ComfyError> {
-        let v = self.json("GET /queue", self.http.get(format!("{}/queue", self.base)), None).await?;
+        let v = self
+            .json(
+                "GET /queue",
+                self.http.get(format!("{}/queue", self.base)),
+                None,
+            )
+            .await?;
         Ok(super::protocol::queued_prompt_ids(&v))
     }
 
     /// Removes pending prompts (the running one is not affected; see `interrupt`).
     pub async fn delete_from_queue(&self, prompt_ids: &[String]) -> Result<(), ComfyError> {
         let body = json!({ "delete": prompt_ids });
-        self.json("POST /queue", self.http.post(format!("{}/queue", self.base)), Some(&body)).await?;
+        self.json(
+            "POST /queue",
+            self.http.post(format!("{}/queue", self.base)),
+            Some(&body),
+        )
+        .await?;
         Ok(())
     }
 
     /// Interrupts `prompt_id` if it is the one running (ComfyUI ignores it otherwise).
     pub async fn interrupt(&self, prompt_id: &str) -> Result<(), ComfyError> {
         let body = json!({ "prompt_id": prompt_id });
-        self.json("POST /interrupt", self.http.post(format!("{}/interrupt", self.base)), Some(&body)).await?;
+        self.json(
+            "POST /interrupt",
+            self.http.post(format!("{}/interrupt", self.base)),
+            Some(&body),
+        )
+        .await?;
         Ok(())
     }
 
     /// `GET /object_info` (every node class and its inputs).
     pub async fn object_info(&self) -> Result<Value, ComfyError> {
-        self.json("GET /object_info", self.http.get(format!("{}/object_info", self.base)), None).await
+        self.json(
+            "GET /object_info",
+            self.http.get(format!("{}/object_info", self.base)),
+            None,
+        )
+        .await
     }
 
     /// Uploads an input image under `name` (overwriting: the name is unique to the task, so a retry
     /// replaces its own earlier upload). Returns the value a LoadImage input takes.
-    pub async fn upload_image(&self, name: &str, bytes: Bytes, content_type: &str) -> Result<String, ComfyError> {
+    pub async fn upload_image(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<String, ComfyError> {
         const WHAT: &str = "POST /upload/image";
         let boundary = format!("comfyd{}", uuid::Uuid::new_v4().simple());
         let mut body = Vec::with_capacity(bytes.len() + 512);
@@ -187,7 +241,10 @@ impl ComfyClient {
         let mut resp = self
             .http
             .post(format!("{}/upload/image", self.base))
-            .insert_header(("content-type", format!("multipart/form-data; boundary={boundary}")))
+            .insert_header((
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            ))
             .send_body(body)
             .await
             .map_err(|e| ComfyError::unreachable(WHAT, e))?;
@@ -195,11 +252,17 @@ impl ComfyClient {
         if status != 200 {
             return Err(ComfyError::Status { what: WHAT, status });
         }
-        let v: Value = resp.json().await.map_err(|e| ComfyError::Decode { what: WHAT, detail: e.to_string() })?;
-        let name = v.get("name").and_then(Value::as_str).ok_or(ComfyError::Decode {
+        let v: Value = resp.json().await.map_err(|e| ComfyError::Decode {
             what: WHAT,
-            detail: "no name in answer".into(),
+            detail: e.to_string(),
         })?;
+        let name = v
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or(ComfyError::Decode {
+                what: WHAT,
+                detail: "no name in answer".into(),
+            })?;
         Ok(match v.get("subfolder").and_then(Value::as_str) {
             Some(sub) if !sub.is_empty() => format!("{sub}/{name}"),
             _ => name.to_string(),
@@ -217,7 +280,10 @@ impl ComfyClient {
                 ("subfolder", file.subfolder.as_str()),
                 ("type", file.folder_type.as_str()),
             ])
-            .map_err(|e| ComfyError::Decode { what: WHAT, detail: e.to_string() })?
+            .map_err(|e| ComfyError::Decode {
+                what: WHAT,
+                detail: e.to_string(),
+            })?
             .timeout(Duration::from_secs(300))
             .send()
             .await
@@ -231,7 +297,11 @@ impl ComfyClient {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-        let bytes = resp.body().limit(MAX_VIEW_BYTES).await.map_err(|e| ComfyError::unreachable(WHAT, e))?;
+        let bytes = resp
+            .body()
+            .limit(MAX_VIEW_BYTES)
+            .await
+            .map_err(|e| ComfyError::unreachable(WHAT, e))?;
         Ok((bytes, content_type))
     }
 }

@@ -10,16 +10,35 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub enum WsEvent {
     /// Broadcast to every socket: prompts running + pending on the server.
-    Status { queue_remaining: u32 },
-    ExecutionStart { prompt_id: String },
+    Status {
+        queue_remaining: u32,
+    },
+    ExecutionStart {
+        prompt_id: String,
+    },
     /// `node: None` with a prompt id marks the end of that prompt, whatever its outcome. The frame
     /// replayed after a reconnect has a node and no prompt id.
-    Executing { node: Option<String>, prompt_id: Option<String> },
+    Executing {
+        node: Option<String>,
+        prompt_id: Option<String>,
+    },
     /// An output node's UI output (may repeat the old output when it was served from cache).
-    Executed { node: String, prompt_id: String, output: Value },
-    ExecutionSuccess { prompt_id: String },
-    ExecutionError { prompt_id: String, error: ExecutionError },
-    ExecutionInterrupted { prompt_id: String, node_id: Option<String> },
+    Executed {
+        node: String,
+        prompt_id: String,
+        output: Value,
+    },
+    ExecutionSuccess {
+        prompt_id: String,
+    },
+    ExecutionError {
+        prompt_id: String,
+        error: ExecutionError,
+    },
+    ExecutionInterrupted {
+        prompt_id: String,
+        node_id: Option<String>,
+    },
     /// Any other frame type.
     Other,
 }
@@ -49,7 +68,10 @@ struct Frame<'a> {
 pub fn parse_frame(text: &str) -> Result<WsEvent, serde_json::Error> {
     // progress_state frames carry the whole node map of the prompt and come several times per node:
     // skip them without a full parse. The type comes first in ComfyUI's frames, whatever the spacing.
-    if text.get(..40).is_some_and(|head| head.contains("\"progress_state\"")) {
+    if text
+        .get(..40)
+        .is_some_and(|head| head.contains("\"progress_state\""))
+    {
         return Ok(WsEvent::Other);
     }
     let frame: Frame = serde_json::from_str(text)?;
@@ -66,7 +88,10 @@ pub fn parse_frame(text: &str) -> Result<WsEvent, serde_json::Error> {
             Some(prompt_id) => WsEvent::ExecutionStart { prompt_id },
             None => WsEvent::Other,
         },
-        "executing" => WsEvent::Executing { node: s("node"), prompt_id: s("prompt_id") },
+        "executing" => WsEvent::Executing {
+            node: s("node"),
+            prompt_id: s("prompt_id"),
+        },
         "executed" => match (s("node"), s("prompt_id")) {
             (Some(node), Some(prompt_id)) => WsEvent::Executed {
                 node,
@@ -80,13 +105,17 @@ pub fn parse_frame(text: &str) -> Result<WsEvent, serde_json::Error> {
             None => WsEvent::Other,
         },
         "execution_error" => match s("prompt_id") {
-            Some(prompt_id) => {
-                WsEvent::ExecutionError { prompt_id, error: serde_json::from_value(d)? }
-            }
+            Some(prompt_id) => WsEvent::ExecutionError {
+                prompt_id,
+                error: serde_json::from_value(d)?,
+            },
             None => WsEvent::Other,
         },
         "execution_interrupted" => match s("prompt_id") {
-            Some(prompt_id) => WsEvent::ExecutionInterrupted { prompt_id, node_id: s("node_id") },
+            Some(prompt_id) => WsEvent::ExecutionInterrupted {
+                prompt_id,
+                node_id: s("node_id"),
+            },
             None => WsEvent::Other,
         },
         _ => WsEvent::Other,
@@ -121,17 +150,31 @@ impl FileRef {
 /// objects counts, whatever its key.
 pub fn files_in_output(node_id: &str, output: &Value) -> Vec<FileRef> {
     let mut files = Vec::new();
-    let Some(map) = output.as_object() else { return files };
+    let Some(map) = output.as_object() else {
+        return files;
+    };
     for (kind, list) in map {
-        let Some(items) = list.as_array() else { continue };
+        let Some(items) = list.as_array() else {
+            continue;
+        };
         for item in items {
-            let Some(filename) = item.get("filename").and_then(Value::as_str) else { continue };
+            let Some(filename) = item.get("filename").and_then(Value::as_str) else {
+                continue;
+            };
             files.push(FileRef {
                 node_id: node_id.to_string(),
                 kind: kind.clone(),
                 filename: filename.to_string(),
-                subfolder: item.get("subfolder").and_then(Value::as_str).unwrap_or("").to_string(),
-                folder_type: item.get("type").and_then(Value::as_str).unwrap_or("output").to_string(),
+                subfolder: item
+                    .get("subfolder")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                folder_type: item
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("output")
+                    .to_string(),
             });
         }
     }
@@ -222,7 +265,9 @@ mod tests {
             .map(|m| parse_frame(&m.to_string()).expect("frame"))
             .collect();
         assert!(matches!(events[0], WsEvent::Status { queue_remaining: 0 }));
-        assert!(events.iter().any(|e| matches!(e, WsEvent::ExecutionStart { .. })));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, WsEvent::ExecutionStart { .. })));
         let executed = events
             .iter()
             .find_map(|e| match e {
@@ -235,7 +280,16 @@ mod tests {
         // The success is followed by a status and then `executing null` with the prompt id.
         let n = events.len();
         let tail: Vec<_> = events.iter().rev().take(3).collect();
-        assert!(matches!(tail[0], WsEvent::Executing { node: None, prompt_id: Some(_) }), "{tail:?}");
+        assert!(
+            matches!(
+                tail[0],
+                WsEvent::Executing {
+                    node: None,
+                    prompt_id: Some(_)
+                }
+            ),
+            "{tail:?}"
+        );
         assert!(matches!(tail[1], WsEvent::Status { .. }));
         assert!(matches!(tail[2], WsEvent::ExecutionSuccess { .. }));
         assert!(n > 5);
@@ -264,7 +318,10 @@ mod tests {
         }
         // A frame that merely mentions it later is still parsed.
         let status = r#"{"type":"status","data":{"status":{"exec_info":{"queue_remaining":2}},"note":"progress_state"}}"#;
-        assert_eq!(parse_frame(status).expect("frame"), WsEvent::Status { queue_remaining: 2 });
+        assert_eq!(
+            parse_frame(status).expect("frame"),
+            WsEvent::Status { queue_remaining: 2 }
+        );
     }
 
     #[test]
@@ -272,7 +329,15 @@ mod tests {
         let replay = frames("m_reconnect_mid_run")
             .iter()
             .map(|m| parse_frame(&m.to_string()).expect("frame"))
-            .find(|e| matches!(e, WsEvent::Executing { node: Some(_), prompt_id: None }));
+            .find(|e| {
+                matches!(
+                    e,
+                    WsEvent::Executing {
+                        node: Some(_),
+                        prompt_id: None
+                    }
+                )
+            });
         assert!(replay.is_some());
     }
 
@@ -288,8 +353,12 @@ mod tests {
         });
         let files = files_in_output("9", &out);
         assert_eq!(files.len(), 4);
-        assert!(files.iter().any(|f| f.kind == "gifs" && f.filename == "v.mp4"));
-        assert!(files.iter().any(|f| f.kind == "audio" && f.folder_type == "temp"));
+        assert!(files
+            .iter()
+            .any(|f| f.kind == "gifs" && f.filename == "v.mp4"));
+        assert!(files
+            .iter()
+            .any(|f| f.kind == "audio" && f.folder_type == "temp"));
         let a = files.iter().find(|f| f.filename == "a.png").expect("a.png");
         assert_eq!(a.path(), "x/a.png");
     }
@@ -305,7 +374,9 @@ mod tests {
         let err = json!({"outputs": {}, "status": {"status_str": "error", "completed": false,
                          "messages": [["execution_error", {"prompt_id": "p", "node_id": "2", "node_type": "X",
                          "exception_type": "ValueError", "exception_message": "bad"}]]}});
-        assert!(matches!(history_outcome(&err), HistoryOutcome::Error(e) if e.exception_type == "ValueError"));
+        assert!(
+            matches!(history_outcome(&err), HistoryOutcome::Error(e) if e.exception_type == "ValueError")
+        );
     }
 
     #[test]

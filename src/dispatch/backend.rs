@@ -204,11 +204,9 @@ impl Backend {
         let conn = self.conn;
         let (sink, stream) = framed.split();
         self.ws = Some(SinkWrite::new(sink, ctx));
-        ctx.add_stream(
-            stream
-                .map(move |f| SocketItem::Frame(conn, f))
-                .chain(futures_util::stream::once(async move { SocketItem::Closed(conn) })),
-        );
+        ctx.add_stream(stream.map(move |f| SocketItem::Frame(conn, f)).chain(
+            futures_util::stream::once(async move { SocketItem::Closed(conn) }),
+        ));
         self.last_frame = Instant::now();
         self.backoff = FIRST_BACKOFF;
         info!(backend = %self.cfg.name, "connected to ComfyUI {}", self.cfg.url);
@@ -228,8 +226,12 @@ impl Backend {
         }
         self.reconciling = true;
         let client = self.client.clone();
-        let stale: Vec<String> =
-            self.jobs.iter().filter(|(_, j)| j.stale && j.queued).map(|(p, _)| p.clone()).collect();
+        let stale: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.stale && j.queued)
+            .map(|(p, _)| p.clone())
+            .collect();
         async move {
             if stale.is_empty() {
                 return Ok(Vec::new());
@@ -281,7 +283,9 @@ impl Backend {
 
     fn settle_from_history(&mut self, prompt_id: &str, entry: Option<Value>) {
         let outcome = match entry {
-            None => JobOutcome::Lost(format!("prompt {prompt_id} is neither queued nor in history")),
+            None => JobOutcome::Lost(format!(
+                "prompt {prompt_id} is neither queued nor in history"
+            )),
             Some(entry) => match protocol::history_outcome(&entry) {
                 HistoryOutcome::Success(files) => {
                     let files = match self.jobs.get(prompt_id) {
@@ -348,8 +352,14 @@ impl Backend {
                 }
             }
             WsEvent::ExecutionStart { prompt_id } => self.mark_started(&prompt_id),
-            WsEvent::Executing { node: Some(_), prompt_id: Some(prompt_id) } => self.mark_started(&prompt_id),
-            WsEvent::Executing { node: None, prompt_id: Some(prompt_id) } => {
+            WsEvent::Executing {
+                node: Some(_),
+                prompt_id: Some(prompt_id),
+            } => self.mark_started(&prompt_id),
+            WsEvent::Executing {
+                node: None,
+                prompt_id: Some(prompt_id),
+            } => {
                 // The end of a prompt. With no terminal event seen, history says how it ended.
                 if self.jobs.contains_key(&prompt_id) {
                     self.settle_one(prompt_id, ctx);
@@ -357,14 +367,20 @@ impl Backend {
                     self.cleaning.remove(&prompt_id);
                 }
             }
-            WsEvent::Executed { node, prompt_id, output } => {
+            WsEvent::Executed {
+                node,
+                prompt_id,
+                output,
+            } => {
                 if let Some(job) = self.jobs.get_mut(&prompt_id) {
                     let files = protocol::files_in_output(&node, &output);
                     job.files.extend(filter_outputs(files, &job.output_nodes));
                 }
             }
             WsEvent::ExecutionSuccess { prompt_id } => {
-                let Some(job) = self.jobs.get_mut(&prompt_id) else { return };
+                let Some(job) = self.jobs.get_mut(&prompt_id) else {
+                    return;
+                };
                 if job.stale {
                     self.settle_one(prompt_id, ctx);
                 } else {
@@ -423,7 +439,10 @@ fn filter_outputs(files: Vec<FileRef>, output_nodes: &[String]) -> Vec<FileRef> 
     if output_nodes.is_empty() {
         return files;
     }
-    files.into_iter().filter(|f| output_nodes.contains(&f.node_id)).collect()
+    files
+        .into_iter()
+        .filter(|f| output_nodes.contains(&f.node_id))
+        .collect()
 }
 
 impl Actor for Backend {
@@ -485,11 +504,24 @@ impl Handler<Run> for Backend {
     type Result = ();
 
     fn handle(&mut self, msg: Run, ctx: &mut Context<Self>) {
-        let Run { task_id, prompt_id, mut graph, inputs, output_nodes } = msg;
+        let Run {
+            task_id,
+            prompt_id,
+            mut graph,
+            inputs,
+            output_nodes,
+        } = msg;
         // Known before the POST, so events that race the HTTP answer are matched.
         self.jobs.insert(
             prompt_id.clone(),
-            Job { task_id, output_nodes, files: Vec::new(), started: false, queued: false, stale: false },
+            Job {
+                task_id,
+                output_nodes,
+                files: Vec::new(),
+                started: false,
+                queued: false,
+                stale: false,
+            },
         );
         let client = self.client.clone();
         let client_id = self.client_id.clone();
@@ -504,7 +536,9 @@ impl Handler<Run> for Backend {
                     }
                 })?;
                 let mime = mime_guess::from_path(&input.upload_name).first_or_octet_stream();
-                let name = client.upload_image(&input.upload_name, bytes.into(), mime.as_ref()).await?;
+                let name = client
+                    .upload_image(&input.upload_name, bytes.into(), mime.as_ref())
+                    .await?;
                 crate::workflow::set_image(&mut graph, &input.targets, &name);
             }
             match client.queue_prompt(&graph, &client_id, &pid).await {
@@ -535,7 +569,13 @@ impl Handler<Run> for Backend {
                 }
             }
             Err(ComfyError::Rejected { message, body }) => {
-                act.end_job(&prompt_id, JobOutcome::Rejected { message, details: body });
+                act.end_job(
+                    &prompt_id,
+                    JobOutcome::Rejected {
+                        message,
+                        details: body,
+                    },
+                );
             }
             Err(e) => {
                 warn!(backend = %act.cfg.name, error = %e, "could not queue prompt");

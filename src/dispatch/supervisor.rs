@@ -101,11 +101,17 @@ impl Supervisor {
     }
 
     fn push(&mut self, task_id: String, priority: i32) {
-        if self.queued.contains_key(&task_id) || self.slots.iter().any(|s| s.held.contains_key(&task_id)) {
+        if self.queued.contains_key(&task_id)
+            || self.slots.iter().any(|s| s.held.contains_key(&task_id))
+        {
             return;
         }
         self.seq += 1;
-        let key = QueueKey { neg_priority: -(priority as i64), seq: self.seq, task_id: task_id.clone() };
+        let key = QueueKey {
+            neg_priority: -(priority as i64),
+            seq: self.seq,
+            task_id: task_id.clone(),
+        };
         self.queued.insert(task_id, key.clone());
         self.queue.insert(key);
     }
@@ -135,10 +141,18 @@ impl Supervisor {
         }
         while !self.queue.is_empty() {
             let Some(i) = self.pick() else { break };
-            let Some(key) = self.queue.pop_first() else { break };
+            let Some(key) = self.queue.pop_first() else {
+                break;
+            };
             self.queued.remove(&key.task_id);
             let prompt_id = uuid::Uuid::new_v4().to_string();
-            self.slots[i].held.insert(key.task_id.clone(), Held { prompt_id: prompt_id.clone(), uploads: vec![] });
+            self.slots[i].held.insert(
+                key.task_id.clone(),
+                Held {
+                    prompt_id: prompt_id.clone(),
+                    uploads: vec![],
+                },
+            );
             self.hand_over(i, key, prompt_id, ctx);
         }
     }
@@ -159,7 +173,10 @@ impl Supervisor {
                         dispatched_at: Some(Utc::now()),
                         ..Default::default()
                     },
-                    event: Event::new("dispatched", json!({ "backend": backend, "prompt_id": prompt_id })),
+                    event: Event::new(
+                        "dispatched",
+                        json!({ "backend": backend, "prompt_id": prompt_id }),
+                    ),
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!(e))??;
@@ -172,13 +189,24 @@ impl Supervisor {
                 Ok(Some(task)) => match act.build_run(&task) {
                     Ok(run) => {
                         if let Some(h) = act.slots[i].held.get_mut(&task_id) {
-                            h.uploads = run.inputs.iter().map(|(f, _)| f.upload_name.clone()).collect();
+                            h.uploads = run
+                                .inputs
+                                .iter()
+                                .map(|(f, _)| f.upload_name.clone())
+                                .collect();
                         }
                         act.slots[i].addr.do_send(run);
                     }
                     Err(e) => {
                         act.slots[i].held.remove(&task_id);
-                        act.fail(task_id, &Status::ON_BACKEND, error_code::OTHER, format!("stored task unreadable: {e}"), Value::Null, ctx);
+                        act.fail(
+                            task_id,
+                            &Status::ON_BACKEND,
+                            error_code::OTHER,
+                            format!("stored task unreadable: {e}"),
+                            Value::Null,
+                            ctx,
+                        );
                         act.dispatch(ctx);
                     }
                 },
@@ -208,16 +236,34 @@ impl Supervisor {
             task_id: task.id.clone(),
             prompt_id: task.comfyui_task_id.clone().unwrap_or_default(),
             graph,
-            inputs: inputs.into_iter().map(|f| { let p = dir.join(&f.file); (f, p) }).collect(),
+            inputs: inputs
+                .into_iter()
+                .map(|f| {
+                    let p = dir.join(&f.file);
+                    (f, p)
+                })
+                .collect(),
             output_nodes,
         })
     }
 
-    fn fail(&self, task_id: String, from: &[Status], code: i32, message: String, details: Value, ctx: &mut Context<Self>) {
+    fn fail(
+        &self,
+        task_id: String,
+        from: &[Status],
+        code: i32,
+        message: String,
+        details: Value,
+        ctx: &mut Context<Self>,
+    ) {
         let pipeline = self.pipeline.clone();
         let from = from.to_vec();
         async move {
-            if let Err(e) = pipeline.finisher.finish_failed(&task_id, &from, code, message, details).await {
+            if let Err(e) = pipeline
+                .finisher
+                .finish_failed(&task_id, &from, code, message, details)
+                .await
+            {
                 error!(task.id = %task_id, error = %e, "could not record failure");
             }
         }
@@ -232,7 +278,9 @@ impl Supervisor {
         let recorder = self.pipeline.recorder.clone();
         let max = self.cfg.max_attempts;
         async move {
-            let Some(task) = store::get_task(&db, &task_id).await? else { return Ok(None) };
+            let Some(task) = store::get_task(&db, &task_id).await? else {
+                return Ok(None);
+            };
             if task.attempts >= max {
                 return Ok(Some((task, false)));
             }
@@ -241,7 +289,11 @@ impl Supervisor {
                     task_id: task_id.clone(),
                     from: Status::ON_BACKEND.to_vec(),
                     to: Status::Queued,
-                    patch: TaskPatch { backend: Some(None), comfyui_task_id: Some(None), ..Default::default() },
+                    patch: TaskPatch {
+                        backend: Some(None),
+                        comfyui_task_id: Some(None),
+                        ..Default::default()
+                    },
                     event: Some(Event::new("requeued", json!({ "reason": reason }))),
                 })
                 .await
@@ -256,7 +308,14 @@ impl Supervisor {
             }
             Ok(Some((task, false))) => {
                 let msg = format!("no backend ran it in {} attempts", task.attempts);
-                act.fail(task.id, &Status::ON_BACKEND, error_code::QUEUEING_FAILED, msg, Value::Null, ctx);
+                act.fail(
+                    task.id,
+                    &Status::ON_BACKEND,
+                    error_code::QUEUEING_FAILED,
+                    msg,
+                    Value::Null,
+                    ctx,
+                );
             }
             Ok(None) => {}
             Err(e) => error!(error = %e, "requeue failed"),
@@ -288,12 +347,26 @@ impl Supervisor {
                 act.push(id, priority);
             }
             for t in on_backend {
-                let slot = t.backend.as_ref().and_then(|b| act.slots.iter().position(|s| &s.name == b));
+                let slot = t
+                    .backend
+                    .as_ref()
+                    .and_then(|b| act.slots.iter().position(|s| &s.name == b));
                 match (slot, t.comfyui_task_id.clone()) {
                     (Some(i), Some(prompt_id)) => {
-                        let output_nodes = serde_json::from_str(&t.output_nodes).unwrap_or_default();
-                        act.slots[i].held.insert(t.id.clone(), Held { prompt_id: prompt_id.clone(), uploads: vec![] });
-                        act.slots[i].addr.do_send(backend::Adopt { task_id: t.id, prompt_id, output_nodes });
+                        let output_nodes =
+                            serde_json::from_str(&t.output_nodes).unwrap_or_default();
+                        act.slots[i].held.insert(
+                            t.id.clone(),
+                            Held {
+                                prompt_id: prompt_id.clone(),
+                                uploads: vec![],
+                            },
+                        );
+                        act.slots[i].addr.do_send(backend::Adopt {
+                            task_id: t.id,
+                            prompt_id,
+                            output_nodes,
+                        });
                     }
                     // Its backend is no longer configured: run it elsewhere.
                     _ => act.retry_or_fail(t.id, "backend no longer configured".into(), ctx),
@@ -301,11 +374,20 @@ impl Supervisor {
             }
             for t in executed {
                 if let Some(b) = t.backend {
-                    act.pipeline.uploader.do_send(StoreOutputs { task_id: t.id, backend: b, files: None });
+                    act.pipeline.uploader.do_send(StoreOutputs {
+                        task_id: t.id,
+                        backend: b,
+                        files: None,
+                    });
                 }
             }
             if nq + nb + ne > 0 {
-                info!(queued = nq, on_backend = nb, executed = ne, "recovered unfinished tasks");
+                info!(
+                    queued = nq,
+                    on_backend = nb,
+                    executed = ne,
+                    "recovered unfinished tasks"
+                );
             }
             act.dispatch(ctx);
         })
@@ -323,19 +405,34 @@ impl Supervisor {
                     Ok(t) => t,
                     Err(e) => return warn!(error = %e, "deadline sweep failed"),
                 };
-                const BEFORE_STORING: [Status; 3] = [Status::Queued, Status::Dispatched, Status::Running];
-                for t in overdue.into_iter().filter(|t| Status::parse(&t.status).is_some_and(|s| BEFORE_STORING.contains(&s))) {
+                const BEFORE_STORING: [Status; 3] =
+                    [Status::Queued, Status::Dispatched, Status::Running];
+                for t in overdue.into_iter().filter(|t| {
+                    Status::parse(&t.status).is_some_and(|s| BEFORE_STORING.contains(&s))
+                }) {
                     if let Some(key) = act.queued.remove(&t.id) {
                         act.queue.remove(&key);
                     }
                     if let Some(i) = act.slots.iter().position(|s| s.held.contains_key(&t.id)) {
                         if let Some(held) = act.slots[i].held.remove(&t.id) {
-                            act.slots[i].addr.do_send(backend::Cancel { prompt_id: held.prompt_id });
+                            act.slots[i].addr.do_send(backend::Cancel {
+                                prompt_id: held.prompt_id,
+                            });
                             act.clean_uploads(i, held.uploads);
                         }
                     }
-                    let msg = format!("deadline passed ({} after it was accepted)", t.deadline_at - t.created_at);
-                    act.fail(t.id, &BEFORE_STORING, error_code::OTHER, msg, Value::Null, ctx);
+                    let msg = format!(
+                        "deadline passed ({} after it was accepted)",
+                        t.deadline_at - t.created_at
+                    );
+                    act.fail(
+                        t.id,
+                        &BEFORE_STORING,
+                        error_code::OTHER,
+                        msg,
+                        Value::Null,
+                        ctx,
+                    );
                 }
                 act.dispatch(ctx);
             })
@@ -345,8 +442,14 @@ impl Supervisor {
     /// Input images of a job that ended are no longer needed on its backend.
     fn clean_uploads(&self, i: usize, uploads: Vec<String>) {
         if !uploads.is_empty() {
-            let files = uploads.into_iter().map(|n| ("input".to_string(), n)).collect();
-            self.pipeline.cleaner.do_send(CleanFiles { backend: self.slots[i].name.clone(), files });
+            let files = uploads
+                .into_iter()
+                .map(|n| ("input".to_string(), n))
+                .collect();
+            self.pipeline.cleaner.do_send(CleanFiles {
+                backend: self.slots[i].name.clone(),
+                files,
+            });
         }
     }
 
@@ -378,8 +481,17 @@ impl Handler<AttachBackends> for Supervisor {
         for cfg in msg.0 {
             let name = cfg.name.clone();
             let addr = Backend::new(cfg, me.clone()).start();
-            self.pipeline.cleaner.do_send(RegisterBackend { name: name.clone(), addr: addr.clone() });
-            self.slots.push(Slot { name, addr, up: false, queue_remaining: 0, held: HashMap::new() });
+            self.pipeline.cleaner.do_send(RegisterBackend {
+                name: name.clone(),
+                addr: addr.clone(),
+            });
+            self.slots.push(Slot {
+                name,
+                addr,
+                up: false,
+                queue_remaining: 0,
+                held: HashMap::new(),
+            });
         }
         self.recover(ctx);
     }
@@ -446,8 +558,14 @@ impl Handler<JobStarted> for Supervisor {
                     task_id: msg.task_id,
                     from: vec![Status::Dispatched],
                     to: Status::Running,
-                    patch: TaskPatch { started_at: Some(Utc::now()), ..Default::default() },
-                    event: Some(Event::new("started", json!({ "backend": msg.backend, "prompt_id": msg.prompt_id }))),
+                    patch: TaskPatch {
+                        started_at: Some(Utc::now()),
+                        ..Default::default()
+                    },
+                    event: Some(Event::new(
+                        "started",
+                        json!({ "backend": msg.backend, "prompt_id": msg.prompt_id }),
+                    )),
                 })
                 .await;
         }
@@ -465,7 +583,10 @@ pub enum JobOutcome {
     Failed(ExecutionError),
     Interrupted,
     /// ComfyUI refused the prompt (validation): no other backend would accept it either.
-    Rejected { message: String, details: Value },
+    Rejected {
+        message: String,
+        details: Value,
+    },
     /// The backend could not take it (down, HTTP error).
     Unavailable(String),
     /// It vanished from the backend (restart, or unreachable too long).
@@ -500,14 +621,35 @@ impl Handler<JobEnded> for Supervisor {
                 let message = format!("{}: {}", e.exception_type, e.exception_message);
                 let details = json!({ "node_id": e.node_id, "node_type": e.node_type,
                     "exception_type": e.exception_type, "exception_message": e.exception_message });
-                self.fail(task_id.clone(), &Status::ON_BACKEND, error_code::OTHER, message, details, ctx);
+                self.fail(
+                    task_id.clone(),
+                    &Status::ON_BACKEND,
+                    error_code::OTHER,
+                    message,
+                    details,
+                    ctx,
+                );
             }
             JobOutcome::Interrupted => {
                 // A cancelled task is already terminal, so this changes nothing for it.
-                self.fail(task_id.clone(), &Status::ON_BACKEND, error_code::OTHER, "interrupted on ComfyUI".into(), Value::Null, ctx);
+                self.fail(
+                    task_id.clone(),
+                    &Status::ON_BACKEND,
+                    error_code::OTHER,
+                    "interrupted on ComfyUI".into(),
+                    Value::Null,
+                    ctx,
+                );
             }
             JobOutcome::Rejected { message, details } => {
-                self.fail(task_id.clone(), &Status::ON_BACKEND, error_code::QUEUEING_FAILED, message, details, ctx);
+                self.fail(
+                    task_id.clone(),
+                    &Status::ON_BACKEND,
+                    error_code::QUEUEING_FAILED,
+                    message,
+                    details,
+                    ctx,
+                );
             }
             JobOutcome::Unavailable(reason) | JobOutcome::Lost(reason) => {
                 warn!(task.id = %task_id, backend.name = %msg.backend, %reason, "job did not run; re-dispatching");
@@ -562,7 +704,9 @@ impl Handler<CancelTask> for Supervisor {
                 let found = act.slots.iter().position(|s| s.held.contains_key(&task_id));
                 if let Some(i) = found {
                     if let Some(held) = act.slots[i].held.remove(&task_id) {
-                        act.slots[i].addr.do_send(backend::Cancel { prompt_id: held.prompt_id });
+                        act.slots[i].addr.do_send(backend::Cancel {
+                            prompt_id: held.prompt_id,
+                        });
                         act.clean_uploads(i, held.uploads);
                     }
                     act.dispatch(ctx);

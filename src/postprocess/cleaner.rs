@@ -18,7 +18,10 @@ pub struct Cleaner {
 
 impl Cleaner {
     pub fn new(enabled: bool) -> Cleaner {
-        Cleaner { enabled, backends: HashMap::new() }
+        Cleaner {
+            enabled,
+            backends: HashMap::new(),
+        }
     }
 }
 
@@ -57,7 +60,9 @@ impl Handler<CleanFiles> for Cleaner {
         if !self.enabled {
             return;
         }
-        let Some(addr) = self.backends.get(&msg.backend) else { return };
+        let Some(addr) = self.backends.get(&msg.backend) else {
+            return;
+        };
         let files: Vec<(String, String)> = msg
             .files
             .into_iter()
@@ -81,7 +86,9 @@ pub fn safe_path(path: &str) -> bool {
         && !path.starts_with('/')
         && !path.starts_with('\\')
         && !path.contains(':')
-        && path.split(['/', '\\']).all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
+        && path
+            .split(['/', '\\'])
+            .all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
 }
 
 #[cfg(test)]
@@ -92,7 +99,16 @@ mod tests {
     fn refuses_paths_that_leave_the_folder() {
         assert!(safe_path("comfyd/abc/out_00001_.png"));
         assert!(safe_path("in.png"));
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "C:\\x", "\\\\host\\x", "./a"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "C:\\x",
+            "\\\\host\\x",
+            "./a",
+        ] {
             assert!(!safe_path(bad), "{bad}");
         }
     }

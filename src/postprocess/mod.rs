@@ -50,7 +50,15 @@ impl Finisher {
             + chrono::Duration::from_std(self.webhook_horizon).unwrap_or(chrono::Duration::days(1));
         let finished = self
             .recorder
-            .send(Finish { task_id: task_id.into(), from: from.to_vec(), to, patch, outputs, event, give_up_at })
+            .send(Finish {
+                task_id: task_id.into(),
+                from: from.to_vec(),
+                to,
+                patch,
+                outputs,
+                event,
+                give_up_at,
+            })
             .await??;
         if let Some(d) = finished.delivery {
             self.notifier.do_send(notifier::Deliver(d));
@@ -83,7 +91,8 @@ impl Finisher {
             ..Default::default()
         };
         let event = Event::new("failed", json!({ "error_code": code, "message": message }));
-        self.finish(task_id, from, Status::Failed, patch, Vec::new(), event).await
+        self.finish(task_id, from, Status::Failed, patch, Vec::new(), event)
+            .await
     }
 
     pub async fn finish_cancelled(&self, task_id: &str, from: &[Status]) -> anyhow::Result<bool> {
@@ -93,7 +102,15 @@ impl Finisher {
             finished_at: Some(Utc::now()),
             ..Default::default()
         };
-        self.finish(task_id, from, Status::Cancelled, patch, Vec::new(), Event::new("cancelled", json!({}))).await
+        self.finish(
+            task_id,
+            from,
+            Status::Cancelled,
+            patch,
+            Vec::new(),
+            Event::new("cancelled", json!({})),
+        )
+        .await
     }
 }
 
@@ -110,7 +127,10 @@ pub struct Pipeline {
 /// "equal jitter" (half fixed, half random from `rand01` in [0, 1)) so that many clients retrying
 /// after one outage do not come back in lockstep.
 pub fn retry_delay(attempt: u32, first: Duration, max: Duration, rand01: f64) -> Duration {
-    let exp = first.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(30)).unwrap_or(u32::MAX));
+    let exp = first.saturating_mul(
+        1u32.checked_shl(attempt.saturating_sub(1).min(30))
+            .unwrap_or(u32::MAX),
+    );
     let base = exp.min(max);
     base.mul_f64(0.5 + 0.5 * rand01.clamp(0.0, 1.0))
 }

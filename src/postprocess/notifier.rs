@@ -43,8 +43,20 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(cfg: NotifierConfig, db: DatabaseConnection, recorder: Addr<Recorder>, outbound: Outbound) -> Notifier {
-        Notifier { cfg, db, recorder, outbound, in_progress: HashSet::new(), polling: false }
+    pub fn new(
+        cfg: NotifierConfig,
+        db: DatabaseConnection,
+        recorder: Addr<Recorder>,
+        outbound: Outbound,
+    ) -> Notifier {
+        Notifier {
+            cfg,
+            db,
+            recorder,
+            outbound,
+            in_progress: HashSet::new(),
+            polling: false,
+        }
     }
 
     fn attempt(&mut self, d: delivery::Model, ctx: &mut Context<Self>) {

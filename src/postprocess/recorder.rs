@@ -13,7 +13,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::oneshot;
 
 use crate::entity::{output, task};
-use crate::store::{self, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark, TaskPatch};
+use crate::store::{
+    self, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark, TaskPatch,
+};
 use crate::task::Status;
 
 /// Most writes in one transaction (keeps a transaction short when a backlog built up).
@@ -27,10 +29,18 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(db: DatabaseConnection) -> Recorder {
-        Recorder { db, queue: Vec::new(), writing: false }
+        Recorder {
+            db,
+            queue: Vec::new(),
+            writing: false,
+        }
     }
 
-    fn submit(&mut self, write: Write, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<Written, DbErr>> {
+    fn submit(
+        &mut self,
+        write: Write,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<Written, DbErr>> {
         let (reply, rx) = oneshot::channel();
         self.queue.push(Pending { write, reply });
         if !self.writing {
@@ -100,18 +110,32 @@ impl Write {
             Write::Transition(m) => Written::Applied(
                 store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref()).await?,
             ),
-            Write::Claim(m) => Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event).await?),
-            Write::RecordExecuted(m) => {
-                Written::Outputs(store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event).await?)
+            Write::Claim(m) => {
+                Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event).await?)
             }
+            Write::RecordExecuted(m) => Written::Outputs(
+                store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event).await?,
+            ),
             Write::Finish(m) => Written::Finished(
-                store::finish(c, &m.task_id, &m.from, m.to, &m.patch, &m.outputs, &m.event, m.give_up_at).await?,
+                store::finish(
+                    c,
+                    &m.task_id,
+                    &m.from,
+                    m.to,
+                    &m.patch,
+                    &m.outputs,
+                    &m.event,
+                    m.give_up_at,
+                )
+                .await?,
             ),
             Write::RecordAttempt(a) => {
                 store::record_attempt(c, a).await?;
                 Written::Done
             }
-            Write::Redeliver(m) => Written::Applied(store::redeliver(c, &m.delivery_id, m.give_up_at).await?),
+            Write::Redeliver(m) => {
+                Written::Applied(store::redeliver(c, &m.delivery_id, m.give_up_at).await?)
+            }
             Write::RecordEvent(m) => {
                 store::insert_event(c, &m.task_id, m.event.kind, m.event.details.clone()).await?;
                 Written::Done

@@ -60,12 +60,24 @@ impl Uploader {
         cleaner: Addr<Cleaner>,
         finisher: Finisher,
     ) -> Uploader {
-        Uploader { cfg, db, store, recorder, cleaner, finisher, clients: HashMap::new(), busy: HashSet::new() }
+        Uploader {
+            cfg,
+            db,
+            store,
+            recorder,
+            cleaner,
+            finisher,
+            clients: HashMap::new(),
+            busy: HashSet::new(),
+        }
     }
 
     fn client(&mut self, backend: &str) -> Rc<ComfyClient> {
         let timeout = self.cfg.http_timeout;
-        self.clients.entry(backend.to_string()).or_insert_with(|| Rc::new(ComfyClient::new(backend, timeout))).clone()
+        self.clients
+            .entry(backend.to_string())
+            .or_insert_with(|| Rc::new(ComfyClient::new(backend, timeout)))
+            .clone()
     }
 }
 
@@ -154,7 +166,10 @@ impl StoreJob {
                         task_id: id.clone(),
                         from: Status::ON_BACKEND.to_vec(),
                         outputs,
-                        event: Event::new("executed", json!({ "backend": self.backend, "outputs": count })),
+                        event: Event::new(
+                            "executed",
+                            json!({ "backend": self.backend, "outputs": count }),
+                        ),
                     })
                     .await??;
                 match recorded {
@@ -170,10 +185,19 @@ impl StoreJob {
             let message = if outputs.is_empty() {
                 "ComfyUI reported no output files".to_string()
             } else {
-                format!("ComfyUI reported files of another task ({}): a stale cache entry", foreign[0].filename)
+                format!(
+                    "ComfyUI reported files of another task ({}): a stale cache entry",
+                    foreign[0].filename
+                )
             };
             self.finisher
-                .finish_failed(&id, &[Status::Executed], error_code::RETRIEVAL_FAILED, message, serde_json::Value::Null)
+                .finish_failed(
+                    &id,
+                    &[Status::Executed],
+                    error_code::RETRIEVAL_FAILED,
+                    message,
+                    serde_json::Value::Null,
+                )
                 .await?;
             return Ok(());
         }
@@ -191,7 +215,8 @@ impl StoreJob {
             }
         }
         let first = &outputs[0];
-        let first_stored = first.stored || marks.iter().any(|m| m.output_id == first.id && m.stored);
+        let first_stored =
+            first.stored || marks.iter().any(|m| m.output_id == first.id && m.stored);
         let code = match worst {
             Trouble::None => error_code::OK,
             Trouble::NotStored => error_code::UPLOAD_FAILED,
@@ -206,11 +231,26 @@ impl StoreJob {
             ..Default::default()
         };
         let (to, event) = if code == error_code::OK {
-            (Status::Done, Event::new("stored", json!({ "outputs": outputs.len(), "store": self.store.kind() })))
+            (
+                Status::Done,
+                Event::new(
+                    "stored",
+                    json!({ "outputs": outputs.len(), "store": self.store.kind() }),
+                ),
+            )
         } else {
-            (Status::Failed, Event::new("failed", json!({ "error_code": code, "message": first_error })))
+            (
+                Status::Failed,
+                Event::new(
+                    "failed",
+                    json!({ "error_code": code, "message": first_error }),
+                ),
+            )
         };
-        let ended = self.finisher.finish(&id, &[Status::Executed], to, patch, marks, event).await?;
+        let ended = self
+            .finisher
+            .finish(&id, &[Status::Executed], to, patch, marks, event)
+            .await?;
         if ended {
             info!(task.id = %id, error_code = code, outputs = outputs.len(), "task {id} ended: {to}");
             if code == error_code::OK {
@@ -221,7 +261,10 @@ impl StoreJob {
                     .filter(|o| o.folder_type == "output")
                     .map(|o| (o.folder_type.clone(), comfy_path(o)))
                     .collect();
-                self.cleaner.do_send(CleanFiles { backend: self.backend.clone(), files });
+                self.cleaner.do_send(CleanFiles {
+                    backend: self.backend.clone(),
+                    files,
+                });
             }
         }
         Ok(())
@@ -248,7 +291,9 @@ impl StoreJob {
                     filename: f.filename.clone(),
                     subfolder: f.subfolder.clone(),
                     folder_type: f.folder_type.clone(),
-                    content_type: mime_guess::from_path(&f.filename).first_or_octet_stream().to_string(),
+                    content_type: mime_guess::from_path(&f.filename)
+                        .first_or_octet_stream()
+                        .to_string(),
                     storage_key: key,
                 }
             })
@@ -257,7 +302,10 @@ impl StoreJob {
 
     /// Fetches and stores one output; on failure keeps it in the fallback folder when it has the bytes.
     /// Returns what to record for it (with the task's terminal state), how it went, and why not.
-    async fn store_one(&self, o: &output::Model) -> anyhow::Result<(OutputMark, Trouble, Option<String>)> {
+    async fn store_one(
+        &self,
+        o: &output::Model,
+    ) -> anyhow::Result<(OutputMark, Trouble, Option<String>)> {
         let file = FileRef {
             node_id: o.node_id.clone(),
             kind: o.kind.clone(),
@@ -291,7 +339,11 @@ impl StoreJob {
         let Some((bytes, served_type)) = fetched else {
             let msg = format!("could not fetch {}: {last_err}", file.path());
             warn!(task.id = %self.task_id, "{msg}");
-            self.event("fetch_failed", json!({ "file": file.path(), "error": last_err })).await;
+            self.event(
+                "fetch_failed",
+                json!({ "file": file.path(), "error": last_err }),
+            )
+            .await;
             return Ok((mark, Trouble::NotFetched, Some(msg)));
         };
         // ComfyUI serves what it guessed from the extension; trust it unless it is generic.
@@ -300,7 +352,11 @@ impl StoreJob {
         }
         mark.size = bytes.len() as i64;
         for attempt in 1..=self.cfg.upload_attempts {
-            match self.store.put(&o.storage_key, bytes.clone(), &mark.content_type).await {
+            match self
+                .store
+                .put(&o.storage_key, bytes.clone(), &mark.content_type)
+                .await
+            {
                 Ok(()) => {
                     mark.stored = true;
                     return Ok((mark, Trouble::None, None));
@@ -308,8 +364,11 @@ impl StoreJob {
                 Err(e) => {
                     last_err = e.to_string();
                     if attempt < self.cfg.upload_attempts && e.is_transient() {
-                        self.event("store_retry", json!({ "key": o.storage_key, "attempt": attempt, "error": last_err }))
-                            .await;
+                        self.event(
+                            "store_retry",
+                            json!({ "key": o.storage_key, "attempt": attempt, "error": last_err }),
+                        )
+                        .await;
                         actix_rt::time::sleep(FIRST_RETRY * 2u32.pow(attempt - 1)).await;
                     } else {
                         break;
@@ -318,7 +377,11 @@ impl StoreJob {
             }
         }
         // Keep the file where an operator (or `comfyd reupload`) finds it: the fallback folder, at its ComfyUI path.
-        let path = self.cfg.fallback_dir.join(&o.folder_type).join(comfy_path(o));
+        let path = self
+            .cfg
+            .fallback_dir
+            .join(&o.folder_type)
+            .join(comfy_path(o));
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
@@ -330,7 +393,13 @@ impl StoreJob {
     }
 
     async fn event(&self, kind: &'static str, details: serde_json::Value) {
-        let _ = self.recorder.send(RecordEvent { task_id: self.task_id.clone(), event: Event::new(kind, details) }).await;
+        let _ = self
+            .recorder
+            .send(RecordEvent {
+                task_id: self.task_id.clone(),
+                event: Event::new(kind, details),
+            })
+            .await;
     }
 }
 
@@ -395,7 +464,10 @@ mod tests {
         let me = "3f6d0a4e-0000-4000-8000-000000000001";
         assert!(!is_foreign(me, &out(&format!("comfyd/{me}"))));
         assert!(!is_foreign(me, &out(&format!("comfyd/{me}/sub"))));
-        assert!(is_foreign(me, &out("comfyd/3f6d0a4e-0000-4000-8000-000000000002")));
+        assert!(is_foreign(
+            me,
+            &out("comfyd/3f6d0a4e-0000-4000-8000-000000000002")
+        ));
         assert!(!is_foreign(me, &out("")));
         assert!(!is_foreign(me, &out("batch")));
     }

@@ -10,10 +10,16 @@ use crate::postprocess::recorder::Redeliver;
 use crate::store;
 
 /// `GET {prefix}/tasks/{id}/deliveries`
-pub async fn for_task(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let task = store::find_task(&state.db, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no task with id or client_task_id {:?}", id.as_str())))?;
+pub async fn for_task(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let task = store::find_task(&state.db, &id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no task with id or client_task_id {:?}",
+            id.as_str()
+        ))
+    })?;
     let mut out = Vec::new();
     for d in store::task_deliveries(&state.db, &task.id).await? {
         let attempts: Vec<_> = store::delivery_attempts(&state.db, &d.id)
@@ -33,11 +39,23 @@ pub async fn for_task(state: web::Data<AppState>, id: web::Path<String>) -> Resu
 
 /// `POST {prefix}/deliveries/{id}/redeliver`: sends the same message (same webhook-id) again now,
 /// with a fresh retry horizon, whatever its state.
-pub async fn redeliver(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let horizon = chrono::Duration::seconds(state.settings.webhooks.retry_horizon_secs.min(i64::MAX as u64) as i64);
+pub async fn redeliver(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let horizon = chrono::Duration::seconds(
+        state
+            .settings
+            .webhooks
+            .retry_horizon_secs
+            .min(i64::MAX as u64) as i64,
+    );
     let found = state
         .recorder
-        .send(Redeliver { delivery_id: id.to_string(), give_up_at: Utc::now() + horizon })
+        .send(Redeliver {
+            delivery_id: id.to_string(),
+            give_up_at: Utc::now() + horizon,
+        })
         .await??;
     if !found {
         return Err(ApiError::NotFound(format!("no delivery {:?}", id.as_str())));

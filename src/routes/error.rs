@@ -25,7 +25,10 @@ pub enum ApiError {
     /// The request contradicts the task's state (a different body for a known client_task_id,
     /// cancelling a finished task).
     #[error("{message}")]
-    Conflict { message: String, task: Option<Box<TaskRecord>> },
+    Conflict {
+        message: String,
+        task: Option<Box<TaskRecord>>,
+    },
     /// Shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -34,12 +37,19 @@ pub enum ApiError {
 }
 
 fn summary(fields: &[FieldError]) -> String {
-    fields.iter().map(|f| format!("{}: {}", f.field, f.reason)).collect::<Vec<_>>().join("; ")
+    fields
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ApiError {
     pub fn field(field: &str, reason: impl Into<String>) -> ApiError {
-        ApiError::Invalid(vec![FieldError { field: field.into(), reason: reason.into() }])
+        ApiError::Invalid(vec![FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }])
     }
 
     fn kind(&self) -> &'static str {
@@ -97,7 +107,10 @@ impl ResponseError for ApiError {
 
 /// Turns actix-web's own rejections (malformed JSON, wrong content type, body too large, bad path)
 /// into the same JSON shape.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
     let api = match &err {
         E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::TooLarge(FieldError {
@@ -112,7 +125,10 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::Htt
 }
 
 /// Same for query strings.
-pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     let api = ApiError::BadRequest(format!("invalid query string: {err}"));
     actix_web::error::InternalError::from_response(err, api.error_response()).into()
 }

@@ -17,7 +17,12 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         "backends_up": up,
         "backends": snap.backends.len(),
     });
-    Ok(if state.accepting() { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() }.json(body))
+    Ok(if state.accepting() {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    }
+    .json(body))
 }
 
 /// `GET {prefix}/backends`

@@ -78,19 +78,29 @@ impl AppState {
 
 /// Mounts every route.
 pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
-    cfg.route("/healthz", web::get().to(health::healthz)).service(
-        web::scope(prefix)
-            .route("", web::post().to(submit::submit_original))
-            .route("/", web::post().to(submit::submit_original))
-            .route("/workflows", web::get().to(workflows::list))
-            .route("/workflows/{name}", web::get().to(workflows::get))
-            .route("/workflows/{name}/tasks", web::post().to(submit::submit_typed))
-            .route("/tasks", web::get().to(tasks::list))
-            .route("/tasks/{id}", web::get().to(tasks::get))
-            .route("/tasks/{id}/events", web::get().to(tasks::events))
-            .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
-            .route("/tasks/{id}/deliveries", web::get().to(deliveries::for_task))
-            .route("/deliveries/{id}/redeliver", web::post().to(deliveries::redeliver))
-            .route("/backends", web::get().to(health::backends)),
-    );
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .service(
+            web::scope(prefix)
+                .route("", web::post().to(submit::submit_original))
+                .route("/", web::post().to(submit::submit_original))
+                .route("/workflows", web::get().to(workflows::list))
+                .route("/workflows/{name}", web::get().to(workflows::get))
+                .route(
+                    "/workflows/{name}/tasks",
+                    web::post().to(submit::submit_typed),
+                )
+                .route("/tasks", web::get().to(tasks::list))
+                .route("/tasks/{id}", web::get().to(tasks::get))
+                .route("/tasks/{id}/events", web::get().to(tasks::events))
+                .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
+                .route(
+                    "/tasks/{id}/deliveries",
+                    web::get().to(deliveries::for_task),
+                )
+                .route(
+                    "/deliveries/{id}/redeliver",
+                    web::post().to(deliveries::redeliver),
+                )
+                .route("/backends", web::get().to(health::backends)),
+        );
 }

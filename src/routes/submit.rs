@@ -32,14 +32,24 @@ pub async fn submit_original(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let obj = body.as_object().ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
     let mut errors = Vec::new();
     let workflow = match obj.get("service_type") {
         Some(Value::String(s)) => {
             let found = state.workflows.current().get(s).cloned();
             if found.is_none() {
-                let known: Vec<String> = state.workflows.current().iter().map(|w| w.name.clone()).collect();
-                errors.push(field_err("service_type", format!("unknown workflow {s:?}; known: {}", known.join(", "))));
+                let known: Vec<String> = state
+                    .workflows
+                    .current()
+                    .iter()
+                    .map(|w| w.name.clone())
+                    .collect();
+                errors.push(field_err(
+                    "service_type",
+                    format!("unknown workflow {s:?}; known: {}", known.join(", ")),
+                ));
             }
             found
         }
@@ -74,17 +84,27 @@ pub async fn submit_typed(
         .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("no workflow named {:?}", name.as_str())))?;
     let body = body.into_inner();
-    let obj = body.as_object().ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
     let mut errors = Vec::new();
     let Some(submit) = read_common(&state, obj, &[], &mut errors) else {
         return Err(ApiError::Invalid(errors));
     };
     let (record, created) = accept(&state, &workflow, submit, errors).await?;
-    Ok(if created { HttpResponse::Accepted() } else { HttpResponse::Ok() }.json(record))
+    Ok(if created {
+        HttpResponse::Accepted()
+    } else {
+        HttpResponse::Ok()
+    }
+    .json(record))
 }
 
 fn field_err(field: &str, reason: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), reason: reason.into() }
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Checks the fields both submit routes share; collects every problem in `errors`.
@@ -94,7 +114,12 @@ fn read_common(
     extra: &[&str],
     errors: &mut Vec<FieldError>,
 ) -> Option<Submit> {
-    const KNOWN: [&str; 4] = ["client_task_id", "client_callback_url", "params", "priority"];
+    const KNOWN: [&str; 4] = [
+        "client_task_id",
+        "client_callback_url",
+        "params",
+        "priority",
+    ];
     for key in obj.keys() {
         if !KNOWN.contains(&key.as_str()) && !extra.contains(&key.as_str()) {
             errors.push(field_err(key, "unknown field"));
@@ -106,7 +131,10 @@ fn read_common(
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(_) => {
-            errors.push(field_err("client_task_id", "must be a non-empty string of at most 255 characters"));
+            errors.push(field_err(
+                "client_task_id",
+                "must be a non-empty string of at most 255 characters",
+            ));
             None
         }
     };
@@ -121,7 +149,10 @@ fn read_common(
             }
         },
         Some(_) => {
-            errors.push(field_err("client_callback_url", "must be an http(s) URL string"));
+            errors.push(field_err(
+                "client_callback_url",
+                "must be an http(s) URL string",
+            ));
             None
         }
     };
@@ -138,16 +169,27 @@ fn read_common(
         Some(Value::Number(n)) => match n.as_i64().filter(|p| (-1000..=1000).contains(p)) {
             Some(p) => p as i32,
             None => {
-                errors.push(field_err("priority", "must be an integer from -1000 to 1000"));
+                errors.push(field_err(
+                    "priority",
+                    "must be an integer from -1000 to 1000",
+                ));
                 0
             }
         },
         Some(_) => {
-            errors.push(field_err("priority", "must be an integer from -1000 to 1000"));
+            errors.push(field_err(
+                "priority",
+                "must be an integer from -1000 to 1000",
+            ));
             0
         }
     };
-    Some(Submit { client_task_id, client_callback_url, params, priority })
+    Some(Submit {
+        client_task_id,
+        client_callback_url,
+        params,
+        priority,
+    })
 }
 
 /// Validates the params, fetches images, records the task and hands it to the supervisor.
@@ -159,7 +201,9 @@ async fn accept(
     mut errors: Vec<FieldError>,
 ) -> Result<(TaskRecord, bool), ApiError> {
     if !state.accepting() {
-        return Err(ApiError::Unavailable("comfyd is shutting down; retry on another instance or later".into()));
+        return Err(ApiError::Unavailable(
+            "comfyd is shutting down; retry on another instance or later".into(),
+        ));
     }
     let resolved = match workflow.validate(&s.params) {
         Ok(r) if errors.is_empty() => r,
@@ -178,9 +222,15 @@ async fn accept(
     };
     // A retried submit is answered before any image is fetched again. (Without URL images the insert
     // below finds the earlier task just as well, so the extra read is saved.)
-    let fetches = resolved.images.iter().any(|i| matches!(i.source, ImageSource::Url(_)));
+    let fetches = resolved
+        .images
+        .iter()
+        .any(|i| matches!(i.source, ImageSource::Url(_)));
     if let Some(ctid) = s.client_task_id.as_ref().filter(|_| fetches) {
-        if let Some(existing) = store::find_task(&state.db, ctid).await?.filter(|t| t.client_task_id.as_ref() == Some(ctid)) {
+        if let Some(existing) = store::find_task(&state.db, ctid)
+            .await?
+            .filter(|t| t.client_task_id.as_ref() == Some(ctid))
+        {
             return same_or_conflict(state, existing, &request_hash).await;
         }
     }
@@ -194,12 +244,25 @@ async fn accept(
             ImageSource::Url(url) => match state.outbound.fetch_image(url).await {
                 Ok((bytes, _content_type)) => match sniff_image(&bytes) {
                     Some(ext) => (bytes, ext),
-                    None => return Err(ApiError::field(&field, "the URL did not serve a PNG, JPEG, WEBP or GIF image")),
+                    None => {
+                        return Err(ApiError::field(
+                            &field,
+                            "the URL did not serve a PNG, JPEG, WEBP or GIF image",
+                        ))
+                    }
                 },
                 Err(OutboundError::TooLarge { limit }) => {
-                    return Err(ApiError::TooLarge(field_err(&field, format!("the image at the URL is larger than {limit} bytes"))))
+                    return Err(ApiError::TooLarge(field_err(
+                        &field,
+                        format!("the image at the URL is larger than {limit} bytes"),
+                    )))
                 }
-                Err(e) => return Err(ApiError::field(&field, format!("could not fetch the image: {e}"))),
+                Err(e) => {
+                    return Err(ApiError::field(
+                        &field,
+                        format!("could not fetch the image: {e}"),
+                    ))
+                }
             },
         };
         images.push((img, bytes, ext));
@@ -209,11 +272,15 @@ async fn accept(
     let dir = state.settings.inputs_dir().join(&task_id);
     let mut inputs = Vec::new();
     if !images.is_empty() {
-        tokio::fs::create_dir_all(&dir).await.map_err(anyhow::Error::from)?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(anyhow::Error::from)?;
     }
     for (img, bytes, ext) in &images {
         let file = format!("{}.{ext}", img.param);
-        tokio::fs::write(dir.join(&file), bytes).await.map_err(anyhow::Error::from)?;
+        tokio::fs::write(dir.join(&file), bytes)
+            .await
+            .map_err(anyhow::Error::from)?;
         inputs.push(InputFile {
             param: img.param.clone(),
             file,
@@ -228,7 +295,13 @@ async fn accept(
         "images": inputs.iter().map(|i| &i.param).collect::<Vec<_>>(),
     });
     let deadline = Utc::now()
-        + chrono::Duration::seconds(state.settings.comfyui.task_deadline_secs.min(i64::MAX as u64) as i64);
+        + chrono::Duration::seconds(
+            state
+                .settings
+                .comfyui
+                .task_deadline_secs
+                .min(i64::MAX as u64) as i64,
+        );
     let new = NewTask {
         id: task_id.clone(),
         client_task_id: s.client_task_id,
@@ -245,7 +318,10 @@ async fn accept(
     let inserted = state.recorder.send(InsertTask(new)).await??;
     match inserted {
         Inserted::New(task) => {
-            state.supervisor.do_send(Enqueue { task_id: task.id.clone(), priority: task.priority });
+            state.supervisor.do_send(Enqueue {
+                task_id: task.id.clone(),
+                priority: task.priority,
+            });
             tracing::info!(task.id = %task.id, workflow = %task.workflow, "task {} accepted", task.id);
             Ok((TaskRecord::new(&task, &[]), true))
         }

@@ -18,7 +18,10 @@ async fn record(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
 }
 
 /// `GET {prefix}/tasks/{id}`: by comfyd id or client_task_id.
-pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(record(&state, &id).await?))
 }
 
@@ -32,7 +35,10 @@ pub struct ListQuery {
 }
 
 /// `GET {prefix}/tasks?status=&workflow=&limit=50&offset=0`, newest first.
-pub async fn list(state: web::Data<AppState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -44,18 +50,27 @@ pub async fn list(state: web::Data<AppState>, q: web::Query<ListQuery>) -> Resul
     if !(1..=500).contains(&limit) {
         return Err(ApiError::field("limit", "must be from 1 to 500"));
     }
-    let filter = TaskFilter { status, workflow: q.workflow.clone(), limit, offset: q.offset.unwrap_or(0) };
+    let filter = TaskFilter {
+        status,
+        workflow: q.workflow.clone(),
+        limit,
+        offset: q.offset.unwrap_or(0),
+    };
     let (rows, total) = store::list_tasks(&state.db, &filter).await?;
     let mut tasks = Vec::with_capacity(rows.len());
     for t in &rows {
         let outputs = store::task_outputs(&state.db, &t.id).await?;
         tasks.push(TaskRecord::new(t, &outputs));
     }
-    Ok(HttpResponse::Ok().json(json!({ "tasks": tasks, "total": total, "limit": limit, "offset": filter.offset })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "tasks": tasks, "total": total, "limit": limit, "offset": filter.offset })))
 }
 
 /// `GET {prefix}/tasks/{id}/events`: the task's flow, step by step.
-pub async fn events(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn events(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let task = record(&state, &id).await?;
     let events: Vec<_> = store::task_events(&state.db, &task.id)
         .await?
@@ -69,13 +84,27 @@ pub async fn events(state: web::Data<AppState>, id: web::Path<String>) -> Result
 }
 
 /// `POST {prefix}/tasks/{id}/cancel`: 200 with the cancelled task, 409 if it had already ended.
-pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn cancel(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let task = record(&state, &id).await?;
-    match state.supervisor.send(CancelTask { task_id: task.id.clone() }).await?? {
-        CancelOutcome::Cancelled | CancelOutcome::NotFound => Ok(HttpResponse::Ok().json(record(&state, &task.id).await?)),
+    match state
+        .supervisor
+        .send(CancelTask {
+            task_id: task.id.clone(),
+        })
+        .await??
+    {
+        CancelOutcome::Cancelled | CancelOutcome::NotFound => {
+            Ok(HttpResponse::Ok().json(record(&state, &task.id).await?))
+        }
         CancelOutcome::AlreadyFinished => {
             let now = record(&state, &task.id).await?;
-            Err(ApiError::Conflict { message: format!("task already ended: {}", now.status), task: Some(Box::new(now)) })
+            Err(ApiError::Conflict {
+                message: format!("task already ended: {}", now.status),
+                task: Some(Box::new(now)),
+            })
         }
     }
 }

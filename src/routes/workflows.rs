@@ -13,8 +13,13 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET {prefix}/workflows/{name}`
-pub async fn get(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let set = state.workflows.current();
-    let w = set.get(name.as_str()).ok_or_else(|| ApiError::NotFound(format!("no workflow named {:?}", name.as_str())))?;
+    let w = set
+        .get(name.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow named {:?}", name.as_str())))?;
     Ok(HttpResponse::Ok().json(w.describe()))
 }

@@ -12,7 +12,10 @@ use crate::support::webhook::WebhookReceiver;
 use comfyd::store;
 
 fn envs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 async fn submit_n(env: &crate::pipeline::Env, n: usize, workflow: &str) -> Vec<String> {
@@ -20,8 +23,10 @@ async fn submit_n(env: &crate::pipeline::Env, n: usize, workflow: &str) -> Vec<S
     for i in 0..n {
         let r = env
             .daemon
-            .submit(json!({ "service_type": workflow, "client_task_id": format!("c-{i}"),
-                            "client_callback_url": env.hook.url, "params": { "color": i } }))
+            .submit(
+                json!({ "service_type": workflow, "client_task_id": format!("c-{i}"),
+                            "client_callback_url": env.hook.url, "params": { "color": i } }),
+            )
             .await;
         ids.push(r["id"].as_str().expect("id").to_string());
     }
@@ -33,11 +38,27 @@ async fn assert_each_ended_once(env: &crate::pipeline::Env, ids: &[String]) {
     let db = env.db.connect().await;
     for id in ids {
         let events = store::task_events(&db, id).await.expect("events");
-        let terminal = events.iter().filter(|e| matches!(e.kind.as_str(), "stored" | "failed" | "cancelled")).count();
-        assert_eq!(terminal, 1, "task {id}: {:?}", events.iter().map(|e| &e.kind).collect::<Vec<_>>());
+        let terminal = events
+            .iter()
+            .filter(|e| matches!(e.kind.as_str(), "stored" | "failed" | "cancelled"))
+            .count();
+        assert_eq!(
+            terminal,
+            1,
+            "task {id}: {:?}",
+            events.iter().map(|e| &e.kind).collect::<Vec<_>>()
+        );
         let hooks = webhooks(env, id, 1).await;
-        let distinct: HashSet<&str> = hooks.iter().filter_map(|h| h.header("webhook-id")).collect();
-        assert_eq!(distinct.len(), 1, "task {id} notified as {} different messages", distinct.len());
+        let distinct: HashSet<&str> = hooks
+            .iter()
+            .filter_map(|h| h.header("webhook-id"))
+            .collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "task {id} notified as {} different messages",
+            distinct.len()
+        );
     }
 }
 
@@ -53,7 +74,12 @@ async fn a_backend_killed_mid_job_has_its_jobs_finish_elsewhere() {
     let ids = submit_n(&env, 6, "solid").await;
     // Wait until the first backend is running one of them, then kill it.
     eventually(10, "a job running on backend 0", || async {
-        env.sims[0].prompts().await.iter().any(|p| !p["started_ms"].is_null()).then_some(())
+        env.sims[0]
+            .prompts()
+            .await
+            .iter()
+            .any(|p| !p["started_ms"].is_null())
+            .then_some(())
     })
     .await;
     env.sims[0].kill();
@@ -72,9 +98,17 @@ async fn a_backend_killed_mid_job_has_its_jobs_finish_elsewhere() {
 
 #[actix_web::test]
 async fn a_backend_that_restarts_and_forgets_its_queue_gets_its_jobs_again() {
-    let mut env = env(EnvOpts { backends: 1, exec_ms: 300, ..Default::default() }).await;
+    let mut env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 300,
+        ..Default::default()
+    })
+    .await;
     let ids = submit_n(&env, 4, "solid").await;
-    eventually(10, "jobs on the backend", || async { (!env.sims[0].prompts().await.is_empty()).then_some(()) }).await;
+    eventually(10, "jobs on the backend", || async {
+        (!env.sims[0].prompts().await.is_empty()).then_some(())
+    })
+    .await;
     env.sims[0].restart().await;
     for id in &ids {
         let t = env.daemon.wait_terminal(id, 60).await;
@@ -83,7 +117,12 @@ async fn a_backend_that_restarts_and_forgets_its_queue_gets_its_jobs_again() {
     let db = env.db.connect().await;
     let mut requeued = 0;
     for id in &ids {
-        requeued += store::task_events(&db, id).await.expect("events").iter().filter(|e| e.kind == "requeued").count();
+        requeued += store::task_events(&db, id)
+            .await
+            .expect("events")
+            .iter()
+            .filter(|e| e.kind == "requeued")
+            .count();
     }
     assert!(requeued >= 1, "the forgotten jobs were re-dispatched");
     assert_each_ended_once(&env, &ids).await;
@@ -91,7 +130,12 @@ async fn a_backend_that_restarts_and_forgets_its_queue_gets_its_jobs_again() {
 
 #[actix_web::test]
 async fn comfyd_killed_with_sigkill_resumes_every_task_from_where_it_was() {
-    let mut env = env(EnvOpts { backends: 2, exec_ms: 80, ..Default::default() }).await;
+    let mut env = env(EnvOpts {
+        backends: 2,
+        exec_ms: 80,
+        ..Default::default()
+    })
+    .await;
     env.hook.answer(500); // some deliveries are still pending when comfyd dies
     let ids = submit_n(&env, 50, "solid").await;
     // Let some tasks finish while others run and most still wait.
@@ -101,8 +145,12 @@ async fn comfyd_killed_with_sigkill_resumes_every_task_from_where_it_was() {
     })
     .await;
     let (_, before) = env.daemon.get("/tasks?limit=500").await;
-    let states: HashSet<String> =
-        before["tasks"].as_array().expect("tasks").iter().filter_map(|t| t["status"].as_str().map(String::from)).collect();
+    let states: HashSet<String> = before["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["status"].as_str().map(String::from))
+        .collect();
     env.daemon.kill9();
     // The backends finish what they hold while comfyd is down.
     actix_rt::time::sleep(Duration::from_millis(500)).await;
@@ -112,12 +160,20 @@ async fn comfyd_killed_with_sigkill_resumes_every_task_from_where_it_was() {
         let t = env.daemon.wait_terminal(id, 90).await;
         assert_eq!(t["status"], "done", "{t}\n{}", env.daemon.log());
     }
-    assert!(states.len() >= 2, "tasks were in several states when killed: {states:?}");
+    assert!(
+        states.len() >= 2,
+        "tasks were in several states when killed: {states:?}"
+    );
     assert_each_ended_once(&env, &ids).await;
     // Every prompt ran once: those queued before the kill were found again by their prompt id.
     let mut ran = 0;
     for s in &env.sims {
-        ran += s.prompts().await.iter().filter(|p| p["outcome"] == "success").count();
+        ran += s
+            .prompts()
+            .await
+            .iter()
+            .filter(|p| p["outcome"] == "success")
+            .count();
     }
     assert_eq!(ran, 50, "prompts run for 50 tasks");
 }
@@ -125,7 +181,12 @@ async fn comfyd_killed_with_sigkill_resumes_every_task_from_where_it_was() {
 #[actix_web::test]
 async fn webhooks_reach_a_receiver_that_was_down_signed_and_with_a_stable_id() {
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let mut env = env(EnvOpts { backends: 1, env: envs(&[("COMFYD_WEBHOOK_SECRET", secret)]), ..Default::default() }).await;
+    let mut env = env(EnvOpts {
+        backends: 1,
+        env: envs(&[("COMFYD_WEBHOOK_SECRET", secret)]),
+        ..Default::default()
+    })
+    .await;
     // First it answers 503, then it is not there at all.
     env.hook.answer(503);
     let ids = submit_n(&env, 5, "solid").await;
@@ -133,16 +194,34 @@ async fn webhooks_reach_a_receiver_that_was_down_signed_and_with_a_stable_id() {
         env.daemon.wait_terminal(id, 30).await;
     }
     eventually(20, "a 503 recorded", || async {
-        let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
+        let (_, d) = env
+            .daemon
+            .get(&format!("/tasks/{}/deliveries", ids[0]))
+            .await;
         (d["deliveries"][0]["history"][0]["status_code"] == 503).then_some(())
     })
     .await;
-    let port: u16 = env.hook.url.rsplit(':').next().and_then(|p| p.trim_end_matches("/hook").parse().ok()).expect("port");
+    let port: u16 = env
+        .hook
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches("/hook").parse().ok())
+        .expect("port");
     env.hook.stop().await;
     let d = eventually(20, "a refused connection recorded", || async {
-        let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
-        let history = d["deliveries"][0]["history"].as_array().cloned().unwrap_or_default();
-        history.iter().any(|a| a["status_code"].is_null() && a["error"].is_string()).then_some(d)
+        let (_, d) = env
+            .daemon
+            .get(&format!("/tasks/{}/deliveries", ids[0]))
+            .await;
+        let history = d["deliveries"][0]["history"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        history
+            .iter()
+            .any(|a| a["status_code"].is_null() && a["error"].is_string())
+            .then_some(d)
     })
     .await;
     assert_eq!(d["deliveries"][0]["status"], "pending", "{d}");
@@ -159,35 +238,70 @@ async fn webhooks_reach_a_receiver_that_was_down_signed_and_with_a_stable_id() {
     }
     for id in &ids {
         let hooks = env.hook.for_task(id);
-        assert_eq!(hooks.len(), 1, "task {id}: delivered once to the receiver that answered");
+        assert_eq!(
+            hooks.len(),
+            1,
+            "task {id}: delivered once to the receiver that answered"
+        );
         let (_, d) = env.daemon.get(&format!("/tasks/{id}/deliveries")).await;
-        assert_eq!(hooks[0].header("webhook-id"), d["deliveries"][0]["id"].as_str(), "one webhook-id across retries");
+        assert_eq!(
+            hooks[0].header("webhook-id"),
+            d["deliveries"][0]["id"].as_str(),
+            "one webhook-id across retries"
+        );
         let h = &hooks[0];
         let msg_id = h.header("webhook-id").expect("id");
-        let ts: i64 = h.header("webhook-timestamp").expect("timestamp").parse().expect("number");
+        let ts: i64 = h
+            .header("webhook-timestamp")
+            .expect("timestamp")
+            .parse()
+            .expect("number");
         let expected = comfyd::outbound::sign_webhook(secret, msg_id, ts, &h.raw);
         assert_eq!(h.header("webhook-signature"), Some(expected.as_str()));
     }
     // Redelivery sends the same message again.
-    let (_, d) = env.daemon.get(&format!("/tasks/{}/deliveries", ids[0])).await;
-    let delivery_id = d["deliveries"][0]["id"].as_str().expect("delivery id").to_string();
-    let (status, _) = env.daemon.post(&format!("/deliveries/{delivery_id}/redeliver"), &json!({})).await;
+    let (_, d) = env
+        .daemon
+        .get(&format!("/tasks/{}/deliveries", ids[0]))
+        .await;
+    let delivery_id = d["deliveries"][0]["id"]
+        .as_str()
+        .expect("delivery id")
+        .to_string();
+    let (status, _) = env
+        .daemon
+        .post(&format!("/deliveries/{delivery_id}/redeliver"), &json!({}))
+        .await;
     assert_eq!(status, 202);
-    eventually(10, "redelivered", || async { (env.hook.for_task(&ids[0]).len() == 2).then_some(()) }).await;
-    assert_eq!(env.hook.for_task(&ids[0])[1].header("webhook-id"), Some(delivery_id.as_str()));
+    eventually(10, "redelivered", || async {
+        (env.hook.for_task(&ids[0]).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.hook.for_task(&ids[0])[1].header("webhook-id"),
+        Some(delivery_id.as_str())
+    );
     assert_each_ended_once(&env, &ids).await;
 }
 
 #[actix_web::test]
 async fn a_webhook_receiver_that_hangs_times_out_and_is_retried() {
-    let env = env(EnvOpts { backends: 1, env: envs(&[("COMFYD_WEBHOOK_TIMEOUT_MS", "300")]), ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        env: envs(&[("COMFYD_WEBHOOK_TIMEOUT_MS", "300")]),
+        ..Default::default()
+    })
+    .await;
     env.hook.delay(Duration::from_secs(2));
     let id = submit_n(&env, 1, "solid").await.remove(0);
     env.daemon.wait_terminal(&id, 30).await;
     eventually(20, "a timeout recorded", || async {
         let (_, d) = env.daemon.get(&format!("/tasks/{id}/deliveries")).await;
         let first = d["deliveries"][0]["history"][0].clone();
-        (first["error"].as_str().is_some_and(|e| e.contains("timed out"))).then_some(())
+        (first["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")))
+        .then_some(())
     })
     .await;
     env.hook.delay(Duration::ZERO);
@@ -200,7 +314,13 @@ async fn a_webhook_receiver_that_hangs_times_out_and_is_retried() {
 
 #[actix_web::test]
 async fn an_s3_outage_leaves_files_in_the_fallback_folder_and_reupload_completes_the_tasks() {
-    let mut env = env(EnvOpts { backends: 1, s3: true, env: envs(&[("COMFYD_UPLOAD_ATTEMPTS", "2")]), ..Default::default() }).await;
+    let mut env = env(EnvOpts {
+        backends: 1,
+        s3: true,
+        env: envs(&[("COMFYD_UPLOAD_ATTEMPTS", "2")]),
+        ..Default::default()
+    })
+    .await;
     env.s3.as_mut().expect("s3").stop();
     let ids = submit_n(&env, 3, "solid").await;
     for id in &ids {
@@ -223,7 +343,12 @@ async fn an_s3_outage_leaves_files_in_the_fallback_folder_and_reupload_completes
         .env("COMFYD_S3_ENDPOINT_URL", &s3.endpoint)
         .output()
         .expect("run comfyd reupload");
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let keys = s3.list_keys(BUCKET).await;
     assert_eq!(keys.len(), 3, "{keys:?}");

@@ -51,7 +51,11 @@ pub async fn env(opts: EnvOpts) -> Env {
         None
     };
     let hook = WebhookReceiver::start().await;
-    let db = if opts.postgres { TestDb::postgres().await } else { TestDb::sqlite() };
+    let db = if opts.postgres {
+        TestDb::postgres().await
+    } else {
+        TestDb::sqlite()
+    };
     let mut endpoints: Vec<String> = sims.iter().map(|s| s.url.clone()).collect();
     endpoints.extend(opts.extra_endpoints);
     let mut env = opts.env;
@@ -69,7 +73,13 @@ pub async fn env(opts: EnvOpts) -> Env {
         workflows_dir: opts.workflows_dir,
     })
     .await;
-    Env { s3, sims, hook, db, daemon }
+    Env {
+        s3,
+        sims,
+        hook,
+        db,
+        daemon,
+    }
 }
 
 /// A small real PNG, base64-encoded.
@@ -88,7 +98,12 @@ pub fn png_base64(w: u32, h: u32) -> String {
 /// The kinds of a task's recorded events, in order.
 pub async fn event_kinds(env: &Env, id: &str) -> Vec<String> {
     let db = env.db.connect().await;
-    store::task_events(&db, id).await.expect("events").into_iter().map(|e| e.kind).collect()
+    store::task_events(&db, id)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
 }
 
 /// Waits for the task's webhook and returns every request received for it.
@@ -102,7 +117,14 @@ pub async fn webhooks(env: &Env, id: &str, n: usize) -> Vec<crate::support::webh
 
 async fn text2img_end_to_end(postgres: bool) {
     // Arrange
-    let env = env(EnvOpts { backends: 2, exec_ms: 30, s3: true, postgres, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 2,
+        exec_ms: 30,
+        s3: true,
+        postgres,
+        ..Default::default()
+    })
+    .await;
 
     // Act
     let reply = env
@@ -124,7 +146,10 @@ async fn text2img_end_to_end(postgres: bool) {
     assert_eq!(task["error_code"], 0);
     let key = task["s3_key"].as_str().expect("s3_key");
     assert!(key.starts_with(&id), "key {key} names the task");
-    assert!(task["comfyui_filepath"].as_str().expect("path").contains(&id));
+    assert!(task["comfyui_filepath"]
+        .as_str()
+        .expect("path")
+        .contains(&id));
     // The object really is in the bucket, as a PNG.
     let s3 = env.s3.as_ref().expect("s3");
     assert_eq!(s3.list_keys(BUCKET).await, vec![key.to_string()]);
@@ -133,7 +158,10 @@ async fn text2img_end_to_end(postgres: bool) {
     assert!(bytes.starts_with(b"\x89PNG"));
     // The rows really are in the database.
     let db = env.db.connect().await;
-    let row = store::get_task(&db, &id).await.expect("query").expect("row");
+    let row = store::get_task(&db, &id)
+        .await
+        .expect("query")
+        .expect("row");
     assert_eq!(row.status, "done");
     assert_eq!(row.workflow, "text2img");
     let outputs = store::task_outputs(&db, &id).await.expect("outputs");
@@ -143,7 +171,15 @@ async fn text2img_end_to_end(postgres: bool) {
     // The webhook really was received, with the original's fields and the outputs.
     let hooks = webhooks(&env, &id, 1).await;
     let body = &hooks[0].body;
-    for field in ["id", "client_task_id", "client_callback_url", "comfyui_task_id", "comfyui_filepath", "s3_key", "error_code"] {
+    for field in [
+        "id",
+        "client_task_id",
+        "client_callback_url",
+        "comfyui_task_id",
+        "comfyui_filepath",
+        "s3_key",
+        "error_code",
+    ] {
         assert!(body.get(field).is_some(), "webhook lacks {field}: {body}");
     }
     assert_eq!(body["s3_key"], key);
@@ -155,8 +191,18 @@ async fn text2img_end_to_end(postgres: bool) {
         k.contains(&"notified".to_string()).then_some(k)
     })
     .await;
-    for step in ["accepted", "dispatched", "started", "executed", "stored", "notified"] {
-        assert!(kinds.contains(&step.to_string()), "{step} missing from {kinds:?}");
+    for step in [
+        "accepted",
+        "dispatched",
+        "started",
+        "executed",
+        "stored",
+        "notified",
+    ] {
+        assert!(
+            kinds.contains(&step.to_string()),
+            "{step} missing from {kinds:?}"
+        );
     }
 }
 
@@ -172,7 +218,13 @@ async fn text2img_end_to_end_with_postgres() {
 
 #[actix_web::test]
 async fn img2img_uploads_its_image_and_runs_with_the_name_comfyui_returned() {
-    let env = env(EnvOpts { backends: 1, exec_ms: 20, s3: true, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 20,
+        s3: true,
+        ..Default::default()
+    })
+    .await;
     let reply = env
         .daemon
         .submit(json!({
@@ -189,8 +241,14 @@ async fn img2img_uploads_its_image_and_runs_with_the_name_comfyui_returned() {
     // The graph ComfyUI ran loads the uploaded file under the name it returned.
     let prompt_id = task["comfyui_task_id"].as_str().expect("prompt id");
     let graph = env.sims[0].graph_of(prompt_id).await;
-    let loaded = graph["1"]["inputs"]["image"].as_str().expect("LoadImage.image").to_string();
-    assert!(loaded.contains(&id.replace('-', "")), "upload name {loaded} is unique to the task");
+    let loaded = graph["1"]["inputs"]["image"]
+        .as_str()
+        .expect("LoadImage.image")
+        .to_string();
+    assert!(
+        loaded.contains(&id.replace('-', "")),
+        "upload name {loaded} is unique to the task"
+    );
     assert!(env.sims[0].data_dir().join("input").join(&loaded).exists());
     assert_eq!(graph["3"]["inputs"]["denoise"], 0.5);
     let keys = env.s3.as_ref().expect("s3").list_keys(BUCKET).await;
@@ -200,10 +258,18 @@ async fn img2img_uploads_its_image_and_runs_with_the_name_comfyui_returned() {
 
 #[actix_web::test]
 async fn a_batch_of_three_stores_three_objects() {
-    let env = env(EnvOpts { backends: 1, exec_ms: 10, s3: true, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 10,
+        s3: true,
+        ..Default::default()
+    })
+    .await;
     let reply = env
         .daemon
-        .submit(json!({ "service_type": "batch3", "client_callback_url": env.hook.url, "params": {} }))
+        .submit(
+            json!({ "service_type": "batch3", "client_callback_url": env.hook.url, "params": {} }),
+        )
         .await;
     let id = reply["id"].as_str().expect("id").to_string();
     let task = env.daemon.wait_terminal(&id, 30).await;
@@ -218,7 +284,12 @@ async fn a_batch_of_three_stores_three_objects() {
 
 #[actix_web::test]
 async fn a_runtime_error_fails_the_task_with_comfyuis_error_and_still_notifies() {
-    let env = env(EnvOpts { backends: 1, exec_ms: 10, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 10,
+        ..Default::default()
+    })
+    .await;
     env.sims[0].script(json!({ "fail_next": 1 })).await;
     let reply = env
         .daemon
@@ -228,7 +299,10 @@ async fn a_runtime_error_fails_the_task_with_comfyuis_error_and_still_notifies()
     let task = env.daemon.wait_terminal(&id, 30).await;
     assert_eq!(task["status"], "failed");
     assert_eq!(task["error_code"], 10);
-    assert_eq!(task["error_details"]["exception_type"], "RuntimeError", "{task}");
+    assert_eq!(
+        task["error_details"]["exception_type"], "RuntimeError",
+        "{task}"
+    );
     assert!(task["error_details"]["node_id"].is_string(), "{task}");
     let hooks = webhooks(&env, &id, 1).await;
     assert_eq!(hooks[0].body["error_code"], 10);
@@ -237,30 +311,70 @@ async fn a_runtime_error_fails_the_task_with_comfyuis_error_and_still_notifies()
 
 #[actix_web::test]
 async fn bad_requests_get_a_json_error_naming_the_field_and_queue_nothing() {
-    let env = env(EnvOpts { backends: 1, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        ..Default::default()
+    })
+    .await;
     let d = &env.daemon;
     let cases = [
-        (json!({ "service_type": "nope", "params": {} }), "service_type"),
+        (
+            json!({ "service_type": "nope", "params": {} }),
+            "service_type",
+        ),
         (json!({ "params": {} }), "service_type"),
-        (json!({ "service_type": "text2img", "params": {} }), "params.prompt"),
-        (json!({ "service_type": "text2img", "params": { "prompt": "x", "steps": "many" } }), "params.steps"),
-        (json!({ "service_type": "text2img", "params": { "prompt": "x", "steps": 100000 } }), "params.steps"),
-        (json!({ "service_type": "text2img", "params": { "prompt": "x", "colour": 1 } }), "params.colour"),
-        (json!({ "service_type": "img2img", "params": { "prompt": "x", "image": "!!!not base64!!!" } }), "params.image"),
-        (json!({ "service_type": "solid", "client_callback_url": "ftp://example.com/x", "params": {} }), "client_callback_url"),
+        (
+            json!({ "service_type": "text2img", "params": {} }),
+            "params.prompt",
+        ),
+        (
+            json!({ "service_type": "text2img", "params": { "prompt": "x", "steps": "many" } }),
+            "params.steps",
+        ),
+        (
+            json!({ "service_type": "text2img", "params": { "prompt": "x", "steps": 100000 } }),
+            "params.steps",
+        ),
+        (
+            json!({ "service_type": "text2img", "params": { "prompt": "x", "colour": 1 } }),
+            "params.colour",
+        ),
+        (
+            json!({ "service_type": "img2img", "params": { "prompt": "x", "image": "!!!not base64!!!" } }),
+            "params.image",
+        ),
+        (
+            json!({ "service_type": "solid", "client_callback_url": "ftp://example.com/x", "params": {} }),
+            "client_callback_url",
+        ),
         (json!({ "service_type": "solid", "params": [] }), "params"),
-        (json!({ "service_type": "solid", "priority": "high" }), "priority"),
+        (
+            json!({ "service_type": "solid", "priority": "high" }),
+            "priority",
+        ),
     ];
     for (body, field) in cases {
         let (status, reply) = d.post("", &body).await;
         assert_eq!(status, 422, "{body} → {reply}");
-        let fields: Vec<&str> =
-            reply["fields"].as_array().expect("fields").iter().filter_map(|f| f["field"].as_str()).collect();
-        assert!(fields.contains(&field), "{body}: expected {field} in {reply}");
+        let fields: Vec<&str> = reply["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .filter_map(|f| f["field"].as_str())
+            .collect();
+        assert!(
+            fields.contains(&field),
+            "{body}: expected {field} in {reply}"
+        );
         assert_eq!(reply["error"], "invalid_request");
     }
     // Every bad field at once.
-    let (_, reply) = d.post("", &json!({ "service_type": "text2img", "params": { "steps": 0, "cfg": "x" } })).await;
+    let (_, reply) = d
+        .post(
+            "",
+            &json!({ "service_type": "text2img", "params": { "steps": 0, "cfg": "x" } }),
+        )
+        .await;
     assert_eq!(reply["fields"].as_array().map(Vec::len), Some(3), "{reply}");
     // Not JSON at all.
     let mut resp = awc::Client::new()
@@ -284,12 +398,23 @@ async fn a_prompt_comfyui_rejects_fails_with_error_code_1() {
     let dir = tempfile::tempdir().expect("workflows dir");
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workflows");
     let graph = std::fs::read_to_string(repo.join("text2img.json")).expect("graph");
-    std::fs::write(dir.path().join("nockpt.json"), graph.replace("v1-5-pruned-emaonly.safetensors", "missing.safetensors"))
-        .expect("write graph");
+    std::fs::write(
+        dir.path().join("nockpt.json"),
+        graph.replace("v1-5-pruned-emaonly.safetensors", "missing.safetensors"),
+    )
+    .expect("write graph");
     let manifest = std::fs::read_to_string(repo.join("text2img.toml")).expect("manifest");
-    std::fs::write(dir.path().join("nockpt.toml"), manifest.replace("name = \"text2img\"", "name = \"nockpt\""))
-        .expect("write manifest");
-    let env = env(EnvOpts { backends: 1, workflows_dir: Some(dir.path().to_path_buf()), ..Default::default() }).await;
+    std::fs::write(
+        dir.path().join("nockpt.toml"),
+        manifest.replace("name = \"text2img\"", "name = \"nockpt\""),
+    )
+    .expect("write manifest");
+    let env = env(EnvOpts {
+        backends: 1,
+        workflows_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
 
     let reply = env
         .daemon
@@ -305,16 +430,29 @@ async fn a_prompt_comfyui_rejects_fails_with_error_code_1() {
 
 #[actix_web::test]
 async fn quotes_backslashes_and_unicode_reach_the_graph_unchanged() {
-    let env = env(EnvOpts { backends: 1, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        ..Default::default()
+    })
+    .await;
     let nasty = "He said \"stop\" \\ then }, {\"4\": {\"class_type\": \"Evil\"}} ünïcødé 🎨\n\ttab";
-    let reply = env.daemon.submit(json!({ "service_type": "text2img", "params": { "prompt": nasty } })).await;
+    let reply = env
+        .daemon
+        .submit(json!({ "service_type": "text2img", "params": { "prompt": nasty } }))
+        .await;
     let id = reply["id"].as_str().expect("id").to_string();
     let task = env.daemon.wait_terminal(&id, 30).await;
     assert_eq!(task["status"], "done", "{task}");
-    let graph = env.sims[0].graph_of(task["comfyui_task_id"].as_str().expect("prompt id")).await;
+    let graph = env.sims[0]
+        .graph_of(task["comfyui_task_id"].as_str().expect("prompt id"))
+        .await;
     assert_eq!(graph["6"]["inputs"]["text"], nasty);
     assert_eq!(graph["4"]["class_type"], "CheckpointLoaderSimple");
-    assert_eq!(graph.as_object().map(|g| g.len()), Some(7), "no node added: {graph}");
+    assert_eq!(
+        graph.as_object().map(|g| g.len()),
+        Some(7),
+        "no node added: {graph}"
+    );
 }
 
 #[actix_web::test]
@@ -338,15 +476,29 @@ async fn with_s3_down_the_output_goes_to_the_fallback_folder_with_error_code_2()
     let out = &task["outputs"][0];
     assert_eq!(out["stored"], false);
     let fallback = PathBuf::from(out["fallback_path"].as_str().expect("fallback path"));
-    assert!(fallback.starts_with(env.daemon.fallback_dir()), "{}", fallback.display());
-    assert!(fallback.ends_with(format!("{}/{}", out["subfolder"].as_str().unwrap_or(""), out["filename"].as_str().unwrap_or(""))));
-    assert!(std::fs::read(&fallback).expect("fallback file").starts_with(b"\x89PNG"));
+    assert!(
+        fallback.starts_with(env.daemon.fallback_dir()),
+        "{}",
+        fallback.display()
+    );
+    assert!(fallback.ends_with(format!(
+        "{}/{}",
+        out["subfolder"].as_str().unwrap_or(""),
+        out["filename"].as_str().unwrap_or("")
+    )));
+    assert!(std::fs::read(&fallback)
+        .expect("fallback file")
+        .starts_with(b"\x89PNG"));
     assert_eq!(webhooks(&env, &id, 1).await[0].body["error_code"], 2);
 }
 
 #[actix_web::test]
 async fn a_204_webhook_is_delivered_once() {
-    let env = env(EnvOpts { backends: 1, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        ..Default::default()
+    })
+    .await;
     env.hook.answer(204);
     let reply = env
         .daemon
@@ -368,7 +520,12 @@ async fn a_204_webhook_is_delivered_once() {
 
 #[actix_web::test]
 async fn a_burst_spreads_over_the_backends() {
-    let env = env(EnvOpts { backends: 3, exec_ms: 100, ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 3,
+        exec_ms: 100,
+        ..Default::default()
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..24 {
         let r = env.daemon.submit(json!({ "service_type": "solid", "params": { "width": 8, "height": 8, "color": i } })).await;
@@ -388,10 +545,19 @@ async fn a_burst_spreads_over_the_backends() {
 #[actix_web::test]
 async fn a_backend_that_is_down_at_start_gets_nothing() {
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let env = env(EnvOpts { backends: 1, exec_ms: 10, extra_endpoints: vec![dead.clone()], ..Default::default() }).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 10,
+        extra_endpoints: vec![dead.clone()],
+        ..Default::default()
+    })
+    .await;
     let mut ids = Vec::new();
     for _ in 0..6 {
-        let r = env.daemon.submit(json!({ "service_type": "solid", "params": { "width": 8, "height": 8 } })).await;
+        let r = env
+            .daemon
+            .submit(json!({ "service_type": "solid", "params": { "width": 8, "height": 8 } }))
+            .await;
         ids.push(r["id"].as_str().expect("id").to_string());
     }
     for id in &ids {
@@ -401,7 +567,12 @@ async fn a_backend_that_is_down_at_start_gets_nothing() {
         assert_eq!(t["attempts"], 1);
     }
     let (_, backends) = env.daemon.get("/backends").await;
-    let down: Vec<&Value> = backends["backends"].as_array().expect("list").iter().filter(|b| b["up"] == false).collect();
+    let down: Vec<&Value> = backends["backends"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|b| b["up"] == false)
+        .collect();
     assert_eq!(down.len(), 1);
     assert_eq!(down[0]["name"], dead);
 }
@@ -423,28 +594,55 @@ async fn cleanup_removes_the_input_after_the_job_and_the_outputs_after_storing()
     let task = env.daemon.wait_terminal(&id, 30).await;
     assert_eq!(task["status"], "done", "{task}");
     let sim_dir = env.sims[0].data_dir();
-    let output = sim_dir.join("output").join(task["comfyui_filepath"].as_str().expect("path"));
-    let graph = env.sims[0].graph_of(task["comfyui_task_id"].as_str().expect("prompt id")).await;
-    let input = sim_dir.join("input").join(graph["1"]["inputs"]["image"].as_str().expect("LoadImage.image"));
+    let output = sim_dir
+        .join("output")
+        .join(task["comfyui_filepath"].as_str().expect("path"));
+    let graph = env.sims[0]
+        .graph_of(task["comfyui_task_id"].as_str().expect("prompt id"))
+        .await;
+    let input = sim_dir.join("input").join(
+        graph["1"]["inputs"]["image"]
+            .as_str()
+            .expect("LoadImage.image"),
+    );
     eventually(10, "files removed from the ComfyUI host", || async {
         (!output.exists() && !input.exists()).then_some(())
     })
     .await;
     // The stored copy is what remains.
-    assert_eq!(env.s3.as_ref().expect("s3").list_keys(BUCKET).await.len(), 1);
+    assert_eq!(
+        env.s3.as_ref().expect("s3").list_keys(BUCKET).await.len(),
+        1
+    );
     // The cleaner prompts ran with comfyd's client id and succeeded.
     let cleans: Vec<Value> = env.sims[0].prompts().await.into_iter().skip(1).collect();
     assert_eq!(cleans.len(), 2, "{cleans:?}");
-    assert!(cleans.iter().all(|p| p["outcome"] == "success"), "{cleans:?}");
+    assert!(
+        cleans.iter().all(|p| p["outcome"] == "success"),
+        "{cleans:?}"
+    );
 }
 
 #[actix_web::test]
 async fn without_cleanup_files_stay_on_the_comfyui_host() {
-    let env = env(EnvOpts { backends: 1, ..Default::default() }).await;
-    let reply = env.daemon.submit(json!({ "service_type": "solid", "params": { "width": 8, "height": 8 } })).await;
-    let task = env.daemon.wait_terminal(reply["id"].as_str().expect("id"), 30).await;
+    let env = env(EnvOpts {
+        backends: 1,
+        ..Default::default()
+    })
+    .await;
+    let reply = env
+        .daemon
+        .submit(json!({ "service_type": "solid", "params": { "width": 8, "height": 8 } }))
+        .await;
+    let task = env
+        .daemon
+        .wait_terminal(reply["id"].as_str().expect("id"), 30)
+        .await;
     actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
-    let output = env.sims[0].data_dir().join("output").join(task["comfyui_filepath"].as_str().expect("path"));
+    let output = env.sims[0]
+        .data_dir()
+        .join("output")
+        .join(task["comfyui_filepath"].as_str().expect("path"));
     assert!(output.exists(), "{}", output.display());
     assert_eq!(env.sims[0].prompts().await.len(), 1, "no cleaner prompt");
 }

@@ -25,8 +25,17 @@ use crate::state::{now_ms, Frame, QueueItem, Sim};
 #[derive(Debug, Clone)]
 pub enum NodeValue {
     Image(Image),
-    Mask { width: u32, height: u32, batch: u32 },
-    Latent { width: u32, height: u32, batch: u32, seed: u64 },
+    Mask {
+        width: u32,
+        height: u32,
+        batch: u32,
+    },
+    Latent {
+        width: u32,
+        height: u32,
+        batch: u32,
+        seed: u64,
+    },
     /// MODEL, CLIP, VAE and CONDITIONING are opaque digests.
     Opaque(&'static str, u64),
 }
@@ -50,7 +59,11 @@ struct NodeError {
 
 impl NodeError {
     fn new(kind: &'static str, message: impl Into<String>, frames: &[&str]) -> Self {
-        Self { kind, message: message.into(), frames: frames.iter().map(|s| s.to_string()).collect() }
+        Self {
+            kind,
+            message: message.into(),
+            frames: frames.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
@@ -92,14 +105,19 @@ fn signatures(prompt: &Map<String, Value>) -> HashMap<String, String> {
             return s.clone();
         }
         memo.insert(id.to_string(), format!("cycle:{id}"));
-        let Some(node) = prompt.get(id) else { return format!("missing:{id}") };
+        let Some(node) = prompt.get(id) else {
+            return format!("missing:{id}");
+        };
         let class = node["class_type"].as_str().unwrap_or_default();
         let mut parts = vec![class.to_string()];
         if let Some(inputs) = node["inputs"].as_object() {
             for (k, v) in inputs {
                 let part = match v {
                     Value::Array(l) if l.len() == 2 => {
-                        let from = l[0].as_str().map(str::to_string).unwrap_or_else(|| l[0].to_string());
+                        let from = l[0]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| l[0].to_string());
                         format!("{k}=<{}>[{}]", sig(&from, prompt, memo), l[1])
                     }
                     other => format!("{k}={other}"),
@@ -141,7 +159,9 @@ impl Run<'_> {
     }
 
     fn emit(&self, kind: &str, data: Value) {
-        self.sim.lock().emit(self.client.as_deref(), kind, &data, false);
+        self.sim
+            .lock()
+            .emit(self.client.as_deref(), kind, &data, false);
     }
 
     /// Sets a node's progress entry and sends the whole map (to everyone when no client).
@@ -156,7 +176,9 @@ impl Run<'_> {
         }
         let nodes: Map<String, Value> = self.progress.iter().cloned().collect();
         let data = json!({"prompt_id": self.pid(), "nodes": nodes});
-        self.sim.lock().emit(self.client.as_deref(), "progress_state", &data, true);
+        self.sim
+            .lock()
+            .emit(self.client.as_deref(), "progress_state", &data, true);
     }
 
     /// Marks a node finished (value = max, keeping the number type of max).
@@ -173,7 +195,9 @@ impl Run<'_> {
     /// `progress {value, max, prompt_id, node}`; broadcast when the prompt has no client.
     fn progress(&self, node: &str, value: u64, max: u64) {
         let data = json!({"value": value, "max": max, "prompt_id": self.pid(), "node": node});
-        self.sim.lock().emit(self.client.as_deref(), "progress", &data, true);
+        self.sim
+            .lock()
+            .emit(self.client.as_deref(), "progress", &data, true);
     }
 
     /// Sends an image as a binary preview frame, in the format each socket asked for.
@@ -208,7 +232,11 @@ impl Run<'_> {
 
     fn preview_metadata(&self) -> bool {
         let g = self.sim.lock();
-        self.client.as_ref().and_then(|c| g.sockets.get(c)).map(|s| s.preview_metadata).unwrap_or(false)
+        self.client
+            .as_ref()
+            .and_then(|c| g.sockets.get(c))
+            .map(|s| s.preview_metadata)
+            .unwrap_or(false)
     }
 
     fn interrupted(&self) -> bool {
@@ -254,10 +282,14 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
         g.cache.retain(|k, _| used.contains(k));
         let start = json!({"prompt_id": item.prompt_id, "timestamp": now_ms()});
         g.emit(client.as_deref(), "execution_start", &start, false);
-        let cached: HashSet<String> =
-            ids.iter().filter(|id| sigs.get(*id).is_some_and(|s| g.cache.contains_key(s))).cloned().collect();
+        let cached: HashSet<String> = ids
+            .iter()
+            .filter(|id| sigs.get(*id).is_some_and(|s| g.cache.contains_key(s)))
+            .cloned()
+            .collect();
         let cached_list: Vec<&String> = ids.iter().filter(|id| cached.contains(*id)).collect();
-        let cached_msg = json!({"nodes": cached_list, "prompt_id": item.prompt_id, "timestamp": now_ms()});
+        let cached_msg =
+            json!({"nodes": cached_list, "prompt_id": item.prompt_id, "timestamp": now_ms()});
         g.emit(client.as_deref(), "execution_cached", &cached_msg, false);
         run.messages.push(json!(["execution_start", start]));
         run.messages.push(json!(["execution_cached", cached_msg]));
@@ -315,13 +347,23 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
         }
         let result = if fail_node.as_deref() == Some(id.as_str()) {
             tokio::time::sleep(Duration::from_millis(exec_ms)).await;
-            Err(NodeError::new("RuntimeError", "comfy-sim: scripted failure", &[]))
+            Err(NodeError::new(
+                "RuntimeError",
+                "comfy-sim: scripted failure",
+                &[],
+            ))
         } else {
             run_node(&mut run, id, exec_ms).await
         };
         match result {
             Ok((outputs, ui)) => {
-                sim.lock().cache.insert(sig, CacheEntry { outputs: outputs.clone(), ui: ui.clone() });
+                sim.lock().cache.insert(
+                    sig,
+                    CacheEntry {
+                        outputs: outputs.clone(),
+                        ui: ui.clone(),
+                    },
+                );
                 run.values.insert(id.clone(), outputs);
                 if let Some(ui) = ui {
                     run.emit("executed", json!({"node": id, "display_node": id, "output": ui, "prompt_id": item.prompt_id}));
@@ -367,7 +409,12 @@ fn finish(run: &mut Run<'_>, end: End) {
     let meta: Map<String, Value> = run
         .ui
         .iter()
-        .map(|(id, _)| (id.clone(), json!({"node_id": id, "display_node": id, "parent_node": null, "real_node_id": id})))
+        .map(|(id, _)| {
+            (
+                id.clone(),
+                json!({"node_id": id, "display_node": id, "parent_node": null, "real_node_id": id}),
+            )
+        })
         .collect();
     let entry = json!({
         "prompt": item.to_json(),
@@ -405,7 +452,11 @@ fn current_inputs(prompt: &Map<String, Value>, id: &str) -> Value {
     if let Some(inputs) = prompt[id]["inputs"].as_object() {
         for (k, v) in inputs {
             let shown = match v {
-                Value::Array(l) => json!(format!("<output {} of node {}>", l.get(1).unwrap_or(&json!(0)), l.first().unwrap_or(&json!("?")))),
+                Value::Array(l) => json!(format!(
+                    "<output {} of node {}>",
+                    l.get(1).unwrap_or(&json!(0)),
+                    l.first().unwrap_or(&json!("?"))
+                )),
                 other => other.clone(),
             };
             out.insert(k.clone(), json!([shown]));
@@ -417,7 +468,12 @@ fn current_inputs(prompt: &Map<String, Value>, id: &str) -> Value {
 /// Reads a widget input as an integer (validation already checked it converts).
 fn int_input(inputs: &Value, name: &str, default: i128) -> i128 {
     match &inputs[name] {
-        Value::Number(n) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)).or_else(|| n.as_f64().map(|f| f as i128)).unwrap_or(default),
+        Value::Number(n) => n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+            .or_else(|| n.as_f64().map(|f| f as i128))
+            .unwrap_or(default),
         Value::String(s) => s.trim().parse().unwrap_or(default),
         Value::Bool(b) => i128::from(*b),
         _ => default,
@@ -439,17 +495,25 @@ fn str_input(inputs: &Value, name: &str) -> String {
 /// The value on a link input, or the TypeError ComfyUI would raise on a missing one.
 fn link<'v>(run: &'v Run<'_>, inputs: &Value, name: &str) -> Result<&'v NodeValue, NodeError> {
     let l = inputs[name].as_array().filter(|l| l.len() == 2);
-    let from = l.and_then(|l| l[0].as_str().map(str::to_string).or_else(|| Some(l[0].to_string())));
+    let from = l.and_then(|l| {
+        l[0].as_str()
+            .map(str::to_string)
+            .or_else(|| Some(l[0].to_string()))
+    });
     let slot = l.and_then(|l| l[1].as_u64()).unwrap_or(0) as usize;
-    from.and_then(|f| run.values.get(&f)).and_then(|v| v.get(slot)).ok_or_else(|| {
-        NodeError::new("TypeError", format!("'{name}' is not a linked input"), &[])
-    })
+    from.and_then(|f| run.values.get(&f))
+        .and_then(|v| v.get(slot))
+        .ok_or_else(|| NodeError::new("TypeError", format!("'{name}' is not a linked input"), &[]))
 }
 
 fn image_in(run: &Run<'_>, inputs: &Value, name: &str) -> Result<Image, NodeError> {
     match link(run, inputs, name)? {
         NodeValue::Image(i) => Ok(i.clone()),
-        _ => Err(NodeError::new("AttributeError", "'dict' object has no attribute 'shape'", &[])),
+        _ => Err(NodeError::new(
+            "AttributeError",
+            "'dict' object has no attribute 'shape'",
+            &[],
+        )),
     }
 }
 
@@ -457,13 +521,22 @@ fn image_in(run: &Run<'_>, inputs: &Value, name: &str) -> Result<Image, NodeErro
 fn opaque_in(run: &Run<'_>, inputs: &Value, name: &str, kind: &str) -> Result<u64, NodeError> {
     match link(run, inputs, name)? {
         NodeValue::Opaque(k, d) if *k == kind => Ok(*d),
-        _ => Err(NodeError::new("AttributeError", format!("input '{name}' is not a {kind}"), &[])),
+        _ => Err(NodeError::new(
+            "AttributeError",
+            format!("input '{name}' is not a {kind}"),
+            &[],
+        )),
     }
 }
 
 fn latent_in(run: &Run<'_>, inputs: &Value, name: &str) -> Result<(u32, u32, u32, u64), NodeError> {
     match link(run, inputs, name)? {
-        NodeValue::Latent { width, height, batch, seed } => Ok((*width, *height, *batch, *seed)),
+        NodeValue::Latent {
+            width,
+            height,
+            batch,
+            seed,
+        } => Ok((*width, *height, *batch, *seed)),
         _ => Err(NodeError::new("KeyError", "'samples'", &[])),
     }
 }
@@ -489,22 +562,39 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
     match class.as_str() {
         "EmptyImage" => {
             let color = int_input(&inputs, "color", 0).clamp(0, 0xFF_FFFF) as u32;
-            let img = Image::solid(u32_input(&inputs, "width", 512), u32_input(&inputs, "height", 512),
-                u32_input(&inputs, "batch_size", 1), color);
+            let img = Image::solid(
+                u32_input(&inputs, "width", 512),
+                u32_input(&inputs, "height", 512),
+                u32_input(&inputs, "batch_size", 1),
+                color,
+            );
             Ok((vec![NodeValue::Image(img)], None))
         }
         "LoadImage" => {
             let name = str_input(&inputs, "image");
-            let path = nodes::resolve_annotated(&dirs.input, &name)
-                .ok_or_else(|| NodeError::new("ValueError", format!("Invalid image file: {name}"), &[]))?;
+            let path = nodes::resolve_annotated(&dirs.input, &name).ok_or_else(|| {
+                NodeError::new("ValueError", format!("Invalid image file: {name}"), &[])
+            })?;
             let frames = ["  File \"<root>/src/nodes.py\", line 1647, in load_image\n    img = node_helpers.pillow(Image.open, image_path)\n"];
             let bytes = std::fs::read(&path).map_err(|_| {
-                NodeError::new("FileNotFoundError", format!("[Errno 2] No such file or directory: '{}'", path.display()), &frames)
+                NodeError::new(
+                    "FileNotFoundError",
+                    format!("[Errno 2] No such file or directory: '{}'", path.display()),
+                    &frames,
+                )
             })?;
             let img = decode_png(&bytes).ok_or_else(|| {
-                NodeError::new("PIL.UnidentifiedImageError", format!("cannot identify image file '{}'", path.display()), &frames)
+                NodeError::new(
+                    "PIL.UnidentifiedImageError",
+                    format!("cannot identify image file '{}'", path.display()),
+                    &frames,
+                )
             })?;
-            let mask = NodeValue::Mask { width: img.width, height: img.height, batch: 1 };
+            let mask = NodeValue::Mask {
+                width: img.width,
+                height: img.height,
+                batch: 1,
+            };
             Ok((vec![NodeValue::Image(img), mask], None))
         }
         "ImageInvert" => {
@@ -512,10 +602,16 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
             img.inverted = !img.inverted;
             Ok((vec![NodeValue::Image(img)], None))
         }
-        "ImageBlur" => Ok((vec![NodeValue::Image(image_in(run, &inputs, "image")?)], None)),
+        "ImageBlur" => Ok((
+            vec![NodeValue::Image(image_in(run, &inputs, "image")?)],
+            None,
+        )),
         "ImageScale" => {
             let mut img = image_in(run, &inputs, "image")?;
-            let (w, h) = (u32_input(&inputs, "width", 0), u32_input(&inputs, "height", 0));
+            let (w, h) = (
+                u32_input(&inputs, "width", 0),
+                u32_input(&inputs, "height", 0),
+            );
             let (ow, oh) = (u64::from(img.width.max(1)), u64::from(img.height.max(1)));
             let (nw, nh) = match (w, h) {
                 (0, 0) => (img.width, img.height),
@@ -536,20 +632,44 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
                     "  File \"<root>/src/comfy_extras/nodes_mask.py\", line 137, in image_to_mask\n    mask = image[:, :, :, channels.index(channel)]\n           ~~~~~^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
                 ]));
             }
-            Ok((vec![NodeValue::Mask { width: img.width, height: img.height, batch: img.batch }], None))
+            Ok((
+                vec![NodeValue::Mask {
+                    width: img.width,
+                    height: img.height,
+                    batch: img.batch,
+                }],
+                None,
+            ))
         }
         "MaskToImage" => match link(run, &inputs, "mask")? {
-            NodeValue::Mask { width, height, batch } => {
-                Ok((vec![NodeValue::Image(Image::solid(*width, *height, *batch, 0x808080))], None))
-            }
-            _ => Err(NodeError::new("AttributeError", "object has no attribute 'reshape'", &[])),
+            NodeValue::Mask {
+                width,
+                height,
+                batch,
+            } => Ok((
+                vec![NodeValue::Image(Image::solid(
+                    *width, *height, *batch, 0x808080,
+                ))],
+                None,
+            )),
+            _ => Err(NodeError::new(
+                "AttributeError",
+                "object has no attribute 'reshape'",
+                &[],
+            )),
         },
         "SaveImage" | "PreviewImage" => {
             let img = image_in(run, &inputs, "images")?;
             let (base, kind, prefix) = if class == "SaveImage" {
-                (dirs.output.clone(), "output", str_input(&inputs, "filename_prefix"))
+                (
+                    dirs.output.clone(),
+                    "output",
+                    str_input(&inputs, "filename_prefix"),
+                )
             } else {
-                let letters: String = (0..5).map(|_| rand::thread_rng().gen_range(b'a'..=b'z') as char).collect();
+                let letters: String = (0..5)
+                    .map(|_| rand::thread_rng().gen_range(b'a'..=b'z') as char)
+                    .collect();
                 (dirs.temp.clone(), "temp", format!("ComfyUI_temp_{letters}"))
             };
             let sp = files::save_path(&base, &prefix).map_err(|_| {
@@ -559,8 +679,16 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
             })?;
             // ComfyUI writes these with Python's json.dumps, which escapes non-ASCII, so any prompt
             // text fits a Latin-1 tEXt chunk.
-            let mut text = vec![("prompt", ascii_json(&Value::Object(run.item.prompt.clone())))];
-            if let Some(extra) = run.item.extra_data.get("extra_pnginfo").and_then(Value::as_object) {
+            let mut text = vec![(
+                "prompt",
+                ascii_json(&Value::Object(run.item.prompt.clone())),
+            )];
+            if let Some(extra) = run
+                .item
+                .extra_data
+                .get("extra_pnginfo")
+                .and_then(Value::as_object)
+            {
                 for (k, v) in extra {
                     text.push((k.as_str(), ascii_json(v)));
                 }
@@ -569,8 +697,11 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
             for frame in 0..img.batch {
                 let name = sp.filename.replace("%batch_num%", &frame.to_string());
                 let file = format!("{name}_{:05}_.png", sp.counter + u64::from(frame));
-                let png = img.encode_png(frame, &text).map_err(|e| NodeError::new("OSError", e.to_string(), &[]))?;
-                std::fs::write(sp.folder.join(&file), png).map_err(|e| NodeError::new("OSError", e.to_string(), &[]))?;
+                let png = img
+                    .encode_png(frame, &text)
+                    .map_err(|e| NodeError::new("OSError", e.to_string(), &[]))?;
+                std::fs::write(sp.folder.join(&file), png)
+                    .map_err(|e| NodeError::new("OSError", e.to_string(), &[]))?;
                 images.push(json!({"filename": file, "subfolder": sp.subfolder, "type": kind}));
             }
             Ok((vec![], Some(json!({"images": images}))))
@@ -582,7 +713,9 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
             let with_meta = run.preview_metadata();
             for frame in 0..img.batch {
                 spend(per).await;
-                let png = img.encode_png(frame, &[]).map_err(|e| NodeError::new("OSError", e.to_string(), &[]))?;
+                let png = img
+                    .encode_png(frame, &[])
+                    .map_err(|e| NodeError::new("OSError", e.to_string(), &[]))?;
                 let step = u64::from(frame);
                 run.progress_state(id, json!(step), json!(n), "running");
                 if with_meta {
@@ -597,7 +730,14 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
         }
         "CheckpointLoaderSimple" => {
             let d = image::hash_str(&str_input(&inputs, "ckpt_name"));
-            Ok((vec![NodeValue::Opaque("MODEL", d), NodeValue::Opaque("CLIP", d ^ 1), NodeValue::Opaque("VAE", d ^ 2)], None))
+            Ok((
+                vec![
+                    NodeValue::Opaque("MODEL", d),
+                    NodeValue::Opaque("CLIP", d ^ 1),
+                    NodeValue::Opaque("VAE", d ^ 2),
+                ],
+                None,
+            ))
         }
         "CLIPTextEncode" => {
             let clip = opaque_in(run, &inputs, "clip", "CLIP")?;
@@ -605,8 +745,19 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
             Ok((vec![NodeValue::Opaque("CONDITIONING", d)], None))
         }
         "EmptyLatentImage" => {
-            let (w, h) = (u32_input(&inputs, "width", 512) / 8, u32_input(&inputs, "height", 512) / 8);
-            Ok((vec![NodeValue::Latent { width: w, height: h, batch: u32_input(&inputs, "batch_size", 1), seed: 0 }], None))
+            let (w, h) = (
+                u32_input(&inputs, "width", 512) / 8,
+                u32_input(&inputs, "height", 512) / 8,
+            );
+            Ok((
+                vec![NodeValue::Latent {
+                    width: w,
+                    height: h,
+                    batch: u32_input(&inputs, "batch_size", 1),
+                    seed: 0,
+                }],
+                None,
+            ))
         }
         "KSampler" => {
             let model = opaque_in(run, &inputs, "model", "MODEL")?;
@@ -615,8 +766,13 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
             let (w, h, b, lseed) = latent_in(run, &inputs, "latent_image")?;
             let steps = int_input(&inputs, "steps", 20).clamp(1, 10_000) as u64;
             let seed = int_input(&inputs, "seed", 0) as u64;
-            let knobs = format!("{}|{}|{}|{}", inputs["cfg"], str_input(&inputs, "sampler_name"),
-                str_input(&inputs, "scheduler"), inputs["denoise"]);
+            let knobs = format!(
+                "{}|{}|{}|{}",
+                inputs["cfg"],
+                str_input(&inputs, "sampler_name"),
+                str_input(&inputs, "scheduler"),
+                inputs["denoise"]
+            );
             // Report at most 100 progress steps however many the graph asks for.
             let stride = steps.div_ceil(100);
             let reports = steps.div_ceil(stride);
@@ -629,28 +785,55 @@ async fn run_node(run: &mut Run<'_>, id: &str, ms: u64) -> NodeResult {
                 run.progress(id, step, steps);
             }
             let out = image::fnv(&[model, pos, neg, lseed, seed, steps, image::hash_str(&knobs)]);
-            Ok((vec![NodeValue::Latent { width: w, height: h, batch: b, seed: out }], None))
+            Ok((
+                vec![NodeValue::Latent {
+                    width: w,
+                    height: h,
+                    batch: b,
+                    seed: out,
+                }],
+                None,
+            ))
         }
         "VAEDecode" => {
             let vae = opaque_in(run, &inputs, "vae", "VAE")?;
             let (w, h, b, seed) = latent_in(run, &inputs, "samples")?;
-            let img = Image { width: w * 8, height: h * 8, batch: b, source: Source::Pattern(image::mix(seed, vae)), inverted: false };
+            let img = Image {
+                width: w * 8,
+                height: h * 8,
+                batch: b,
+                source: Source::Pattern(image::mix(seed, vae)),
+                inverted: false,
+            };
             Ok((vec![NodeValue::Image(img)], None))
         }
         "VAEEncode" => {
             let vae = opaque_in(run, &inputs, "vae", "VAE")?;
             let img = image_in(run, &inputs, "pixels")?;
-            let latent = NodeValue::Latent { width: img.width / 8, height: img.height / 8, batch: img.batch, seed: image::mix(img.digest(), vae) };
+            let latent = NodeValue::Latent {
+                width: img.width / 8,
+                height: img.height / 8,
+                batch: img.batch,
+                seed: image::mix(img.digest(), vae),
+            };
             Ok((vec![latent], None))
         }
         CLEAN_CLASS => {
             let kind = str_input(&inputs, "type");
             let path = str_input(&inputs, "path");
-            let base = dirs.by_type(&kind).cloned().ok_or_else(|| NodeError::new("ValueError", format!("unknown type: {kind}"), &[]))?;
+            let base = dirs.by_type(&kind).cloned().ok_or_else(|| {
+                NodeError::new("ValueError", format!("unknown type: {kind}"), &[])
+            })?;
             let target = files::join_inside(&base, &path)
                 .ok()
                 .filter(|_| !path.is_empty())
-                .ok_or_else(|| NodeError::new("ValueError", format!("refusing to delete outside the {kind} directory: {path}"), &[]))?;
+                .ok_or_else(|| {
+                    NodeError::new(
+                        "ValueError",
+                        format!("refusing to delete outside the {kind} directory: {path}"),
+                        &[],
+                    )
+                })?;
             match std::fs::remove_file(&target) {
                 Ok(()) => Ok((vec![], None)),
                 // Already gone is fine: cleaning must be idempotent.

@@ -36,14 +36,24 @@ pub struct UploadTarget {
 
 /// Picks the upload name: `overwrite` keeps the name; otherwise identical bytes reuse the
 /// existing file and different bytes get `name (1).ext`, `name (2).ext`, ...
-pub fn upload_target(dir: &Path, filename: &str, bytes: &[u8], overwrite: bool) -> Result<UploadTarget, PathError> {
-    if filename.is_empty() || filename.contains('/') || filename.contains('\\') || filename == ".." {
+pub fn upload_target(
+    dir: &Path,
+    filename: &str,
+    bytes: &[u8],
+    overwrite: bool,
+) -> Result<UploadTarget, PathError> {
+    if filename.is_empty() || filename.contains('/') || filename.contains('\\') || filename == ".."
+    {
         return Err(PathError::Escapes);
     }
     let mut name = filename.to_string();
     let mut path = dir.join(&name);
     if overwrite {
-        return Ok(UploadTarget { path, name, duplicate: false });
+        return Ok(UploadTarget {
+            path,
+            name,
+            duplicate: false,
+        });
     }
     let (stem, ext) = match filename.rfind('.') {
         Some(i) if i > 0 => (&filename[..i], &filename[i..]),
@@ -51,14 +61,25 @@ pub fn upload_target(dir: &Path, filename: &str, bytes: &[u8], overwrite: bool) 
     };
     let mut i = 1;
     while path.exists() {
-        if std::fs::read(&path).map(|old| old == bytes).unwrap_or(false) {
-            return Ok(UploadTarget { path, name, duplicate: true });
+        if std::fs::read(&path)
+            .map(|old| old == bytes)
+            .unwrap_or(false)
+        {
+            return Ok(UploadTarget {
+                path,
+                name,
+                duplicate: true,
+            });
         }
         name = format!("{stem} ({i}){ext}");
         path = dir.join(&name);
         i += 1;
     }
-    Ok(UploadTarget { path, name, duplicate: false })
+    Ok(UploadTarget {
+        path,
+        name,
+        duplicate: false,
+    })
 }
 
 /// The folder, base name, first counter and subfolder for a save prefix.
@@ -72,7 +93,10 @@ pub struct SavePath {
 /// ComfyUI's `get_save_image_path`: a `/` in the prefix makes the subfolder, and the counter
 /// continues after the highest `<filename>_<digits>_...` already in that folder.
 pub fn save_path(base: &Path, prefix: &str) -> Result<SavePath, PathError> {
-    let normalized: Vec<&str> = prefix.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let normalized: Vec<&str> = prefix
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     if prefix.starts_with('/') || normalized.contains(&"..") {
         return Err(PathError::Escapes);
     }
@@ -95,7 +119,12 @@ pub fn save_path(base: &Path, prefix: &str) -> Result<SavePath, PathError> {
         }
         Err(_) => std::fs::create_dir_all(&folder)?,
     }
-    Ok(SavePath { folder, filename, counter, subfolder: sub })
+    Ok(SavePath {
+        folder,
+        filename,
+        counter,
+        subfolder: sub,
+    })
 }
 
 /// The counter in `<filename>_<digits>_...`, as ComfyUI's `map_filename` reads it.
@@ -106,7 +135,12 @@ fn counter_of(name: &str, filename: &str) -> Option<u64> {
         return None;
     }
     let rest = &name[prefix_len + 1..];
-    Some(rest.split('_').next().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0))
+    Some(
+        rest.split('_')
+            .next()
+            .and_then(|d| d.parse::<u64>().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// Top-level image files of the input dir, sorted (LoadImage's combo list).
@@ -118,7 +152,9 @@ pub fn list_input_images(dir: &Path) -> Vec<String> {
                 .filter_map(|e| e.file_name().into_string().ok())
                 .filter(|n| {
                     let l = n.to_ascii_lowercase();
-                    [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"].iter().any(|x| l.ends_with(x))
+                    [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"]
+                        .iter()
+                        .any(|x| l.ends_with(x))
                 })
                 .collect()
         })
@@ -140,7 +176,12 @@ mod tests {
         std::fs::write(sp.folder.join("out_00001_.png"), b"x").expect("write");
         std::fs::write(sp.folder.join("out_00007_.png"), b"x").expect("write");
         std::fs::write(sp.folder.join("outer_00009_.png"), b"x").expect("write");
-        assert_eq!(save_path(dir.path(), "comfyd/TASK/out").expect("path").counter, 8);
+        assert_eq!(
+            save_path(dir.path(), "comfyd/TASK/out")
+                .expect("path")
+                .counter,
+            8
+        );
         assert!(save_path(dir.path(), "../up").is_err());
         assert!(save_path(dir.path(), "/abs/x").is_err());
     }
@@ -149,8 +190,22 @@ mod tests {
     fn upload_names_follow_comfyui() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("a.png"), b"one").expect("write");
-        assert!(upload_target(dir.path(), "a.png", b"one", false).expect("t").duplicate);
-        assert_eq!(upload_target(dir.path(), "a.png", b"two", false).expect("t").name, "a (1).png");
-        assert_eq!(upload_target(dir.path(), "a.png", b"two", true).expect("t").name, "a.png");
+        assert!(
+            upload_target(dir.path(), "a.png", b"one", false)
+                .expect("t")
+                .duplicate
+        );
+        assert_eq!(
+            upload_target(dir.path(), "a.png", b"two", false)
+                .expect("t")
+                .name,
+            "a (1).png"
+        );
+        assert_eq!(
+            upload_target(dir.path(), "a.png", b"two", true)
+                .expect("t")
+                .name,
+            "a.png"
+        );
     }
 }

@@ -37,14 +37,28 @@ impl Image {
     /// A solid-colour batch, `color` as 0xRRGGBB like `EmptyImage`.
     pub fn solid(width: u32, height: u32, batch: u32, color: u32) -> Self {
         let rgb = [(color >> 16) as u8, (color >> 8) as u8, color as u8];
-        Self { width, height, batch, source: Source::Solid(rgb), inverted: false }
+        Self {
+            width,
+            height,
+            batch,
+            source: Source::Solid(rgb),
+            inverted: false,
+        }
     }
 
     /// A stable 64-bit digest of what this image looks like (used to seed derived values).
     pub fn digest(&self) -> u64 {
-        let mut h = fnv(&[self.width as u64, self.height as u64, self.batch as u64, self.inverted as u64]);
+        let mut h = fnv(&[
+            self.width as u64,
+            self.height as u64,
+            self.batch as u64,
+            self.inverted as u64,
+        ]);
         h = match &self.source {
-            Source::Solid(c) => mix(h, u64::from(c[0]) << 16 | u64::from(c[1]) << 8 | u64::from(c[2])),
+            Source::Solid(c) => mix(
+                h,
+                u64::from(c[0]) << 16 | u64::from(c[1]) << 8 | u64::from(c[2]),
+            ),
             Source::Pattern(s) => mix(h, *s ^ 0x5bd1_e995),
             Source::Pixels { rgb, .. } => rgb.iter().fold(h, |acc, b| mix(acc, u64::from(*b))),
         };
@@ -71,7 +85,8 @@ impl Image {
                 }
             }
             Source::Pixels { width, height, rgb } => {
-                let sy = (u64::from(y) * u64::from(*height) / u64::from(self.height.max(1))) as usize;
+                let sy =
+                    (u64::from(y) * u64::from(*height) / u64::from(self.height.max(1))) as usize;
                 for (x, px) in out.chunks_exact_mut(3).enumerate() {
                     let sx = (x as u64 * u64::from(*width) / u64::from(self.width.max(1))) as usize;
                     let i = (sy * *width as usize + sx) * 3;
@@ -90,10 +105,15 @@ impl Image {
     }
 
     /// Encodes frame `frame` as a PNG, with optional `tEXt` chunks (ComfyUI writes `prompt`).
-    pub fn encode_png(&self, frame: u32, text: &[(&str, String)]) -> Result<Vec<u8>, png::EncodingError> {
+    pub fn encode_png(
+        &self,
+        frame: u32,
+        text: &[(&str, String)],
+    ) -> Result<Vec<u8>, png::EncodingError> {
         let mut buf = Vec::new();
         {
-            let mut enc = png::Encoder::new(Cursor::new(&mut buf), self.width.max(1), self.height.max(1));
+            let mut enc =
+                png::Encoder::new(Cursor::new(&mut buf), self.width.max(1), self.height.max(1));
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             enc.set_compression(png::Compression::Fast);
@@ -137,7 +157,11 @@ pub fn decode_png(bytes: &[u8]) -> Option<Image> {
         width: w,
         height: h,
         batch: 1,
-        source: Source::Pixels { width: w, height: h, rgb: Arc::new(rgb) },
+        source: Source::Pixels {
+            width: w,
+            height: h,
+            rgb: Arc::new(rgb),
+        },
         inverted: false,
     })
 }
@@ -159,7 +183,8 @@ pub fn mix(h: u64, w: u64) -> u64 {
 
 /// Hashes a string with [`mix`].
 pub fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| mix(h, u64::from(b)))
+    s.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| mix(h, u64::from(b)))
 }
 
 #[cfg(test)]
@@ -169,7 +194,9 @@ mod tests {
     #[test]
     fn solid_png_round_trips_with_its_size_and_colour() {
         let img = Image::solid(7, 5, 1, 0xff8000);
-        let bytes = img.encode_png(0, &[("prompt", "{}".into())]).expect("encode");
+        let bytes = img
+            .encode_png(0, &[("prompt", "{}".into())])
+            .expect("encode");
         let back = decode_png(&bytes).expect("decode");
         assert_eq!((back.width, back.height), (7, 5));
         match back.source {
@@ -180,8 +207,20 @@ mod tests {
 
     #[test]
     fn patterns_from_different_seeds_differ() {
-        let a = Image { width: 16, height: 16, batch: 1, source: Source::Pattern(1), inverted: false };
-        let b = Image { source: Source::Pattern(2), ..a.clone() };
-        assert_ne!(a.encode_png(0, &[]).expect("a"), b.encode_png(0, &[]).expect("b"));
+        let a = Image {
+            width: 16,
+            height: 16,
+            batch: 1,
+            source: Source::Pattern(1),
+            inverted: false,
+        };
+        let b = Image {
+            source: Source::Pattern(2),
+            ..a.clone()
+        };
+        assert_ne!(
+            a.encode_png(0, &[]).expect("a"),
+            b.encode_png(0, &[]).expect("b")
+        );
     }
 }

@@ -37,7 +37,10 @@ use crate::state::{Config, Dirs, Sim};
 
 /// Command line of the simulator.
 #[derive(Parser, Debug)]
-#[command(name = "comfy-sim", about = "A ComfyUI simulator (HTTP + websocket) that needs no GPU")]
+#[command(
+    name = "comfy-sim",
+    about = "A ComfyUI simulator (HTTP + websocket) that needs no GPU"
+)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -58,14 +61,20 @@ struct Cli {
 
 /// A fresh directory under the system temp dir.
 fn fresh_data_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("comfy-sim-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()))
+    std::env::temp_dir().join(format!(
+        "comfy-sim-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 /// Ends the process at once on SIGINT/SIGTERM: clients then see the socket drop without a close
 /// frame (code 1006), as they did with the real ComfyUI.
 async fn exit_on_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -86,19 +95,27 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let root = cli.data_dir.clone().unwrap_or_else(fresh_data_dir);
-    let dirs = Dirs::create(root.clone()).with_context(|| format!("creating data dir {}", root.display()))?;
+    let dirs = Dirs::create(root.clone())
+        .with_context(|| format!("creating data dir {}", root.display()))?;
     let listener = TcpListener::bind((cli.listen.as_str(), cli.port))
         .with_context(|| format!("binding {}:{}", cli.listen, cli.port))?;
-    let port = listener.local_addr().context("reading the bound port")?.port();
+    let port = listener
+        .local_addr()
+        .context("reading the bound port")?
+        .port();
     let sim = Arc::new(Sim::new(
         dirs,
-        Config { exec_ms: cli.exec_ms, paused: cli.paused },
+        Config {
+            exec_ms: cli.exec_ms,
+            paused: cli.paused,
+        },
         std::env::args().collect(),
     ));
     let server = server::start(sim, listener).context("starting the HTTP server")?;
     tracing::info!(data_dir = %root.display(), "data dir {}", root.display());
     let mut out = std::io::stdout();
-    writeln!(out, "comfy-sim listening on http://{}:{port}", cli.listen).context("writing to stdout")?;
+    writeln!(out, "comfy-sim listening on http://{}:{port}", cli.listen)
+        .context("writing to stdout")?;
     out.flush().context("flushing stdout")?;
     actix_rt::spawn(exit_on_signal());
     server.await.context("running the HTTP server")

@@ -11,20 +11,54 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 /// Checkpoint names offered by `CheckpointLoaderSimple`.
-pub const CHECKPOINTS: [&str; 2] = ["v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"];
+pub const CHECKPOINTS: [&str; 2] = [
+    "v1-5-pruned-emaonly.safetensors",
+    "sd_xl_base_1.0.safetensors",
+];
 /// The class name of the cleaner node of the service comfyd replaces.
 pub const CLEAN_CLASS: &str = "Clean input and output file";
 
 const MAX_RES: i64 = 16384;
 /// KSampler's sampler and scheduler lists as ComfyUI 0.3.64 offers them (comfy/samplers.py).
 const SAMPLERS: [&str; 27] = [
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
-    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
-    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "deis", "ddim", "uni_pc",
+    "euler",
+    "euler_cfg_pp",
+    "euler_ancestral",
+    "euler_ancestral_cfg_pp",
+    "heun",
+    "heunpp2",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpm_fast",
+    "dpm_adaptive",
+    "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde",
+    "dpmpp_sde_gpu",
+    "dpmpp_2m",
+    "dpmpp_2m_cfg_pp",
+    "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu",
+    "dpmpp_3m_sde",
+    "dpmpp_3m_sde_gpu",
+    "ddpm",
+    "lcm",
+    "ipndm",
+    "deis",
+    "ddim",
+    "uni_pc",
 ];
-const SCHEDULERS: [&str; 8] =
-    ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic"];
+const SCHEDULERS: [&str; 8] = [
+    "simple",
+    "sgm_uniform",
+    "karras",
+    "exponential",
+    "ddim_uniform",
+    "beta",
+    "normal",
+    "linear_quadratic",
+];
 
 /// Builds one `/object_info` entry; `required` is a list of `(name, spec)` in input order.
 #[allow(clippy::too_many_arguments)]
@@ -40,7 +74,10 @@ fn entry(
     output_node: bool,
 ) -> Value {
     let order: Vec<&str> = required.iter().map(|(n, _)| *n).collect();
-    let req: Map<String, Value> = required.into_iter().map(|(n, s)| (n.to_string(), s)).collect();
+    let req: Map<String, Value> = required
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s))
+        .collect();
     let mut input = json!({ "required": req });
     let mut input_order = json!({ "required": order });
     if hidden {
@@ -164,7 +201,11 @@ pub fn class_map(input_files: &[String]) -> HashMap<&'static str, Value> {
 pub fn input_order(def: &Value) -> Vec<String> {
     def["input_order"]["required"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -223,15 +264,29 @@ pub fn validate(prompt: &Map<String, Value>, input_dir: &Path) -> Result<Accepte
         .iter()
         .filter(|id| {
             let class = prompt[*id]["class_type"].as_str().unwrap_or_default();
-            classes.get(class).and_then(|d| d["output_node"].as_bool()).unwrap_or(false)
+            classes
+                .get(class)
+                .and_then(|d| d["output_node"].as_bool())
+                .unwrap_or(false)
         })
         .cloned()
         .collect();
     if outputs.is_empty() {
-        return Err(error_body("prompt_no_outputs", "Prompt has no outputs", "", json!({})));
+        return Err(error_body(
+            "prompt_no_outputs",
+            "Prompt has no outputs",
+            "",
+            json!({}),
+        ));
     }
 
-    let mut v = Validator { prompt, classes: &classes, input_dir, done: HashMap::new(), order: Vec::new() };
+    let mut v = Validator {
+        prompt,
+        classes: &classes,
+        input_dir,
+        done: HashMap::new(),
+        order: Vec::new(),
+    };
     let mut good = Vec::new();
     let mut failed: Vec<(String, Vec<Value>)> = Vec::new();
     let mut node_errors = Map::new();
@@ -241,11 +296,16 @@ pub fn validate(prompt: &Map<String, Value>, input_dir: &Path) -> Result<Accepte
             good.push(o.clone());
             continue;
         }
-        failed.push((o.clone(), v.done.get(o).map(|r| r.1.clone()).unwrap_or_default()));
+        failed.push((
+            o.clone(),
+            v.done.get(o).map(|r| r.1.clone()).unwrap_or_default(),
+        ));
         // As ComfyUI does: every invalid node validated so far (with reasons) gets this output
         // appended to its dependent_outputs.
         for id in &v.order {
-            let Some((valid, reasons)) = v.done.get(id) else { continue };
+            let Some((valid, reasons)) = v.done.get(id) else {
+                continue;
+            };
             if *valid || reasons.is_empty() {
                 continue;
             }
@@ -261,7 +321,13 @@ pub fn validate(prompt: &Map<String, Value>, input_dir: &Path) -> Result<Accepte
         let details: Vec<String> = failed
             .iter()
             .flat_map(|(_, reasons)| reasons.iter())
-            .map(|r| format!("{}: {}", r["message"].as_str().unwrap_or(""), r["details"].as_str().unwrap_or("")))
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r["message"].as_str().unwrap_or(""),
+                    r["details"].as_str().unwrap_or("")
+                )
+            })
             .collect();
         return Err(error_body(
             "prompt_outputs_failed_validation",
@@ -270,7 +336,10 @@ pub fn validate(prompt: &Map<String, Value>, input_dir: &Path) -> Result<Accepte
             Value::Object(node_errors),
         ));
     }
-    Ok(Accepted { outputs: good, node_errors: Value::Object(node_errors) })
+    Ok(Accepted {
+        outputs: good,
+        node_errors: Value::Object(node_errors),
+    })
 }
 
 struct Validator<'a> {
@@ -302,21 +371,31 @@ impl Validator<'_> {
             return (false, Vec::new());
         };
         let empty = Map::new();
-        let inputs = node.get("inputs").and_then(Value::as_object).unwrap_or(&empty);
+        let inputs = node
+            .get("inputs")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
         let mut errors = Vec::new();
         let mut valid = true;
         for name in input_order(def) {
             let spec = &def["input"]["required"][&name];
             let Some(val) = inputs.get(&name) else {
-                errors.push(reason("required_input_missing", "Required input is missing", &name,
-                    json!({"input_name": name})));
+                errors.push(reason(
+                    "required_input_missing",
+                    "Required input is missing",
+                    &name,
+                    json!({"input_name": name}),
+                ));
                 continue;
             };
             if let Value::Array(link) = val {
                 if link.len() != 2 {
-                    errors.push(reason("bad_linked_input",
-                        "Bad linked input, must be a length-2 list of [node_id, slot_index]", &name,
-                        json!({"input_name": name, "input_config": spec, "received_value": val})));
+                    errors.push(reason(
+                        "bad_linked_input",
+                        "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                        &name,
+                        json!({"input_name": name, "input_config": spec, "received_value": val}),
+                    ));
                     continue;
                 }
                 let from = match &link[0] {
@@ -324,23 +403,38 @@ impl Validator<'_> {
                     other => other.to_string(),
                 };
                 let Some(from_node) = self.prompt.get(&from) else {
-                    let key = if link[0].is_string() { format!("'{from}'") } else { from.clone() };
+                    let key = if link[0].is_string() {
+                        format!("'{from}'")
+                    } else {
+                        from.clone()
+                    };
                     // The KeyError ComfyUI raises at `prompt[o_id]['class_type']`.
                     return (false, vec![exception("KeyError", &key)]);
                 };
                 let from_class = from_node["class_type"].as_str().unwrap_or_default();
-                let outs = self.classes.get(from_class).map(|d| d["output"].clone()).unwrap_or(json!([]));
+                let outs = self
+                    .classes
+                    .get(from_class)
+                    .map(|d| d["output"].clone())
+                    .unwrap_or(json!([]));
                 let slot = link[1].as_u64().map(|s| s as usize);
                 let Some(received) = slot.and_then(|s| outs.get(s)).and_then(Value::as_str) else {
-                    return (false, vec![exception("IndexError", "tuple index out of range")]);
+                    return (
+                        false,
+                        vec![exception("IndexError", "tuple index out of range")],
+                    );
                 };
                 let wanted = spec[0].as_str().unwrap_or("*");
                 if wanted != "*" && received != wanted {
-                    let details = format!("{name}, received_type({received}) mismatch input_type({wanted})");
-                    errors.push(reason("return_type_mismatch", "Return type mismatch between linked nodes",
+                    let details =
+                        format!("{name}, received_type({received}) mismatch input_type({wanted})");
+                    errors.push(reason(
+                        "return_type_mismatch",
+                        "Return type mismatch between linked nodes",
                         &details,
                         json!({"input_name": name, "input_config": spec, "received_type": received,
-                               "linked_node": val})));
+                               "linked_node": val}),
+                    ));
                     continue;
                 }
                 if !self.node(&from) {
@@ -356,8 +450,12 @@ impl Validator<'_> {
             // LoadImage.VALIDATE_INPUTS replaces the combo check (so "sub/x.png" is accepted).
             if let Some(image) = inputs.get("image").and_then(Value::as_str) {
                 if !annotated_exists(self.input_dir, image) {
-                    errors.push(reason("custom_validation_failed", "Custom validation failed for node",
-                        &format!("image - Invalid image file: {image}"), json!({"input_name": "image"})));
+                    errors.push(reason(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        &format!("image - Invalid image file: {image}"),
+                        json!({"input_name": "image"}),
+                    ));
                 }
             }
         }
@@ -368,7 +466,9 @@ impl Validator<'_> {
 /// Whether `name` (optionally suffixed ` [input]`/` [output]`/` [temp]`) exists as a file; the
 /// directory argument is the input dir, whose siblings are output/ and temp/.
 pub fn annotated_exists(input_dir: &Path, name: &str) -> bool {
-    resolve_annotated(input_dir, name).map(|p| p.is_file()).unwrap_or(false)
+    resolve_annotated(input_dir, name)
+        .map(|p| p.is_file())
+        .unwrap_or(false)
 }
 
 /// Resolves a LoadImage value to a path under the data dir; `None` for paths that escape it.
@@ -394,13 +494,18 @@ fn reason(kind: &str, message: &str, details: &str, extra: Value) -> Value {
 }
 
 fn exception(kind: &str, details: &str) -> Value {
-    reason("exception_during_validation", "Exception when validating node", details, json!({
-        "exception_type": kind,
-        "traceback": [
-            "  File \"<root>/src/execution.py\", line 1010, in validate_prompt\n    m = await validate_inputs(prompt_id, prompt, o, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
-            "  File \"<root>/src/execution.py\", line 788, in validate_inputs\n    o_class_type = prompt[o_id]['class_type']\n                   ~~~~~~^^^^^^\n",
-        ],
-    }))
+    reason(
+        "exception_during_validation",
+        "Exception when validating node",
+        details,
+        json!({
+            "exception_type": kind,
+            "traceback": [
+                "  File \"<root>/src/execution.py\", line 1010, in validate_prompt\n    m = await validate_inputs(prompt_id, prompt, o, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
+                "  File \"<root>/src/execution.py\", line 788, in validate_inputs\n    o_class_type = prompt[o_id]['class_type']\n                   ~~~~~~^^^^^^\n",
+            ],
+        }),
+    )
 }
 
 /// Python-like `repr`/`str` of a float: `0.0`, `0.5`.
@@ -442,7 +547,11 @@ fn py_int(v: &Value) -> Result<i128, String> {
             .as_i64()
             .map(i128::from)
             .or_else(|| n.as_u64().map(i128::from))
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.trunc() as i128))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.trunc() as i128)
+            })
             .ok_or_else(|| "cannot convert float infinity to integer".to_string()),
         Value::Bool(b) => Ok(i128::from(*b)),
         Value::String(s) => s
@@ -462,8 +571,14 @@ fn py_f64(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| "bad number".to_string()),
         Value::Bool(b) => Ok(f64::from(u8::from(*b))),
-        Value::String(s) => s.trim().parse::<f64>().map_err(|_| format!("could not convert string to float: '{s}'")),
-        other => Err(format!("float() argument must be a string or a real number, not '{}'", py_type(other))),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("could not convert string to float: '{s}'")),
+        other => Err(format!(
+            "float() argument must be a string or a real number, not '{}'",
+            py_type(other)
+        )),
     }
 }
 
@@ -484,24 +599,33 @@ fn check_constant(class: &str, name: &str, spec: &Value, val: &Value) -> Option<
             let (num, shown, text) = match converted {
                 Ok(c) => c,
                 Err(msg) => {
-                    return Some(reason("invalid_input_type", &format!("Failed to convert an input value to a {t} value"),
+                    return Some(reason(
+                        "invalid_input_type",
+                        &format!("Failed to convert an input value to a {t} value"),
                         &format!("{name}, {}, {msg}", py_str(val)),
                         json!({"input_name": name, "input_config": spec, "received_value": val,
-                               "exception_message": msg})));
+                               "exception_message": msg}),
+                    ));
                 }
             };
             if let Some(min) = opts.get("min").and_then(Value::as_f64) {
                 if num < min {
-                    return Some(reason("value_smaller_than_min",
-                        &format!("Value {text} smaller than min of {}", py_str(&opts["min"])), name,
-                        json!({"input_name": name, "input_config": spec, "received_value": shown})));
+                    return Some(reason(
+                        "value_smaller_than_min",
+                        &format!("Value {text} smaller than min of {}", py_str(&opts["min"])),
+                        name,
+                        json!({"input_name": name, "input_config": spec, "received_value": shown}),
+                    ));
                 }
             }
             if let Some(max) = opts.get("max").and_then(Value::as_f64) {
                 if num > max {
-                    return Some(reason("value_bigger_than_max",
-                        &format!("Value {text} bigger than max of {}", py_str(&opts["max"])), name,
-                        json!({"input_name": name, "input_config": spec, "received_value": shown})));
+                    return Some(reason(
+                        "value_bigger_than_max",
+                        &format!("Value {text} bigger than max of {}", py_str(&opts["max"])),
+                        name,
+                        json!({"input_name": name, "input_config": spec, "received_value": shown}),
+                    ));
                 }
             }
             None
@@ -515,9 +639,12 @@ fn check_constant(class: &str, name: &str, spec: &Value, val: &Value) -> Option<
                 return None;
             }
             let list: Vec<String> = items.iter().map(|i| format!("'{}'", py_str(i))).collect();
-            Some(reason("value_not_in_list", "Value not in list",
+            Some(reason(
+                "value_not_in_list",
+                "Value not in list",
                 &format!("{name}: '{}' not in [{}]", py_str(val), list.join(", ")),
-                json!({"input_name": name, "input_config": spec, "received_value": val})))
+                json!({"input_name": name, "input_config": spec, "received_value": val}),
+            ))
         }
         // A constant where a link type (IMAGE, MODEL, ...) is expected: ComfyUI lets it
         // through validation and the node fails at run time; the simulator does the same.
@@ -546,7 +673,10 @@ pub fn execution_order(prompt: &Map<String, Value>, outputs: &[String]) -> Vec<S
             for name in input_order(def) {
                 if let Some(Value::Array(link)) = node["inputs"].get(&name) {
                     if let Some(from) = link.first() {
-                        let from = from.as_str().map(str::to_string).unwrap_or_else(|| from.to_string());
+                        let from = from
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| from.to_string());
                         visit(&from, prompt, classes, seen, order);
                     }
                 }
@@ -586,8 +716,14 @@ mod tests {
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
         }));
         let body = validate(&g, &dir).err().expect("rejected");
-        assert_eq!(body["node_errors"]["1"]["errors"][0]["type"], "value_bigger_than_max");
-        assert_eq!(body["node_errors"]["1"]["errors"][0]["message"], "Value 20000 bigger than max of 16384");
+        assert_eq!(
+            body["node_errors"]["1"]["errors"][0]["type"],
+            "value_bigger_than_max"
+        );
+        assert_eq!(
+            body["node_errors"]["1"]["errors"][0]["message"],
+            "Value 20000 bigger than max of 16384"
+        );
     }
 
     #[test]

@@ -60,9 +60,18 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
         .route("/object_info", web::get().to(object_info))
         .route("/object_info/{class}", web::get().to(object_info_one))
         .route("/system_stats", web::get().to(system_stats))
-        .route("/features", web::get().to(|| async { HttpResponse::Ok().json(ws::features()) }))
-        .route("/free", web::post().to(|| async { HttpResponse::Ok().finish() }))
-        .route("/embeddings", web::get().to(|| async { HttpResponse::Ok().json(json!([])) }))
+        .route(
+            "/features",
+            web::get().to(|| async { HttpResponse::Ok().json(ws::features()) }),
+        )
+        .route(
+            "/free",
+            web::post().to(|| async { HttpResponse::Ok().finish() }),
+        )
+        .route(
+            "/embeddings",
+            web::get().to(|| async { HttpResponse::Ok().json(json!([])) }),
+        )
         .route("/models", web::get().to(models))
         .route("/models/{folder}", web::get().to(models_in));
 }
@@ -86,12 +95,18 @@ async fn post_prompt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
             return internal_error();
         }
     }
-    let Some(Value::Object(req)) = json_body(&body) else { return internal_error() };
+    let Some(Value::Object(req)) = json_body(&body) else {
+        return internal_error();
+    };
     let number = {
         let mut g = sim.lock();
         let n = g.number;
         g.number += 1;
-        if req.get("front").and_then(Value::as_bool).unwrap_or(false) { -n } else { n }
+        if req.get("front").and_then(Value::as_bool).unwrap_or(false) {
+            -n
+        } else {
+            n
+        }
     };
     let prompt_id = match req.get("prompt_id") {
         Some(Value::String(s)) => s.clone(),
@@ -99,9 +114,16 @@ async fn post_prompt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
         Some(other) => other.to_string(),
     };
     let Some(prompt) = req.get("prompt") else {
-        return HttpResponse::BadRequest().json(nodes::error_body("no_prompt", "No prompt provided", "No prompt provided", json!({})));
+        return HttpResponse::BadRequest().json(nodes::error_body(
+            "no_prompt",
+            "No prompt provided",
+            "No prompt provided",
+            json!({}),
+        ));
     };
-    let Value::Object(prompt) = prompt.clone() else { return internal_error() };
+    let Value::Object(prompt) = prompt.clone() else {
+        return internal_error();
+    };
     if prompt.values().any(|n| !n.is_object()) {
         return internal_error();
     }
@@ -119,7 +141,13 @@ async fn post_prompt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
     if let Some(c) = req.get("client_id") {
         extra_data.insert("client_id".into(), c.clone());
     }
-    let item = QueueItem { number, prompt_id: prompt_id.clone(), prompt, extra_data: Value::Object(extra_data), outputs: accepted.outputs };
+    let item = QueueItem {
+        number,
+        prompt_id: prompt_id.clone(),
+        prompt,
+        extra_data: Value::Object(extra_data),
+        outputs: accepted.outputs,
+    };
     {
         let mut g = sim.lock();
         g.stats.push(PromptStat {
@@ -137,7 +165,9 @@ async fn post_prompt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
     }
     sim.wake.notify_one();
     info!(prompt.id = %prompt_id, "prompt {prompt_id} queued as number {number}");
-    HttpResponse::Ok().json(json!({"prompt_id": prompt_id, "number": number, "node_errors": accepted.node_errors}))
+    HttpResponse::Ok().json(
+        json!({"prompt_id": prompt_id, "number": number, "node_errors": accepted.node_errors}),
+    )
 }
 
 async fn get_prompt(sim: web::Data<Sim>) -> HttpResponse {
@@ -155,9 +185,14 @@ async fn get_queue(sim: web::Data<Sim>) -> HttpResponse {
 }
 
 async fn post_queue(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
-    let Some(req) = json_body(&body) else { return internal_error() };
+    let Some(req) = json_body(&body) else {
+        return internal_error();
+    };
     let mut g = sim.lock();
-    if req.get("clear").is_some_and(|c| c.as_bool().unwrap_or(false)) {
+    if req
+        .get("clear")
+        .is_some_and(|c| c.as_bool().unwrap_or(false))
+    {
         let gone: Vec<String> = g.pending.drain(..).map(|i| i.prompt_id).collect();
         for id in gone {
             if let Some(s) = g.stat_mut(&id) {
@@ -184,7 +219,11 @@ async fn post_queue(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
 async fn interrupt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
     let req = json_body(&body).unwrap_or(json!({}));
     let mut g = sim.lock();
-    match req.get("prompt_id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    match req
+        .get("prompt_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         Some(id) => {
             if g.running.as_ref().is_some_and(|r| r.item.prompt_id == id) {
                 g.interrupt = true;
@@ -197,15 +236,22 @@ async fn interrupt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
 
 /// Writes a history map keeping insertion order (serde_json's map would sort the ids).
 fn history_response(entries: &[(&String, &Value)]) -> HttpResponse {
-    let body: Vec<String> =
-        entries.iter().map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), v)).collect();
-    HttpResponse::Ok().content_type("application/json; charset=utf-8").body(format!("{{{}}}", body.join(",")))
+    let body: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), v))
+        .collect();
+    HttpResponse::Ok()
+        .content_type("application/json; charset=utf-8")
+        .body(format!("{{{}}}", body.join(",")))
 }
 
 async fn get_history(sim: web::Data<Sim>, q: Q) -> HttpResponse {
     let g = sim.lock();
     let max_items = q.get("max_items").and_then(|m| m.parse::<i64>().ok());
-    let mut offset = q.get("offset").and_then(|o| o.parse::<i64>().ok()).unwrap_or(-1);
+    let mut offset = q
+        .get("offset")
+        .and_then(|o| o.parse::<i64>().ok())
+        .unwrap_or(-1);
     if offset < 0 {
         if let Some(m) = max_items {
             offset = g.history.len() as i64 - m;
@@ -225,14 +271,24 @@ async fn get_history(sim: web::Data<Sim>, q: Q) -> HttpResponse {
 
 async fn get_history_one(sim: web::Data<Sim>, id: web::Path<String>) -> HttpResponse {
     let g = sim.lock();
-    let found: Vec<_> = g.history.iter().filter(|(k, _)| *k == *id).map(|(k, v)| (k, v)).collect();
+    let found: Vec<_> = g
+        .history
+        .iter()
+        .filter(|(k, _)| *k == *id)
+        .map(|(k, v)| (k, v))
+        .collect();
     history_response(&found)
 }
 
 async fn post_history(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
-    let Some(req) = json_body(&body) else { return internal_error() };
+    let Some(req) = json_body(&body) else {
+        return internal_error();
+    };
     let mut g = sim.lock();
-    if req.get("clear").is_some_and(|c| c.as_bool().unwrap_or(false)) {
+    if req
+        .get("clear")
+        .is_some_and(|c| c.as_bool().unwrap_or(false))
+    {
         g.history.clear();
     }
     if let Some(ids) = req.get("delete").and_then(Value::as_array) {
@@ -243,7 +299,9 @@ async fn post_history(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
 }
 
 async fn view(sim: web::Data<Sim>, q: Q) -> HttpResponse {
-    let Some(raw) = q.get("filename") else { return HttpResponse::NotFound().finish() };
+    let Some(raw) = q.get("filename") else {
+        return HttpResponse::NotFound().finish();
+    };
     let (name, dir) = if let Some(n) = raw.strip_suffix(" [output]") {
         (n, Some("output"))
     } else if let Some(n) = raw.strip_suffix(" [input]") {
@@ -257,7 +315,9 @@ async fn view(sim: web::Data<Sim>, q: Q) -> HttpResponse {
         return HttpResponse::BadRequest().finish();
     }
     let kind = dir.unwrap_or_else(|| q.get("type").map(String::as_str).unwrap_or("output"));
-    let Some(base) = sim.dirs.by_type(kind) else { return HttpResponse::BadRequest().finish() };
+    let Some(base) = sim.dirs.by_type(kind) else {
+        return HttpResponse::BadRequest().finish();
+    };
     let folder = match q.get("subfolder") {
         Some(sub) => match files::join_inside(base, sub) {
             Ok(f) => f,
@@ -283,12 +343,19 @@ async fn upload_image(sim: web::Data<Sim>, mut form: Multipart) -> HttpResponse 
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut image: Option<(String, Vec<u8>)> = None;
     while let Some(field) = form.next().await {
-        let Ok(mut field) = field else { return HttpResponse::BadRequest().finish() };
+        let Ok(mut field) = field else {
+            return HttpResponse::BadRequest().finish();
+        };
         let name = field.name().unwrap_or_default().to_string();
-        let filename = field.content_disposition().and_then(|cd| cd.get_filename()).map(str::to_string);
+        let filename = field
+            .content_disposition()
+            .and_then(|cd| cd.get_filename())
+            .map(str::to_string);
         let mut data = Vec::new();
         while let Some(chunk) = field.next().await {
-            let Ok(chunk) = chunk else { return HttpResponse::BadRequest().finish() };
+            let Ok(chunk) = chunk else {
+                return HttpResponse::BadRequest().finish();
+            };
             if data.len() + chunk.len() > MAX_BODY {
                 return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE).finish();
             }
@@ -301,15 +368,27 @@ async fn upload_image(sim: web::Data<Sim>, mut form: Multipart) -> HttpResponse 
             }
         }
     }
-    let Some((filename, bytes)) = image else { return HttpResponse::BadRequest().finish() };
-    let kind = fields.get("type").cloned().unwrap_or_else(|| "input".into());
-    let Some(base) = sim.dirs.by_type(&kind) else { return HttpResponse::BadRequest().finish() };
+    let Some((filename, bytes)) = image else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let kind = fields
+        .get("type")
+        .cloned()
+        .unwrap_or_else(|| "input".into());
+    let Some(base) = sim.dirs.by_type(&kind) else {
+        return HttpResponse::BadRequest().finish();
+    };
     let subfolder = fields.get("subfolder").cloned().unwrap_or_default();
-    let Ok(folder) = files::join_inside(base, &subfolder) else { return HttpResponse::BadRequest().finish() };
+    let Ok(folder) = files::join_inside(base, &subfolder) else {
+        return HttpResponse::BadRequest().finish();
+    };
     if std::fs::create_dir_all(&folder).is_err() {
         return internal_error();
     }
-    let overwrite = matches!(fields.get("overwrite").map(String::as_str), Some("true") | Some("1"));
+    let overwrite = matches!(
+        fields.get("overwrite").map(String::as_str),
+        Some("true") | Some("1")
+    );
     let target = match files::upload_target(&folder, &filename, &bytes, overwrite) {
         Ok(t) => t,
         Err(_) => return HttpResponse::BadRequest().finish(),
@@ -325,12 +404,17 @@ fn all_object_info(sim: &Sim) -> Vec<(&'static str, Value)> {
 }
 
 async fn object_info(sim: web::Data<Sim>) -> HttpResponse {
-    let map: Map<String, Value> = all_object_info(&sim).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let map: Map<String, Value> = all_object_info(&sim)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     HttpResponse::Ok().json(map)
 }
 
 async fn object_info_one(sim: web::Data<Sim>, class: web::Path<String>) -> HttpResponse {
-    let found = all_object_info(&sim).into_iter().find(|(k, _)| *k == class.as_str());
+    let found = all_object_info(&sim)
+        .into_iter()
+        .find(|(k, _)| *k == class.as_str());
     match found {
         Some((k, v)) => HttpResponse::Ok().json(json!({ k: v })),
         None => HttpResponse::Ok().json(json!({})),
@@ -354,24 +438,42 @@ async fn system_stats(sim: web::Data<Sim>) -> HttpResponse {
 
 async fn models() -> HttpResponse {
     HttpResponse::Ok().json(json!([
-        "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-        "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
-        "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders"
+        "checkpoints",
+        "configs",
+        "loras",
+        "vae",
+        "text_encoders",
+        "diffusion_models",
+        "clip_vision",
+        "style_models",
+        "embeddings",
+        "diffusers",
+        "vae_approx",
+        "controlnet",
+        "gligen",
+        "upscale_models",
+        "custom_nodes",
+        "hypernetworks",
+        "photomaker",
+        "classifiers",
+        "model_patches",
+        "audio_encoders"
     ]))
 }
 
 async fn models_in(folder: web::Path<String>) -> HttpResponse {
     match folder.as_str() {
         "checkpoints" => HttpResponse::Ok().json(nodes::CHECKPOINTS),
-        "configs" | "loras" | "vae" | "text_encoders" | "diffusion_models" | "embeddings" | "upscale_models" => {
-            HttpResponse::Ok().json(json!([]))
-        }
+        "configs" | "loras" | "vae" | "text_encoders" | "diffusion_models" | "embeddings"
+        | "upscale_models" => HttpResponse::Ok().json(json!([])),
         _ => HttpResponse::NotFound().finish(),
     }
 }
 
 async fn sim_config(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
-    let Some(req) = json_body(&body) else { return HttpResponse::BadRequest().finish() };
+    let Some(req) = json_body(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
     {
         let mut g = sim.lock();
         if let Some(ms) = req.get("exec_ms").and_then(Value::as_u64) {
@@ -386,7 +488,9 @@ async fn sim_config(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
 }
 
 async fn sim_script(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
-    let Some(req) = json_body(&body) else { return HttpResponse::BadRequest().finish() };
+    let Some(req) = json_body(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
     let mut g = sim.lock();
     let n = |k: &str| req.get(k).and_then(Value::as_u64).unwrap_or(0);
     g.script.fail_next += n("fail_next");

@@ -52,12 +52,21 @@ pub struct QueueItem {
 impl QueueItem {
     /// The client_id the prompt was sent with, if any.
     pub fn client_id(&self) -> Option<String> {
-        self.extra_data.get("client_id").and_then(Value::as_str).map(str::to_string)
+        self.extra_data
+            .get("client_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 
     /// The JSON array ComfyUI shows in `/queue` and `history[..].prompt`.
     pub fn to_json(&self) -> Value {
-        json!([self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs])
+        json!([
+            self.number,
+            self.prompt_id,
+            self.prompt,
+            self.extra_data,
+            self.outputs
+        ])
     }
 }
 
@@ -126,7 +135,11 @@ pub struct Dirs {
 impl Dirs {
     /// Creates `input/`, `output/` and `temp/` under `root` if missing.
     pub fn create(root: PathBuf) -> std::io::Result<Self> {
-        let d = Self { input: root.join("input"), output: root.join("output"), temp: root.join("temp") };
+        let d = Self {
+            input: root.join("input"),
+            output: root.join("output"),
+            temp: root.join("temp"),
+        };
         for p in [&d.input, &d.output, &d.temp] {
             std::fs::create_dir_all(p)?;
         }
@@ -156,7 +169,10 @@ pub struct Sim {
 
 /// Epoch milliseconds, as ComfyUI's `timestamp` fields.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `{"type": kind, "data": data}` as text.
@@ -212,14 +228,24 @@ impl Inner {
         if self.config.paused || self.running.is_some() {
             return;
         }
-        let Some(i) = self.pending.iter().enumerate().min_by_key(|(_, it)| it.number).map(|(i, _)| i) else {
+        let Some(i) = self
+            .pending
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, it)| it.number)
+            .map(|(i, _)| i)
+        else {
             return;
         };
         let item = self.pending.remove(i);
         if let Some(s) = self.stat_mut(&item.prompt_id) {
             s.started_ms = Some(now_ms());
         }
-        self.running = Some(Running { item, last_node: None, started: false });
+        self.running = Some(Running {
+            item,
+            last_node: None,
+            started: false,
+        });
         self.broadcast_status();
     }
 
@@ -264,7 +290,14 @@ impl Inner {
                 }
             }
         }
-        self.sockets.insert(sid.to_string(), Socket { conn, addr, preview_metadata: false });
+        self.sockets.insert(
+            sid.to_string(),
+            Socket {
+                conn,
+                addr,
+                preview_metadata: false,
+            },
+        );
         conn
     }
 
@@ -287,6 +320,9 @@ impl Inner {
 
     /// The stats line of a prompt.
     pub fn stat_mut(&mut self, prompt_id: &str) -> Option<&mut PromptStat> {
-        self.stats.iter_mut().rev().find(|s| s.prompt_id == prompt_id)
+        self.stats
+            .iter_mut()
+            .rev()
+            .find(|s| s.prompt_id == prompt_id)
     }
 }

@@ -37,15 +37,22 @@ fn fixtures() -> PathBuf {
 /// The lines of a transcript.
 fn load(name: &str) -> Vec<Value> {
     let path = fixtures().join("transcripts").join(format!("{name}.jsonl"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("jsonl line")).collect()
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("jsonl line"))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
 // Signatures
 
 fn keys(v: &Value) -> String {
-    let mut k: Vec<&String> = v.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    let mut k: Vec<&String> = v
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
     k.sort();
     k.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }
@@ -70,8 +77,14 @@ fn text_sig(m: &Value) -> String {
                 .as_object()
                 .map(|n| {
                     n.iter()
-                        .map(|(id, e)| format!("{id}:{}:{}/{}", e["state"].as_str().unwrap_or("?"),
-                            e["value"].as_f64().unwrap_or(-1.0), e["max"].as_f64().unwrap_or(-1.0)))
+                        .map(|(id, e)| {
+                            format!(
+                                "{id}:{}:{}/{}",
+                                e["state"].as_str().unwrap_or("?"),
+                                e["value"].as_f64().unwrap_or(-1.0),
+                                e["max"].as_f64().unwrap_or(-1.0)
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -81,7 +94,10 @@ fn text_sig(m: &Value) -> String {
         "executed" => mask_temp(&d["output"].to_string()),
         "progress" => format!("{}/{}", d["value"], d["max"]),
         "execution_error" | "execution_interrupted" => {
-            format!("{} {} {} {}", d["node_id"], d["node_type"], d["executed"], d["exception_type"])
+            format!(
+                "{} {} {} {}",
+                d["node_id"], d["node_type"], d["executed"], d["exception_type"]
+            )
         }
         "feature_flags" => d.to_string(),
         _ => String::new(),
@@ -103,9 +119,14 @@ fn msg_sig(m: &Msg) -> String {
             let h0 = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
             let h1 = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
             if h0 == 4 {
-                let meta: Value = serde_json::from_slice(&b[8..8 + h1 as usize]).unwrap_or(Value::Null);
+                let meta: Value =
+                    serde_json::from_slice(&b[8..8 + h1 as usize]).unwrap_or(Value::Null);
                 let png = &b[8 + h1 as usize..];
-                format!("binary 4 meta[{}] png={}", keys(&meta), png.starts_with(b"\x89PNG"))
+                format!(
+                    "binary 4 meta[{}] png={}",
+                    keys(&meta),
+                    png.starts_with(b"\x89PNG")
+                )
             } else {
                 format!("binary {h0} {h1} png={}", b[8..].starts_with(b"\x89PNG"))
             }
@@ -122,9 +143,18 @@ fn line_sig(line: &Value) -> Option<String> {
     if line["binary"].as_bool() == Some(true) {
         let h = &line["header_u32_be"];
         return Some(if h[0] == 4 {
-            format!("binary 4 meta[{}] png={}", keys(&line["decoded_metadata"]), line["image_first_8_bytes_hex"] == "89504e470d0a1a0a")
+            format!(
+                "binary 4 meta[{}] png={}",
+                keys(&line["decoded_metadata"]),
+                line["image_first_8_bytes_hex"] == "89504e470d0a1a0a"
+            )
         } else {
-            format!("binary {} {} png={}", h[0], h[1], line["bytes_8_16_hex"] == "89504e470d0a1a0a")
+            format!(
+                "binary {} {} png={}",
+                h[0],
+                h[1],
+                line["bytes_8_16_hex"] == "89504e470d0a1a0a"
+            )
         });
     }
     None
@@ -135,20 +165,44 @@ fn line_sig(line: &Value) -> Option<String> {
 
 /// Keys whose string values must match exactly.
 const EXACT: [&str; 12] = [
-    "type", "status_str", "filename", "subfolder", "name", "message", "details", "class_type",
-    "node_type", "exception_type", "input_name", "received_type",
+    "type",
+    "status_str",
+    "filename",
+    "subfolder",
+    "name",
+    "message",
+    "details",
+    "class_type",
+    "node_type",
+    "exception_type",
+    "input_name",
+    "received_type",
 ];
 
 fn id_like(k: &str) -> bool {
-    (k.len() == 36 && k.chars().filter(|c| *c == '-').count() == 4) || (k.len() == 32 && k.chars().all(|c| c.is_ascii_hexdigit()))
+    (k.len() == 36 && k.chars().filter(|c| *c == '-').count() == 4)
+        || (k.len() == 32 && k.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn shape(v: &Value, key: &str) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().map(|(k, v)| (if id_like(k) { "<id>".to_string() } else { k.clone() }, shape(v, k))).collect(),
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        if id_like(k) {
+                            "<id>".to_string()
+                        } else {
+                            k.clone()
+                        },
+                        shape(v, k),
+                    )
+                })
+                .collect(),
         ),
-        Value::Array(_) if key == "argv" || key == "traceback" || key == "current_inputs" => json!("<list>"),
+        Value::Array(_) if key == "argv" || key == "traceback" || key == "current_inputs" => {
+            json!("<list>")
+        }
         Value::Array(a) => Value::Array(a.iter().map(|x| shape(x, key)).collect()),
         Value::String(s) if EXACT.contains(&key) => json!(mask_temp(s)),
         Value::String(_) => json!("<str>"),
@@ -162,13 +216,21 @@ fn learn_names(rec: &Value, ours: &Value, map: &mut HashMap<String, String>) {
     match (rec, ours) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
-                let other = b.get(k).or_else(|| if id_like(k) && a.len() == 1 && b.len() == 1 { b.values().next() } else { None });
+                let other = b.get(k).or_else(|| {
+                    if id_like(k) && a.len() == 1 && b.len() == 1 {
+                        b.values().next()
+                    } else {
+                        None
+                    }
+                });
                 if let Some(o) = other {
                     learn_names(v, o, map);
                 }
             }
         }
-        (Value::Array(a), Value::Array(b)) => a.iter().zip(b).for_each(|(x, y)| learn_names(x, y, map)),
+        (Value::Array(a), Value::Array(b)) => {
+            a.iter().zip(b).for_each(|(x, y)| learn_names(x, y, map))
+        }
         (Value::String(a), Value::String(b)) if a.starts_with("ComfyUI_temp_") => {
             map.insert(a.clone(), b.clone());
         }
@@ -193,15 +255,27 @@ fn start_sim(exec_ms: u64) -> TestSim {
 
 fn start_sim_in(dir: tempfile::TempDir, exec_ms: u64) -> TestSim {
     let dirs = Dirs::create(dir.path().to_path_buf()).expect("dirs");
-    let sim = Arc::new(Sim::new(dirs, Config { exec_ms, paused: false }, vec!["comfy-sim".into()]));
+    let sim = Arc::new(Sim::new(
+        dirs,
+        Config {
+            exec_ms,
+            paused: false,
+        },
+        vec!["comfy-sim".into()],
+    ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let server = crate::server::start(sim.clone(), listener).expect("server");
     actix_rt::spawn(server);
-    TestSim { base: format!("http://127.0.0.1:{port}"), sim, dir }
+    TestSim {
+        base: format!("http://127.0.0.1:{port}"),
+        sim,
+        dir,
+    }
 }
 
-type WsSink = futures_util::stream::SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
+type WsSink =
+    futures_util::stream::SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
 
 struct WsClient {
     sink: WsSink,
@@ -210,7 +284,11 @@ struct WsClient {
 
 async fn ws_connect(base: &str, path: &str) -> WsClient {
     let url = format!("{}{}", base.replace("http://", "ws://"), path);
-    let (_resp, framed) = awc::Client::new().ws(url).connect().await.expect("ws connect");
+    let (_resp, framed) = awc::Client::new()
+        .ws(url)
+        .connect()
+        .await
+        .expect("ws connect");
     let (sink, mut stream) = framed.split();
     let frames = Arc::new(Mutex::new(Vec::new()));
     let sink_frames = frames.clone();
@@ -252,7 +330,9 @@ async fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
 
 /// A small PNG; `variant` changes the bytes, not the size.
 fn png_bytes(variant: u32) -> Vec<u8> {
-    crate::image::Image::solid(8, 8, 1, 0x102030 + variant).encode_png(0, &[]).expect("png")
+    crate::image::Image::solid(8, 8, 1, 0x102030 + variant)
+        .encode_png(0, &[])
+        .expect("png")
 }
 
 fn multipart(fields: &serde_json::Map<String, Value>, variant: u32) -> (String, Vec<u8>) {
@@ -266,7 +346,13 @@ fn multipart(fields: &serde_json::Map<String, Value>, variant: u32) -> (String, 
                 "Content-Disposition: form-data; name=\"{k}\"; filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
             body.extend_from_slice(&png_bytes(variant));
         } else {
-            body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{k}\"\r\n\r\n{}", v.as_str().unwrap_or("")).as_bytes());
+            body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{k}\"\r\n\r\n{}",
+                    v.as_str().unwrap_or("")
+                )
+                .as_bytes(),
+            );
         }
         body.extend_from_slice(b"\r\n");
     }
@@ -294,7 +380,9 @@ async fn replay(name: &str, exec_ms: u64, opts: Opts) -> TestSim {
     for f in &opts.seed_outputs {
         std::fs::write(ts.dir.path().join("output").join(f), png_bytes(0)).expect("seed output");
     }
-    let http = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
+    let http = awc::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .finish();
     let mut sockets: HashMap<String, WsClient> = HashMap::new();
     let mut expected_counts: HashMap<String, usize> = HashMap::new();
     let mut expected_sigs: HashMap<String, Vec<String>> = HashMap::new();
@@ -351,8 +439,13 @@ async fn replay(name: &str, exec_ms: u64, opts: Opts) -> TestSim {
                         }
                     }
                     n if n.starts_with("deleted input/") => {
-                        let file = n.trim_start_matches("deleted input/").split(' ').next().unwrap_or("");
-                        std::fs::remove_file(ts.dir.path().join("input").join(file)).expect("delete input");
+                        let file = n
+                            .trim_start_matches("deleted input/")
+                            .split(' ')
+                            .next()
+                            .unwrap_or("");
+                        std::fs::remove_file(ts.dir.path().join("input").join(file))
+                            .expect("delete input");
                     }
                     _ => {}
                 }
@@ -362,7 +455,10 @@ async fn replay(name: &str, exec_ms: u64, opts: Opts) -> TestSim {
                 let ws = line["ws"].as_str().unwrap_or("?");
                 let text = line["msg"].to_string();
                 let c = sockets.get_mut(ws).expect("socket for ws-out");
-                c.sink.send(ws::Message::Text(text.into())).await.expect("ws send");
+                c.sink
+                    .send(ws::Message::Text(text.into()))
+                    .await
+                    .expect("ws send");
             }
             "ws-in" => {
                 let ws = line["ws"].as_str().unwrap_or("?").to_string();
@@ -375,45 +471,76 @@ async fn replay(name: &str, exec_ms: u64, opts: Opts) -> TestSim {
                 let method = line["method"].as_str().unwrap_or("GET");
                 let path = map_ids(line["path"].as_str().unwrap_or("/"), &ids, &names);
                 let url = format!("{}{}", ts.base, path);
-                let req = if method == "POST" { http.post(&url) } else { http.get(&url) };
+                let req = if method == "POST" {
+                    http.post(&url)
+                } else {
+                    http.get(&url)
+                };
                 let resp = if let Some(body) = line.get("body") {
                     let text = map_ids(&body.to_string(), &ids, &names);
-                    req.insert_header(("Content-Type", "application/json")).send_body(text).await
+                    req.insert_header(("Content-Type", "application/json"))
+                        .send_body(text)
+                        .await
                 } else if let Some(raw) = line.get("raw_body") {
-                    req.insert_header(("Content-Type", "application/json")).send_body(raw.as_str().unwrap_or("").to_string()).await
+                    req.insert_header(("Content-Type", "application/json"))
+                        .send_body(raw.as_str().unwrap_or("").to_string())
+                        .await
                 } else if let Some(Value::Object(fields)) = line.get("multipart") {
                     let variant = u32::from(last_note.contains("different bytes"));
                     let (ct, body) = multipart(fields, variant);
-                    req.insert_header(("Content-Type", ct)).send_body(body).await
+                    req.insert_header(("Content-Type", ct))
+                        .send_body(body)
+                        .await
                 } else {
                     req.send().await
                 };
                 let mut resp = resp.unwrap_or_else(|e| panic!("{name}: {method} {path}: {e}"));
                 let status = resp.status().as_u16();
-                let ct = resp.headers().get("content-type").and_then(|h| h.to_str().ok()).map(str::to_string);
+                let ct = resp
+                    .headers()
+                    .get("content-type")
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string);
                 let body = resp.body().limit(200_000_000).await.expect("body");
                 let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 pending_resp = Some((req_index, status, ct, json));
                 req_index += 1;
             }
             "http-resp" => {
-                let Some((idx, status, ct, ours)) = pending_resp.take() else { continue };
+                let Some((idx, status, ct, ours)) = pending_resp.take() else {
+                    continue;
+                };
                 let what = format!("{name}: request #{idx} {} {}", line["method"], line["path"]);
                 if line["status"].as_u64() != Some(u64::from(status)) {
-                    failures.push(format!("{what}: status {status}, recorded {}", line["status"]));
+                    failures.push(format!(
+                        "{what}: status {status}, recorded {}",
+                        line["status"]
+                    ));
                     continue;
                 }
-                let rec_ct = line["content_type"].as_str().map(|s| s.split(';').next().unwrap_or(s).to_string());
+                let rec_ct = line["content_type"]
+                    .as_str()
+                    .map(|s| s.split(';').next().unwrap_or(s).to_string());
                 let our_ct = ct.map(|s| s.split(';').next().unwrap_or(&s).to_string());
                 if rec_ct != our_ct {
-                    failures.push(format!("{what}: content type {our_ct:?}, recorded {rec_ct:?}"));
+                    failures.push(format!(
+                        "{what}: content type {our_ct:?}, recorded {rec_ct:?}"
+                    ));
                 }
-                let Some(rec) = line.get("body") else { continue };
+                let Some(rec) = line.get("body") else {
+                    continue;
+                };
                 if rec.get("_truncated").is_some() || opts.skip_body.contains(&idx) {
                     continue;
                 }
-                if line["path"].as_str().is_some_and(|p| p.ends_with("/prompt")) && line["method"] == "POST" {
-                    if let (Some(r), Some(o)) = (rec["prompt_id"].as_str(), ours["prompt_id"].as_str()) {
+                if line["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/prompt"))
+                    && line["method"] == "POST"
+                {
+                    if let (Some(r), Some(o)) =
+                        (rec["prompt_id"].as_str(), ours["prompt_id"].as_str())
+                    {
                         ids.push((r.to_string(), o.to_string()));
                     }
                     if status == 400 {
@@ -425,7 +552,11 @@ async fn replay(name: &str, exec_ms: u64, opts: Opts) -> TestSim {
                 }
                 learn_names(rec, &ours, &mut names);
                 if shape(&ours, "") != shape(rec, "") {
-                    failures.push(format!("{what}: body shape\n ours {}\n rec  {}", shape(&ours, ""), shape(rec, "")));
+                    failures.push(format!(
+                        "{what}: body shape\n ours {}\n rec  {}",
+                        shape(&ours, ""),
+                        shape(rec, "")
+                    ));
                 }
             }
             _ => {}
@@ -450,13 +581,22 @@ async fn replay(name: &str, exec_ms: u64, opts: Opts) -> TestSim {
         let (gs, go) = split(&got);
         let (ws_, wo) = split(want);
         if gs != ws_ {
-            failures.push(format!("{name}: socket {ws} status frames\n ours {gs:?}\n rec  {ws_:?}"));
+            failures.push(format!(
+                "{name}: socket {ws} status frames\n ours {gs:?}\n rec  {ws_:?}"
+            ));
         }
         if go != wo {
-            failures.push(format!("{name}: socket {ws} frames\n ours {go:#?}\n rec  {wo:#?}"));
+            failures.push(format!(
+                "{name}: socket {ws} frames\n ours {go:#?}\n rec  {wo:#?}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     ts
 }
 
@@ -501,7 +641,15 @@ async fn d_runtime_error_matches_recording() {
 #[actix_web::test]
 async fn d2_deleted_input_fails_at_run_time_like_recording() {
     let seed = vec!["slow_00001_.png"];
-    replay("d2_runtime_error_deleted_input", 250, Opts { seed_outputs: seed, ..Opts::default() }).await;
+    replay(
+        "d2_runtime_error_deleted_input",
+        250,
+        Opts {
+            seed_outputs: seed,
+            ..Opts::default()
+        },
+    )
+    .await;
 }
 
 #[actix_web::test]
@@ -513,7 +661,8 @@ async fn e_validation_errors_match_recording() {
 async fn f_batch3_matches_recording() {
     let ts = replay("f_batch3", 20, Opts::default()).await;
     for i in 1..=3 {
-        let png = std::fs::read(ts.dir.path().join(format!("output/batch/b3_0000{i}_.png"))).expect("batch file");
+        let png = std::fs::read(ts.dir.path().join(format!("output/batch/b3_0000{i}_.png")))
+            .expect("batch file");
         let img = crate::image::decode_png(&png).expect("png");
         assert_eq!((img.width, img.height), (256, 192));
     }
@@ -528,7 +677,9 @@ async fn g_preview_temp_matches_recording() {
 async fn h_cached_resubmit_matches_recording() {
     let ts = replay("h_cached_resubmit", 20, Opts::default()).await;
     // The cached resubmission wrote nothing new.
-    let n = std::fs::read_dir(ts.dir.path().join("output")).expect("output").count();
+    let n = std::fs::read_dir(ts.dir.path().join("output"))
+        .expect("output")
+        .count();
     assert_eq!(n, 2);
 }
 
@@ -536,13 +687,29 @@ async fn h_cached_resubmit_matches_recording() {
 async fn i_queue_drain_status_counts_match_recording() {
     // Request #7 is GET /queue between two prompts: the real server had a gap there, ours
     // takes the next prompt at once, so the running list may hold one item.
-    replay("i_queue_drain_5_slow", 300, Opts { skip_body: vec![7], ..Opts::default() }).await;
+    replay(
+        "i_queue_drain_5_slow",
+        300,
+        Opts {
+            skip_body: vec![7],
+            ..Opts::default()
+        },
+    )
+    .await;
 }
 
 #[actix_web::test]
 async fn j_interrupt_matches_recording() {
     let seed = vec!["slow_00001_.png", "slow_00002_.png"];
-    replay("j_interrupt", 500, Opts { seed_outputs: seed, ..Opts::default() }).await;
+    replay(
+        "j_interrupt",
+        500,
+        Opts {
+            seed_outputs: seed,
+            ..Opts::default()
+        },
+    )
+    .await;
 }
 
 #[actix_web::test]
@@ -558,7 +725,15 @@ async fn l_two_clients_matches_recording() {
 #[actix_web::test]
 async fn m_reconnect_mid_run_matches_recording() {
     let seed = vec!["slow_00001_.png", "slow_00002_.png", "slow_00003_.png"];
-    replay("m_reconnect_mid_run", 1000, Opts { seed_outputs: seed, ..Opts::default() }).await;
+    replay(
+        "m_reconnect_mid_run",
+        1000,
+        Opts {
+            seed_outputs: seed,
+            ..Opts::default()
+        },
+    )
+    .await;
 }
 
 #[actix_web::test]
@@ -575,20 +750,39 @@ async fn o_prompt_options_matches_recording() {
 async fn p_history_ops_matches_recording() {
     // Request #3 (max_items=1&offset=0) returned the server's oldest entry, which in the
     // recording came from an earlier scenario.
-    replay("p_history_ops", 20, Opts { skip_body: vec![3], ..Opts::default() }).await;
+    replay(
+        "p_history_ops",
+        20,
+        Opts {
+            skip_body: vec![3],
+            ..Opts::default()
+        },
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Behaviour beyond the recordings: scripting hooks, restart, extra node classes
 
 async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
-    let mut resp = awc::Client::new().post(format!("{base}{path}")).send_json(&body).await.expect("post");
+    let mut resp = awc::Client::new()
+        .post(format!("{base}{path}"))
+        .send_json(&body)
+        .await
+        .expect("post");
     let bytes = resp.body().await.expect("body");
-    (resp.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        resp.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn get_json(base: &str, path: &str) -> Value {
-    let mut resp = awc::Client::new().get(format!("{base}{path}")).send().await.expect("get");
+    let mut resp = awc::Client::new()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("get");
     serde_json::from_slice(&resp.body().await.expect("body")).unwrap_or(Value::Null)
 }
 
@@ -615,24 +809,45 @@ async fn wait_history(base: &str, id: &str) -> Value {
 #[actix_web::test]
 async fn scripted_failure_rejection_and_stats_work() {
     let ts = start_sim(10);
-    let (code, _) = post_json(&ts.base, "/sim/script", json!({"fail_next": 1, "reject_next": 1})).await;
+    let (code, _) = post_json(
+        &ts.base,
+        "/sim/script",
+        json!({"fail_next": 1, "reject_next": 1}),
+    )
+    .await;
     assert_eq!(code, 200);
     let (code, _) = post_json(&ts.base, "/prompt", json!({"prompt": text2img("f", 1)})).await;
     assert_eq!(code, 500, "reject_next answers 500");
-    let (_, ok) = post_json(&ts.base, "/prompt", json!({"prompt": text2img("f", 1), "client_id": "c1"})).await;
-    assert_eq!(ok["number"], 0, "a scripted rejection does not use a number");
+    let (_, ok) = post_json(
+        &ts.base,
+        "/prompt",
+        json!({"prompt": text2img("f", 1), "client_id": "c1"}),
+    )
+    .await;
+    assert_eq!(
+        ok["number"], 0,
+        "a scripted rejection does not use a number"
+    );
     let id = ok["prompt_id"].as_str().expect("id").to_string();
     let entry = wait_history(&ts.base, &id).await;
     assert_eq!(entry["status"]["status_str"], "error");
     let err = &entry["status"]["messages"][2][1];
     assert_eq!(err["exception_type"], "RuntimeError");
-    assert_eq!(err["node_id"], "2", "the failure is on the last node to run");
-    assert!(err["exception_message"].as_str().expect("msg").starts_with("comfy-sim: scripted failure"));
+    assert_eq!(
+        err["node_id"], "2",
+        "the failure is on the last node to run"
+    );
+    assert!(err["exception_message"]
+        .as_str()
+        .expect("msg")
+        .starts_with("comfy-sim: scripted failure"));
     let stats = get_json(&ts.base, "/sim/stats").await;
     assert_eq!(stats["queued"], 0);
     assert_eq!(stats["prompts"][0]["outcome"], "error");
     assert_eq!(stats["prompts"][0]["client_id"], "c1");
-    assert!(stats["prompts"][0]["finished_ms"].as_u64() >= stats["prompts"][0]["started_ms"].as_u64());
+    assert!(
+        stats["prompts"][0]["finished_ms"].as_u64() >= stats["prompts"][0]["started_ms"].as_u64()
+    );
 }
 
 #[actix_web::test]
@@ -641,18 +856,42 @@ async fn paused_worker_queues_front_first_and_hang_ends_on_interrupt() {
     post_json(&ts.base, "/sim/config", json!({"paused": true})).await;
     post_json(&ts.base, "/sim/script", json!({"hang_next": 1})).await;
     let (_, a) = post_json(&ts.base, "/prompt", json!({"prompt": text2img("a", 1)})).await;
-    let (_, b) = post_json(&ts.base, "/prompt", json!({"prompt": text2img("b", 2), "front": true})).await;
+    let (_, b) = post_json(
+        &ts.base,
+        "/prompt",
+        json!({"prompt": text2img("b", 2), "front": true}),
+    )
+    .await;
     assert_eq!(b["number"], -1);
     let q = get_json(&ts.base, "/queue").await;
     assert_eq!(q["queue_running"], json!([]));
-    assert_eq!(q["queue_pending"][0][1], b["prompt_id"], "front item listed first");
+    assert_eq!(
+        q["queue_pending"][0][1], b["prompt_id"],
+        "front item listed first"
+    );
     post_json(&ts.base, "/sim/config", json!({"paused": false})).await;
     // b runs first and hangs until interrupted.
     let b_id = b["prompt_id"].as_str().expect("id").to_string();
-    let ok = wait_for(|| ts.sim.lock().running.as_ref().is_some_and(|r| r.item.prompt_id == b_id), Duration::from_secs(5)).await;
+    let ok = wait_for(
+        || {
+            ts.sim
+                .lock()
+                .running
+                .as_ref()
+                .is_some_and(|r| r.item.prompt_id == b_id)
+        },
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(ok, "front prompt runs first");
     actix_rt::time::sleep(Duration::from_millis(100)).await;
-    assert!(get_json(&ts.base, &format!("/history/{b_id}")).await.get(&b_id).is_none(), "hung prompt does not finish");
+    assert!(
+        get_json(&ts.base, &format!("/history/{b_id}"))
+            .await
+            .get(&b_id)
+            .is_none(),
+        "hung prompt does not finish"
+    );
     post_json(&ts.base, "/interrupt", json!({"prompt_id": b_id})).await;
     let entry = wait_history(&ts.base, &b_id).await;
     assert_eq!(entry["status"]["messages"][2][0], "execution_interrupted");
@@ -667,20 +906,44 @@ async fn restart_on_same_data_dir_keeps_files_and_counter_but_forgets_history() 
     let dir = tempfile::tempdir().expect("tempdir");
     let first = start_sim_in(dir, 10);
     let root = first.dir.path().to_path_buf();
-    let (_, r) = post_json(&first.base, "/prompt", json!({"prompt": text2img("nested/dir/out", 7)})).await;
+    let (_, r) = post_json(
+        &first.base,
+        "/prompt",
+        json!({"prompt": text2img("nested/dir/out", 7)}),
+    )
+    .await;
     let id = r["prompt_id"].as_str().expect("id").to_string();
     let e = wait_history(&first.base, &id).await;
-    assert_eq!(e["outputs"]["2"]["images"][0], json!({"filename": "out_00001_.png", "subfolder": "nested/dir", "type": "output"}));
+    assert_eq!(
+        e["outputs"]["2"]["images"][0],
+        json!({"filename": "out_00001_.png", "subfolder": "nested/dir", "type": "output"})
+    );
     // A fresh simulator on the same data dir stands in for the restarted process.
     let dirs_again = start_sim_in_root(&root, 10);
-    assert_eq!(get_json(&dirs_again.0, &format!("/history/{id}")).await, json!({}));
-    let (_, r2) = post_json(&dirs_again.0, "/prompt", json!({"prompt": text2img("nested/dir/out", 8)})).await;
+    assert_eq!(
+        get_json(&dirs_again.0, &format!("/history/{id}")).await,
+        json!({})
+    );
+    let (_, r2) = post_json(
+        &dirs_again.0,
+        "/prompt",
+        json!({"prompt": text2img("nested/dir/out", 8)}),
+    )
+    .await;
     assert_eq!(r2["number"], 0, "number restarts at 0");
     let e2 = wait_history(&dirs_again.0, r2["prompt_id"].as_str().expect("id")).await;
-    assert_eq!(e2["outputs"]["2"]["images"][0]["filename"], "out_00002_.png");
+    assert_eq!(
+        e2["outputs"]["2"]["images"][0]["filename"],
+        "out_00002_.png"
+    );
     let mut resp = awc::Client::new()
-        .get(format!("{}/view?filename=out_00001_.png&subfolder=nested/dir&type=output", dirs_again.0))
-        .send().await.expect("view");
+        .get(format!(
+            "{}/view?filename=out_00001_.png&subfolder=nested/dir&type=output",
+            dirs_again.0
+        ))
+        .send()
+        .await
+        .expect("view");
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.body().await.expect("png").starts_with(b"\x89PNG"));
 }
@@ -688,7 +951,14 @@ async fn restart_on_same_data_dir_keeps_files_and_counter_but_forgets_history() 
 /// Starts a simulator on an existing data dir (which the caller keeps).
 fn start_sim_in_root(root: &Path, exec_ms: u64) -> (String, Arc<Sim>) {
     let dirs = Dirs::create(root.to_path_buf()).expect("dirs");
-    let sim = Arc::new(Sim::new(dirs, Config { exec_ms, paused: false }, vec![]));
+    let sim = Arc::new(Sim::new(
+        dirs,
+        Config {
+            exec_ms,
+            paused: false,
+        },
+        vec![],
+    ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     actix_rt::spawn(crate::server::start(sim.clone(), listener).expect("server"));
@@ -699,33 +969,49 @@ fn start_sim_in_root(root: &Path, exec_ms: u64) -> (String, Arc<Sim>) {
 async fn diffusion_chain_runs_with_progress_and_seed_dependent_images() {
     let ts = start_sim(20);
     let mut client = ws_connect(&ts.base, "/ws?clientId=diff").await;
-    let graph = |seed: u64| json!({
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
-        "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": seed, "steps": 4, "cfg": 7.5,
-              "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
-              "latent_image": ["5", 0], "denoise": 1.0}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "t2i"}},
-    });
+    let graph = |seed: u64| {
+        json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
+            "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": seed, "steps": 4, "cfg": 7.5,
+                  "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+                  "latent_image": ["5", 0], "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "t2i"}},
+        })
+    };
     let mut files = Vec::new();
     for seed in [1u64, 18_446_744_073_709_551_615] {
-        let (code, r) = post_json(&ts.base, "/prompt", json!({"prompt": graph(seed), "client_id": "diff"})).await;
+        let (code, r) = post_json(
+            &ts.base,
+            "/prompt",
+            json!({"prompt": graph(seed), "client_id": "diff"}),
+        )
+        .await;
         assert_eq!(code, 200, "{r}");
         let e = wait_history(&ts.base, r["prompt_id"].as_str().expect("id")).await;
-        let name = e["outputs"]["9"]["images"][0]["filename"].as_str().expect("file").to_string();
+        let name = e["outputs"]["9"]["images"][0]["filename"]
+            .as_str()
+            .expect("file")
+            .to_string();
         let png = std::fs::read(ts.dir.path().join("output").join(&name)).expect("png");
         let img = crate::image::decode_png(&png).expect("decode");
         assert_eq!((img.width, img.height), (64, 48), "latent size x8");
         files.push(png);
     }
     assert_ne!(files[0], files[1], "different seeds give different bytes");
-    let progress: Vec<String> = client.all().iter().filter_map(|m| match m {
-        Msg::Text(v) if v["type"] == "progress" => Some(format!("{}/{}", v["data"]["value"], v["data"]["max"])),
-        _ => None,
-    }).collect();
+    let progress: Vec<String> = client
+        .all()
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Text(v) if v["type"] == "progress" => {
+                Some(format!("{}/{}", v["data"]["value"], v["data"]["max"]))
+            }
+            _ => None,
+        })
+        .collect();
     assert_eq!(&progress[..4], ["1/4", "2/4", "3/4", "4/4"]);
     let _ = client.sink.send(ws::Message::Close(None)).await;
 }
@@ -737,7 +1023,12 @@ async fn cleaner_node_deletes_inside_data_dir_and_refuses_escapes() {
     let victim = ts.dir.path().join("output/comfyd/T1/out_00001_.png");
     std::fs::write(&victim, b"x").expect("write");
     let clean = |kind: &str, path: &str| json!({"prompt": {"1": {"class_type": "Clean input and output file", "inputs": {"type": kind, "path": path}}}});
-    let (_, r) = post_json(&ts.base, "/prompt", clean("output", "comfyd/T1/out_00001_.png")).await;
+    let (_, r) = post_json(
+        &ts.base,
+        "/prompt",
+        clean("output", "comfyd/T1/out_00001_.png"),
+    )
+    .await;
     let e = wait_history(&ts.base, r["prompt_id"].as_str().expect("id")).await;
     assert_eq!(e["status"]["status_str"], "success");
     assert_eq!(e["outputs"], json!({}));
@@ -749,5 +1040,8 @@ async fn cleaner_node_deletes_inside_data_dir_and_refuses_escapes() {
     }
     let (code, r) = post_json(&ts.base, "/prompt", clean("elsewhere", "x")).await;
     assert_eq!(code, 400);
-    assert_eq!(r["node_errors"]["1"]["errors"][0]["type"], "value_not_in_list");
+    assert_eq!(
+        r["node_errors"]["1"]["errors"][0]["type"],
+        "value_not_in_list"
+    );
 }

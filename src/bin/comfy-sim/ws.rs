@@ -24,7 +24,10 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.conn = self.sim.lock().connect(&self.sid, ctx.address().recipient());
+        self.conn = self
+            .sim
+            .lock()
+            .connect(&self.sid, ctx.address().recipient());
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -49,10 +52,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         match msg {
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Text(text)) => {
-                let Ok(v) = serde_json::from_str::<Value>(&text) else { return };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    return;
+                };
                 if first && v["type"] == "feature_flags" {
                     let g = &mut *self.sim.lock();
-                    let wants = v["data"]["supports_preview_metadata"].as_bool().unwrap_or(false);
+                    let wants = v["data"]["supports_preview_metadata"]
+                        .as_bool()
+                        .unwrap_or(false);
                     if let Some(s) = g.sockets.get_mut(&self.sid).filter(|s| s.conn == self.conn) {
                         s.preview_metadata = wants;
                         let reply = frame_text("feature_flags", &features());
@@ -87,6 +94,11 @@ pub async fn route(
         .filter(|s| !s.is_empty())
         .cloned()
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let session = Session { sim: sim.into_inner(), sid, conn: 0, first_frame: true };
+    let session = Session {
+        sim: sim.into_inner(),
+        sid,
+        conn: 0,
+        first_frame: true,
+    };
     ws::start(session, &req, stream)
 }

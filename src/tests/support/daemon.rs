@@ -70,7 +70,10 @@ impl Daemon {
         cmd.current_dir(self.data.path())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", std::env::var("COMFYD_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("COMFYD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("SERVICE_PORT", self.port.to_string())
             .env("COMFYD_HOST", "127.0.0.1")
             .env("COMFYUI_ENDPOINTS", self.cfg.endpoints.join(","))
@@ -87,13 +90,17 @@ impl Daemon {
         self.child = Some(cmd.spawn().expect("spawn comfyd"));
         let health = format!("{}/healthz", self.base);
         let log_path = self.data.path().join("comfyd.log");
-        eventually(30, &format!("comfyd /healthz (log: {})", log_path.display()), || {
-            let url = health.clone();
-            async move {
-                let resp = awc::Client::new().get(url).send().await.ok()?;
-                resp.status().is_success().then_some(())
-            }
-        })
+        eventually(
+            30,
+            &format!("comfyd /healthz (log: {})", log_path.display()),
+            || {
+                let url = health.clone();
+                async move {
+                    let resp = awc::Client::new().get(url).send().await.ok()?;
+                    resp.status().is_success().then_some(())
+                }
+            },
+        )
         .await;
     }
 
@@ -110,7 +117,10 @@ impl Daemon {
     /// Sends SIGHUP (reload the workflows); panics when the daemon is not running.
     pub fn sighup(&self) {
         let pid = self.pid().expect("daemon is running");
-        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("run kill");
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("run kill");
         assert!(status.success(), "kill -HUP {pid} failed");
     }
 
@@ -125,7 +135,9 @@ impl Daemon {
     /// SIGTERM and wait for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         c.wait().ok()
     }
 
@@ -183,8 +195,18 @@ impl Daemon {
             }
             if std::time::Instant::now() > deadline {
                 let log = self.log();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-                panic!("task {id} did not end in {secs} s: {t}\n--- comfyd log (tail) ---\n{}", tail.join("\n"));
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "task {id} did not end in {secs} s: {t}\n--- comfyd log (tail) ---\n{}",
+                    tail.join("\n")
+                );
             }
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }

@@ -8,7 +8,8 @@ use tempfile::TempDir;
 
 /// Admin URL of the local PostgreSQL (trust auth, as on CI machines); PG_ADMIN_URL overrides.
 fn pg_admin_url() -> String {
-    std::env::var("PG_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub enum TestDb {
@@ -20,16 +21,27 @@ pub enum TestDb {
 impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("db dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("comfyd.db").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("comfyd.db").display()
+        );
         TestDb::Sqlite { _dir: dir, url }
     }
 
     pub async fn postgres() -> TestDb {
         let name = format!("comfyd_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = Database::connect(pg_admin_url()).await.expect("connect to local PostgreSQL");
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let admin = Database::connect(pg_admin_url())
+            .await
+            .expect("connect to local PostgreSQL");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
         let base = pg_admin_url();
-        let url = format!("{}/{name}", base.rsplit_once('/').map(|(a, _)| a).unwrap_or(&base));
+        let url = format!(
+            "{}/{name}",
+            base.rsplit_once('/').map(|(a, _)| a).unwrap_or(&base)
+        );
         TestDb::Postgres { name, url }
     }
 
@@ -40,7 +52,9 @@ impl TestDb {
     }
 
     pub async fn connect(&self) -> DatabaseConnection {
-        Database::connect(self.url()).await.expect("connect to test database")
+        Database::connect(self.url())
+            .await
+            .expect("connect to test database")
     }
 }
 

@@ -17,7 +17,11 @@ use std::net::TcpListener;
 
 /// A port that was free a moment ago (the caller binds it right away).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// Polls `check` every 50 ms until it returns Some, or panics with `what` after `secs`.

@@ -21,14 +21,25 @@ impl Sim {
     /// Starts a simulator whose prompts take `exec_ms` each.
     pub async fn start(exec_ms: u64) -> Sim {
         let data = tempfile::tempdir().expect("sim data dir");
-        let mut sim = Sim { port: 0, url: String::new(), data, exec_ms, child: None };
+        let mut sim = Sim {
+            port: 0,
+            url: String::new(),
+            data,
+            exec_ms,
+            child: None,
+        };
         sim.spawn(0);
         sim
     }
 
     fn spawn(&mut self, port: u16) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_comfy-sim"))
-            .args(["--port", &port.to_string(), "--exec-ms", &self.exec_ms.to_string()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--exec-ms",
+                &self.exec_ms.to_string(),
+            ])
             .arg("--data-dir")
             .arg(self.data.path())
             .stdout(Stdio::piped())
@@ -37,7 +48,9 @@ impl Sim {
             .expect("spawn comfy-sim");
         let stdout = child.stdout.take().expect("sim stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("sim banner");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("sim banner");
         let port: u16 = line
             .trim()
             .rsplit(':')
@@ -105,7 +118,10 @@ impl Sim {
 
     /// The prompts this simulator received (`GET /sim/stats`).
     pub async fn prompts(&self) -> Vec<Value> {
-        self.get("/sim/stats").await["prompts"].as_array().cloned().unwrap_or_default()
+        self.get("/sim/stats").await["prompts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The graph a prompt ran with, from `/history/{id}`.

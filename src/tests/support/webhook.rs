@@ -17,7 +17,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -48,7 +51,9 @@ impl WebhookReceiver {
         };
         let data = shared.clone();
         let server = HttpServer::new(move || {
-            App::new().app_data(web::Data::new(data.clone())).default_service(web::to(receive))
+            App::new()
+                .app_data(web::Data::new(data.clone()))
+                .default_service(web::to(receive))
         })
         .workers(1)
         .disable_signals()
@@ -58,7 +63,11 @@ impl WebhookReceiver {
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        WebhookReceiver { url: format!("http://127.0.0.1:{port}/hook"), shared, handle }
+        WebhookReceiver {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            shared,
+            handle,
+        }
     }
 
     /// The status every following request gets (e.g. 204, 500).
@@ -77,7 +86,10 @@ impl WebhookReceiver {
 
     /// Bodies received for one task id.
     pub fn for_task(&self, task_id: &str) -> Vec<Received> {
-        self.received().into_iter().filter(|r| r.body["id"] == task_id).collect()
+        self.received()
+            .into_iter()
+            .filter(|r| r.body["id"] == task_id)
+            .collect()
     }
 
     pub async fn stop(&self) {
@@ -97,7 +109,11 @@ async fn receive(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) 
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
     let parsed = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    shared.received.lock().expect("lock").push(Received { headers, body: parsed, raw: body.to_vec() });
+    shared.received.lock().expect("lock").push(Received {
+        headers,
+        body: parsed,
+        raw: body.to_vec(),
+    });
     let code = actix_web::http::StatusCode::from_u16(status).expect("valid status");
     if status == 204 {
         HttpResponse::build(code).finish()
