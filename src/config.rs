@@ -361,6 +361,26 @@ impl Settings {
         if self.comfyui.max_attempts < 1 {
             bail!("comfyui.max_attempts (COMFYD_MAX_ATTEMPTS) must be at least 1");
         }
+        // Deadlines and horizons become dates; ten years is beyond any real need and far from overflow.
+        const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+        for (value, name) in [
+            (
+                self.comfyui.task_deadline_secs,
+                "comfyui.task_deadline_secs (COMFYD_TASK_DEADLINE_SECS)",
+            ),
+            (
+                self.webhooks.retry_horizon_secs,
+                "webhooks.retry_horizon_secs (COMFYD_WEBHOOK_HORIZON_SECS)",
+            ),
+            (
+                self.webhooks.max_backoff_secs,
+                "webhooks.max_backoff_secs (COMFYD_WEBHOOK_MAX_BACKOFF_SECS)",
+            ),
+        ] {
+            if !(1..=TEN_YEARS).contains(&value) {
+                bail!("{name} must be from 1 to {TEN_YEARS} seconds, not {value}");
+            }
+        }
         if self.storage.upload_attempts == 0 {
             bail!("storage.upload_attempts (COMFYD_UPLOAD_ATTEMPTS) must be at least 1");
         }
@@ -499,6 +519,19 @@ mod tests {
             Settings::load_file(Some(&path)).expect_err("must fail")
         );
         assert!(err.contains("max_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn an_absurd_deadline_is_refused_rather_than_overflowing() {
+        let env = EnvOverrides {
+            comfyd_task_deadline_secs: Some(u64::MAX),
+            ..Default::default()
+        };
+        let err = format!(
+            "{:#}",
+            Settings::from_parts(None, env).expect_err("must fail")
+        );
+        assert!(err.contains("COMFYD_TASK_DEADLINE_SECS"), "{err}");
     }
 
     #[test]
