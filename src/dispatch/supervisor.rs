@@ -186,6 +186,8 @@ impl Supervisor {
         .map(move |res, act, ctx| {
             let task_id = key.task_id.clone();
             match res {
+                // Cancelled or past its deadline while the claim was written: do not run it.
+                Ok(Some(_)) if !act.slots[i].held.contains_key(&task_id) => act.dispatch(ctx),
                 Ok(Some(task)) => match act.build_run(&task) {
                     Ok(run) => {
                         if let Some(h) = act.slots[i].held.get_mut(&task_id) {
