@@ -380,3 +380,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[actix_web::test]
+async fn a_job_no_backend_accepts_fails_after_the_attempt_limit_and_is_notified() {
+    let env = env(EnvOpts {
+        backends: 2,
+        env: envs(&[("COMFYD_MAX_ATTEMPTS", "3")]),
+        ..Default::default()
+    })
+    .await;
+    // Both backends answer 500 to every prompt.
+    for s in &env.sims {
+        s.script(json!({ "reject_next": 100 })).await;
+    }
+    let id = submit_n(&env, 1, "solid").await.remove(0);
+    let t = env.daemon.wait_terminal(&id, 30).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error_code"], 1);
+    assert_eq!(t["attempts"], 3);
+    assert!(
+        t["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3 attempts"),
+        "{t}"
+    );
+    let hooks = webhooks(&env, &id, 1).await;
+    assert_eq!(hooks[0].body["error_code"], 1);
+    let db = env.db.connect().await;
+    let kinds: Vec<String> = store::task_events(&db, &id)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "dispatched").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "requeued").count(),
+        2,
+        "{kinds:?}"
+    );
+}
