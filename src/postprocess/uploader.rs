@@ -3,10 +3,11 @@
 //! For each output it fetches the file from the backend's `/view` and puts it in the store (S3 or a
 //! local folder) under `{task_id}/{filename}`, retrying with backoff; a file that cannot be stored is
 //! written to the fallback folder at its ComfyUI path (error_code 2), one that cannot be fetched gives
-//! error_code 3. Tasks are processed concurrently, each in its own future, so a slow store never holds
-//! up other tasks, and an already-stored output is never stored twice (a replay after a crash).
+//! error_code 3. Tasks are processed concurrently (up to `MAX_CONCURRENT_STORES`), each in its own
+//! future, so a slow store never holds up other tasks; an output already stored is never stored again
+//! (a replay after a crash).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,6 +28,9 @@ use crate::storage::Store;
 use crate::store::{self, Event, NewOutput, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
 
+/// Tasks stored at once, at most: outputs are held in memory while they are stored, so this bounds
+/// comfyd's memory when a burst of jobs finishes, and the load it puts on the store.
+const MAX_CONCURRENT_STORES: usize = 32;
 /// Fetch attempts per output before it counts as not retrievable.
 const FETCH_ATTEMPTS: u32 = 3;
 /// First pause between two attempts (doubled each time).
@@ -49,6 +53,8 @@ pub struct Uploader {
     clients: HashMap<String, Rc<ComfyClient>>,
     /// Tasks being stored right now (a recovery replay must not run beside the live one).
     busy: HashSet<String>,
+    /// Tasks waiting for a place among the `MAX_CONCURRENT_STORES`.
+    waiting: VecDeque<StoreOutputs>,
 }
 
 impl Uploader {
@@ -69,6 +75,7 @@ impl Uploader {
             finisher,
             clients: HashMap::new(),
             busy: HashSet::new(),
+            waiting: VecDeque::new(),
         }
     }
 
@@ -103,9 +110,20 @@ impl Handler<StoreOutputs> for Uploader {
     type Result = ();
 
     fn handle(&mut self, msg: StoreOutputs, ctx: &mut Context<Self>) {
-        if !self.busy.insert(msg.task_id.clone()) {
+        if self.busy.contains(&msg.task_id) {
             return;
         }
+        if self.busy.len() >= MAX_CONCURRENT_STORES {
+            self.waiting.push_back(msg);
+            return;
+        }
+        self.start(msg, ctx);
+    }
+}
+
+impl Uploader {
+    fn start(&mut self, msg: StoreOutputs, ctx: &mut Context<Self>) {
+        self.busy.insert(msg.task_id.clone());
         let job = StoreJob {
             cfg: self.cfg.clone(),
             db: self.db.clone(),
@@ -121,11 +139,14 @@ impl Handler<StoreOutputs> for Uploader {
         let files = msg.files;
         async move { job.run(files).await }
             .into_actor(self)
-            .map(move |res, act, _ctx| {
+            .map(move |res, act, ctx| {
                 act.busy.remove(&task_id);
                 if let Err(e) = res {
                     // Left in `executed`: the next start's recovery stores it.
                     error!(task.id = %task_id, error = %format!("{e:#}"), "storing outputs failed");
+                }
+                if let Some(next) = act.waiting.pop_front() {
+                    act.start(next, ctx);
                 }
             })
             .spawn(ctx);
@@ -422,7 +443,7 @@ fn is_foreign(task_id: &str, o: &output::Model) -> bool {
     }
 }
 
-/// How many tasks are being stored right now (shutdown waits for zero).
+/// How many tasks are being stored or waiting to be (shutdown waits for zero).
 #[derive(Message, Debug)]
 #[rtype(result = "usize")]
 pub struct InProgress;
@@ -431,7 +452,7 @@ impl Handler<InProgress> for Uploader {
     type Result = usize;
 
     fn handle(&mut self, _: InProgress, _ctx: &mut Context<Self>) -> usize {
-        self.busy.len()
+        self.busy.len() + self.waiting.len()
     }
 }
 
