@@ -30,6 +30,9 @@ use crate::postprocess::Pipeline;
 use crate::store::{self, Event, TaskPatch};
 use crate::task::{error_code, InputFile, Status};
 
+/// A backend that failed to take a job (HTTP error, connection refused) gets none for this long, so the
+/// job goes to another backend rather than straight back.
+const BACKEND_COOLDOWN: Duration = Duration::from_secs(1);
 /// How often tasks past their deadline are looked for.
 const DEADLINE_SWEEP: Duration = Duration::from_secs(2);
 
@@ -63,6 +66,8 @@ struct Slot {
     up: bool,
     queue_remaining: u32,
     held: HashMap<String, Held>,
+    /// No new job before this (see `BACKEND_COOLDOWN`).
+    cool_until: Option<std::time::Instant>,
 }
 
 impl Slot {
@@ -82,6 +87,8 @@ pub struct Supervisor {
     seq: u64,
     /// Rotates the tie-break between equally loaded backends, so a burst spreads out.
     rr: usize,
+    /// The backend each re-queued task last failed on: it goes elsewhere when it can.
+    avoid: HashMap<String, usize>,
     accepting: bool,
 }
 
@@ -96,6 +103,7 @@ impl Supervisor {
             queued: HashMap::new(),
             seq: 0,
             rr: 0,
+            avoid: HashMap::new(),
             accepting: true,
         }
     }
@@ -116,35 +124,43 @@ impl Supervisor {
         self.queue.insert(key);
     }
 
-    /// The least-loaded backend that is up and has room; ties go round-robin.
-    fn pick(&mut self) -> Option<usize> {
+    /// The next task and the backend it goes to: backends that are up, not cooling down and have room,
+    /// least loaded first (ties round-robin, so a burst spreads); for each, the first queued task that
+    /// did not just fail there, unless no other backend is up.
+    fn next_assignment(&mut self) -> Option<(usize, QueueKey)> {
         let n = self.slots.len();
-        let mut best: Option<(usize, usize)> = None;
-        for k in 0..n {
-            let i = (self.rr + k) % n;
-            let s = &self.slots[i];
-            if !s.up || s.held.len() >= self.cfg.max_in_flight {
-                continue;
-            }
-            if best.is_none_or(|(_, load)| s.load() < load) {
-                best = Some((i, s.load()));
+        let now = std::time::Instant::now();
+        let mut candidates: Vec<usize> = (0..n)
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.up && s.held.len() < self.cfg.max_in_flight
+                    && !s.cool_until.is_some_and(|t| t > now)
+            })
+            .collect();
+        candidates.sort_by_key(|&i| (self.slots[i].load(), (i + n - self.rr) % n));
+        for i in candidates {
+            let elsewhere = self.slots.iter().enumerate().any(|(j, s)| j != i && s.up);
+            let found = self
+                .queue
+                .iter()
+                .find(|k| !elsewhere || self.avoid.get(&k.task_id) != Some(&i))
+                .cloned();
+            if let Some(key) = found {
+                self.rr = (i + 1) % n;
+                return Some((i, key));
             }
         }
-        let (i, _) = best?;
-        self.rr = (i + 1) % n;
-        Some(i)
+        None
     }
 
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         if !self.accepting {
             return;
         }
-        while !self.queue.is_empty() {
-            let Some(i) = self.pick() else { break };
-            let Some(key) = self.queue.pop_first() else {
-                break;
-            };
+        while let Some((i, key)) = self.next_assignment() {
+            self.queue.remove(&key);
             self.queued.remove(&key.task_id);
+            self.avoid.remove(&key.task_id);
             let prompt_id = uuid::Uuid::new_v4().to_string();
             self.slots[i].held.insert(
                 key.task_id.clone(),
@@ -309,6 +325,7 @@ impl Supervisor {
                 act.dispatch(ctx);
             }
             Ok(Some((task, false))) => {
+                act.avoid.remove(&task.id);
                 let msg = format!("no backend ran it in {} attempts", task.attempts);
                 act.fail(
                     task.id,
@@ -415,6 +432,7 @@ impl Supervisor {
                     if let Some(key) = act.queued.remove(&t.id) {
                         act.queue.remove(&key);
                     }
+                    act.avoid.remove(&t.id);
                     if let Some(i) = act.slots.iter().position(|s| s.held.contains_key(&t.id)) {
                         if let Some(held) = act.slots[i].held.remove(&t.id) {
                             act.slots[i].addr.do_send(backend::Cancel {
@@ -493,6 +511,7 @@ impl Handler<AttachBackends> for Supervisor {
                 up: false,
                 queue_remaining: 0,
                 held: HashMap::new(),
+                cool_until: None,
             });
         }
         self.recover(ctx);
@@ -653,8 +672,20 @@ impl Handler<JobEnded> for Supervisor {
                     ctx,
                 );
             }
-            JobOutcome::Unavailable(reason) | JobOutcome::Lost(reason) => {
+            JobOutcome::Unavailable(reason) => {
+                warn!(task.id = %task_id, backend.name = %msg.backend, %reason, "backend did not take the job; re-dispatching");
+                if let Some((i, _)) = &held {
+                    self.slots[*i].cool_until = Some(std::time::Instant::now() + BACKEND_COOLDOWN);
+                    self.avoid.insert(task_id.clone(), *i);
+                    ctx.run_later(BACKEND_COOLDOWN, |act, ctx| act.dispatch(ctx));
+                }
+                self.retry_or_fail(task_id.clone(), reason, ctx);
+            }
+            JobOutcome::Lost(reason) => {
                 warn!(task.id = %task_id, backend.name = %msg.backend, %reason, "job did not run; re-dispatching");
+                if let Some((i, _)) = &held {
+                    self.avoid.insert(task_id.clone(), *i);
+                }
                 self.retry_or_fail(task_id.clone(), reason, ctx);
             }
         }
@@ -703,6 +734,7 @@ impl Handler<CancelTask> for Supervisor {
                 if let Some(key) = act.queued.remove(&task_id) {
                     act.queue.remove(&key);
                 }
+                act.avoid.remove(&task_id);
                 let found = act.slots.iter().position(|s| s.held.contains_key(&task_id));
                 if let Some(i) = found {
                     if let Some(held) = act.slots[i].held.remove(&task_id) {

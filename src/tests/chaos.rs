@@ -425,3 +425,22 @@ async fn a_job_no_backend_accepts_fails_after_the_attempt_limit_and_is_notified(
         "{kinds:?}"
     );
 }
+
+#[actix_web::test]
+async fn jobs_a_backend_refuses_run_on_another_backend() {
+    let env = env(EnvOpts {
+        backends: 2,
+        exec_ms: 20,
+        ..Default::default()
+    })
+    .await;
+    env.sims[0].script(json!({ "reject_next": 1000 })).await;
+    let ids = submit_n(&env, 6, "solid").await;
+    for id in &ids {
+        let t = env.daemon.wait_terminal(id, 30).await;
+        assert_eq!(t["status"], "done", "{t}");
+        assert_eq!(t["backend"], env.sims[1].url);
+        assert!(t["attempts"].as_i64().unwrap_or(9) <= 2, "{t}");
+    }
+    assert_each_ended_once(&env, &ids).await;
+}
