@@ -134,7 +134,7 @@ impl Supervisor {
             .filter(|&i| {
                 let s = &self.slots[i];
                 s.up && s.held.len() < self.cfg.max_in_flight
-                    && !s.cool_until.is_some_and(|t| t > now)
+                    && s.cool_until.is_none_or(|t| t <= now)
             })
             .collect();
         candidates.sort_by_key(|&i| (self.slots[i].load(), (i + n - self.rr) % n));
