@@ -18,8 +18,9 @@ use crate::store::{
 };
 use crate::task::Status;
 
-/// Most writes in one transaction (keeps a transaction short when a backlog built up).
-const MAX_BATCH: usize = 256;
+/// Most writes in one transaction: short transactions keep the wait of a write that arrives behind a
+/// backlog short.
+const MAX_BATCH: usize = 64;
 
 pub struct Recorder {
     db: DatabaseConnection,
@@ -55,8 +56,7 @@ impl Recorder {
             return;
         }
         self.writing = true;
-        let n = self.queue.len().min(MAX_BATCH);
-        let batch: Vec<Pending> = self.queue.drain(..n).collect();
+        let batch = take_batch(&mut self.queue);
         let db = self.db.clone();
         async move { write_batch(&db, batch).await }
             .into_actor(self)
@@ -104,6 +104,10 @@ enum Written {
 }
 
 impl Write {
+    fn is_awaited_by_a_client(&self) -> bool {
+        matches!(self, Write::InsertTask(_) | Write::Finish(_))
+    }
+
     async fn apply<C: ConnectionTrait>(&self, c: &C) -> Result<Written, DbErr> {
         Ok(match self {
             Write::InsertTask(t) => Written::Inserted(store::insert_task(c, t).await?),
@@ -142,6 +146,27 @@ impl Write {
             }
         })
     }
+}
+
+/// The next batch: the writes someone is waiting on first (a new task, for its submitter; a terminal
+/// state, for its webhook), then the others, each group in arrival order. Moving those ahead is safe:
+/// a new task has no earlier write, and a task's `Finish` is sent only after its earlier writes
+/// committed (its `RecordExecuted` is awaited, and everything queued before that went first).
+fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
+    let mut batch = Vec::with_capacity(MAX_BATCH.min(queue.len()));
+    let mut rest = Vec::with_capacity(queue.len());
+    for p in queue.drain(..) {
+        if batch.len() < MAX_BATCH && p.write.is_awaited_by_a_client() {
+            batch.push(p);
+        } else {
+            rest.push(p);
+        }
+    }
+    let room = MAX_BATCH - batch.len();
+    let fill = room.min(rest.len());
+    batch.extend(rest.drain(..fill));
+    *queue = rest;
+    batch
 }
 
 async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
@@ -278,3 +303,71 @@ pub struct RecordEvent {
     pub event: Event,
 }
 write_message!(RecordEvent => (), |m| Write::RecordEvent(m), Written::Done => ());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(write: Write) -> Pending {
+        Pending {
+            write,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn event(task: &str) -> Write {
+        Write::RecordEvent(RecordEvent {
+            task_id: task.into(),
+            event: Event::new("x", serde_json::Value::Null),
+        })
+    }
+
+    fn finish(task: &str) -> Write {
+        Write::Finish(Finish {
+            task_id: task.into(),
+            from: vec![Status::Executed],
+            to: Status::Done,
+            patch: TaskPatch::default(),
+            outputs: vec![],
+            event: Event::new("stored", serde_json::Value::Null),
+            give_up_at: Utc::now(),
+        })
+    }
+
+    fn task_of(p: &Pending) -> &str {
+        match &p.write {
+            Write::RecordEvent(m) => &m.task_id,
+            Write::Finish(m) => &m.task_id,
+            _ => "?",
+        }
+    }
+
+    #[test]
+    fn awaited_writes_go_first_and_each_group_keeps_its_order() {
+        let mut queue = vec![
+            pending(event("e1")),
+            pending(finish("f1")),
+            pending(event("e2")),
+            pending(finish("f2")),
+        ];
+        let batch = take_batch(&mut queue);
+        let order: Vec<&str> = batch.iter().map(task_of).collect();
+        assert_eq!(order, ["f1", "f2", "e1", "e2"]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_capped_and_the_rest_waits_in_order() {
+        let mut queue: Vec<Pending> = (0..MAX_BATCH + 3)
+            .map(|i| pending(event(&format!("e{i}"))))
+            .collect();
+        queue.push(pending(finish("f")));
+        let batch = take_batch(&mut queue);
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert_eq!(task_of(&batch[0]), "f");
+        assert_eq!(task_of(&batch[1]), "e0");
+        let left: Vec<&str> = queue.iter().map(task_of).collect();
+        assert_eq!(left.len(), 4);
+        assert_eq!(left[0], format!("e{}", MAX_BATCH - 1));
+    }
+}
