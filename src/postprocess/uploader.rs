@@ -29,8 +29,10 @@ use crate::store::{self, Event, NewOutput, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
 
 /// Tasks stored at once, at most: outputs are held in memory while they are stored, so this bounds
-/// comfyd's memory when a burst of jobs finishes, and the load it puts on the store.
-const MAX_CONCURRENT_STORES: usize = 32;
+/// comfyd's memory when a burst of jobs finishes. Measured (BENCHMARKS.md): 32 made a slow store's
+/// backlog a FIFO wait (completion → webhook p50 364 ms in scenario (b) with S3); 128 keeps it at 50 to
+/// 70 ms, the unbounded figure, while still capping memory.
+const MAX_CONCURRENT_STORES: usize = 128;
 /// Fetch attempts per output before it counts as not retrievable.
 const FETCH_ATTEMPTS: u32 = 3;
 /// First pause between two attempts (doubled each time).
