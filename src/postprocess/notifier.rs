@@ -89,7 +89,8 @@ impl Notifier {
             let next = now
                 + chrono::Duration::from_std(retry_delay(attempt_no, cfg.first_backoff, cfg.max_backoff, rand::thread_rng().gen()))
                     .unwrap_or(chrono::Duration::seconds(60));
-            let permanent = matches!(&result, Err(e) if !e.is_transient() && matches!(e, crate::outbound::OutboundError::BadUrl(_)));
+            // A URL the policy refuses will not be accepted later either.
+            let permanent = matches!(&result, Err(crate::outbound::OutboundError::BadUrl(_)));
             let new_status = if delivered {
                 "delivered"
             } else if next > d.give_up_at || permanent {
@@ -111,8 +112,11 @@ impl Notifier {
                 new_status,
                 next_attempt_at: next,
             };
-            if let Err(e) = recorder.send(RecordAttempt(outcome)).await {
-                warn!(delivery.id = %d.id, error = %e, "could not record webhook attempt");
+            // Unrecorded, the delivery stays due and is sent again: at least once, never lost.
+            match recorder.send(RecordAttempt(outcome)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(delivery.id = %d.id, error = %e, "could not record webhook attempt"),
+                Err(e) => warn!(delivery.id = %d.id, error = %e, "could not record webhook attempt"),
             }
         }
         .into_actor(self)
