@@ -435,13 +435,13 @@ pub async fn tasks_in(
         .await
 }
 
-/// Active tasks past their deadline.
+/// Tasks past their deadline that ComfyUI has not finished yet.
 pub async fn overdue_tasks(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
 ) -> Result<Vec<task::Model>, DbErr> {
     task::Entity::find()
-        .filter(task::Column::Status.is_in(Status::ACTIVE.iter().map(|s| s.as_str())))
+        .filter(task::Column::Status.is_in(Status::BEFORE_STORING.iter().map(|s| s.as_str())))
         .filter(task::Column::DeadlineAt.lt(now))
         .all(db)
         .await

@@ -42,13 +42,9 @@ impl Status {
     ];
     /// Statuses in which a prompt may exist on a backend.
     pub const ON_BACKEND: [Status; 2] = [Status::Dispatched, Status::Running];
-    /// Every status that is not terminal.
-    pub const ACTIVE: [Status; 4] = [
-        Status::Queued,
-        Status::Dispatched,
-        Status::Running,
-        Status::Executed,
-    ];
+    /// Statuses before ComfyUI finished the job: a task in one of them can be cancelled, and fails
+    /// when its deadline passes (an executed task is left to finish storing).
+    pub const BEFORE_STORING: [Status; 3] = [Status::Queued, Status::Dispatched, Status::Running];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -424,30 +424,15 @@ impl Supervisor {
                     Ok(t) => t,
                     Err(e) => return warn!(error = %e, "deadline sweep failed"),
                 };
-                const BEFORE_STORING: [Status; 3] =
-                    [Status::Queued, Status::Dispatched, Status::Running];
-                for t in overdue.into_iter().filter(|t| {
-                    Status::parse(&t.status).is_some_and(|s| BEFORE_STORING.contains(&s))
-                }) {
-                    if let Some(key) = act.queued.remove(&t.id) {
-                        act.queue.remove(&key);
-                    }
-                    act.avoid.remove(&t.id);
-                    if let Some(i) = act.slots.iter().position(|s| s.held.contains_key(&t.id)) {
-                        if let Some(held) = act.slots[i].held.remove(&t.id) {
-                            act.slots[i].addr.do_send(backend::Cancel {
-                                prompt_id: held.prompt_id,
-                            });
-                            act.clean_uploads(i, held.uploads);
-                        }
-                    }
+                for t in overdue {
+                    act.withdraw(&t.id);
                     let msg = format!(
                         "deadline passed ({} after it was accepted)",
                         t.deadline_at - t.created_at
                     );
                     act.fail(
                         t.id,
-                        &BEFORE_STORING,
+                        &Status::BEFORE_STORING,
                         error_code::OTHER,
                         msg,
                         Value::Null,
@@ -457,6 +442,24 @@ impl Supervisor {
                 act.dispatch(ctx);
             })
             .spawn(ctx);
+    }
+
+    /// Takes a task out of dispatch: off comfyd's queue, or stopped on the backend that holds it
+    /// (deleted from its queue, or interrupted). Its terminal state is the caller's to record.
+    fn withdraw(&mut self, task_id: &str) {
+        if let Some(key) = self.queued.remove(task_id) {
+            self.queue.remove(&key);
+        }
+        self.avoid.remove(task_id);
+        let Some(i) = self.slots.iter().position(|s| s.held.contains_key(task_id)) else {
+            return;
+        };
+        if let Some(held) = self.slots[i].held.remove(task_id) {
+            self.slots[i].addr.do_send(backend::Cancel {
+                prompt_id: held.prompt_id,
+            });
+            self.clean_uploads(i, held.uploads);
+        }
     }
 
     /// Input images of a job that ended are no longer needed on its backend.
@@ -722,8 +725,10 @@ impl Handler<CancelTask> for Supervisor {
         let id = task_id.clone();
         Box::pin(
             async move {
-                let from = [Status::Queued, Status::Dispatched, Status::Running];
-                let applied = pipeline.finisher.finish_cancelled(&id, &from).await?;
+                let applied = pipeline
+                    .finisher
+                    .finish_cancelled(&id, &Status::BEFORE_STORING)
+                    .await?;
                 Ok::<_, anyhow::Error>(applied)
             }
             .into_actor(self)
@@ -731,20 +736,8 @@ impl Handler<CancelTask> for Supervisor {
                 if !res? {
                     return Ok(CancelOutcome::AlreadyFinished);
                 }
-                if let Some(key) = act.queued.remove(&task_id) {
-                    act.queue.remove(&key);
-                }
-                act.avoid.remove(&task_id);
-                let found = act.slots.iter().position(|s| s.held.contains_key(&task_id));
-                if let Some(i) = found {
-                    if let Some(held) = act.slots[i].held.remove(&task_id) {
-                        act.slots[i].addr.do_send(backend::Cancel {
-                            prompt_id: held.prompt_id,
-                        });
-                        act.clean_uploads(i, held.uploads);
-                    }
-                    act.dispatch(ctx);
-                }
+                act.withdraw(&task_id);
+                act.dispatch(ctx);
                 Ok(CancelOutcome::Cancelled)
             }),
         )
