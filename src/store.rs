@@ -309,12 +309,7 @@ pub async fn finish<C: ConnectionTrait>(
     let task = task::Entity::find_by_id(id.to_string()).one(txn).await?;
     if let Some(task) = task {
         if let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) {
-            let outputs = output::Entity::find()
-                .filter(output::Column::TaskId.eq(id))
-                .order_by_asc(output::Column::NodeId)
-                .order_by_asc(output::Column::Idx)
-                .all(txn)
-                .await?;
+            let outputs = task_outputs(txn, id).await?;
             let payload = serde_json::to_string(&TaskRecord::new(&task, &outputs))
                 .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
             let now = Utc::now();
@@ -583,13 +578,6 @@ pub async fn due_deliveries(
         .await
 }
 
-pub async fn get_delivery(
-    db: &DatabaseConnection,
-    id: &str,
-) -> Result<Option<delivery::Model>, DbErr> {
-    delivery::Entity::find_by_id(id.to_string()).one(db).await
-}
-
 pub async fn task_deliveries(
     db: &DatabaseConnection,
     task_id: &str,
@@ -691,16 +679,4 @@ pub async fn redeliver<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
-}
-
-/// Counts of tasks per status (the /healthz and metrics view).
-pub async fn status_counts(db: &DatabaseConnection) -> Result<Vec<(String, i64)>, DbErr> {
-    task::Entity::find()
-        .select_only()
-        .column(task::Column::Status)
-        .column_as(Expr::col(task::Column::Id).count(), "n")
-        .group_by(task::Column::Status)
-        .into_tuple()
-        .all(db)
-        .await
 }

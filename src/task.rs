@@ -61,10 +61,6 @@ impl Status {
     pub fn parse(s: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Done | Status::Failed | Status::Cancelled)
-    }
 }
 
 impl std::fmt::Display for Status {

@@ -50,10 +50,6 @@ impl ComfyClient {
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// The websocket URL for a client id.
     pub fn ws_url(&self, client_id: &str) -> String {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {

@@ -262,21 +262,20 @@ impl Backend {
         then_up: bool,
         ctx: &mut Context<Self>,
     ) {
-        let act = self;
         match res {
             Ok(settled) => {
                 for (prompt_id, entry) in settled {
-                    act.settle_from_history(&prompt_id, entry);
+                    self.settle_from_history(&prompt_id, entry);
                 }
-                if then_up && !act.up {
-                    act.up = true;
-                    act.down_since = None;
-                    act.report_state();
+                if then_up && !self.up {
+                    self.up = true;
+                    self.down_since = None;
+                    self.report_state();
                 }
             }
             Err(e) => {
-                warn!(backend = %act.cfg.name, error = %e, "reconciliation failed; reconnecting");
-                act.drop_socket(ctx);
+                warn!(backend = %self.cfg.name, error = %e, "reconciliation failed; reconnecting");
+                self.drop_socket(ctx);
             }
         }
     }

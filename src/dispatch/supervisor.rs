@@ -706,7 +706,6 @@ pub enum CancelOutcome {
     Cancelled,
     /// Already done, failed or cancelled.
     AlreadyFinished,
-    NotFound,
 }
 
 /// Cancels a task: removed from comfyd's queue, or deleted/interrupted on its backend.

@@ -96,9 +96,7 @@ pub async fn cancel(
         })
         .await??
     {
-        CancelOutcome::Cancelled | CancelOutcome::NotFound => {
-            Ok(HttpResponse::Ok().json(record(&state, &task.id).await?))
-        }
+        CancelOutcome::Cancelled => Ok(HttpResponse::Ok().json(record(&state, &task.id).await?)),
         CancelOutcome::AlreadyFinished => {
             let now = record(&state, &task.id).await?;
             Err(ApiError::Conflict {
