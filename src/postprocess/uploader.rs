@@ -329,13 +329,7 @@ impl StoreJob {
         &self,
         o: &output::Model,
     ) -> anyhow::Result<(OutputMark, Trouble, Option<String>)> {
-        let file = FileRef {
-            node_id: o.node_id.clone(),
-            kind: o.kind.clone(),
-            filename: o.filename.clone(),
-            subfolder: o.subfolder.clone(),
-            folder_type: o.folder_type.clone(),
-        };
+        let file = file_ref(o);
         let mut mark = OutputMark {
             output_id: o.id,
             stored: false,
@@ -428,10 +422,17 @@ impl StoreJob {
 
 /// The output's path as ComfyUI knows it (subfolder/filename).
 fn comfy_path(o: &output::Model) -> String {
-    if o.subfolder.is_empty() {
-        o.filename.clone()
-    } else {
-        format!("{}/{}", o.subfolder, o.filename)
+    file_ref(o).path()
+}
+
+/// The file ComfyUI wrote for a recorded output.
+fn file_ref(o: &output::Model) -> FileRef {
+    FileRef {
+        node_id: o.node_id.clone(),
+        kind: o.kind.clone(),
+        filename: o.filename.clone(),
+        subfolder: o.subfolder.clone(),
+        folder_type: o.folder_type.clone(),
     }
 }
 
