@@ -93,6 +93,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         };
         let event = Event::new("reuploaded", json!({ "outputs": outputs.len() }));
         let txn = db.begin().await?;
+        let mut events = store::Events::default();
         let updated = store::transition(
             &txn,
             &task_id,
@@ -100,9 +101,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             Status::Done,
             &patch,
             Some(&event),
+            &mut events,
         )
         .await
         .context("updating task")?;
+        events.insert(&txn).await?;
         txn.commit().await?;
         if updated {
             println!("task {task_id}: done");

@@ -33,7 +33,7 @@ use crate::dispatch::supervisor::{
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::postprocess::cleaner::Cleaner;
 use crate::postprocess::notifier::{Notifier, NotifierConfig};
-use crate::postprocess::recorder::Recorder;
+use crate::postprocess::recorder::{Flush, Recorder};
 use crate::postprocess::uploader::{InProgress, Uploader, UploaderConfig};
 use crate::postprocess::{Finisher, Pipeline};
 use crate::routes::{self, AppState, Workflows};
@@ -84,7 +84,10 @@ impl Application {
             allow_private_addresses: settings.url_policy.allow_private_addresses,
         });
 
-        let recorder = Recorder::new(db.clone()).start();
+        let writer = store::connect_writer(&url)
+            .await
+            .with_context(|| format!("opening database {}", redact_url(&url)))?;
+        let recorder = Recorder::new(writer).start();
         let notifier = Notifier::new(
             NotifierConfig {
                 secret: settings.webhooks.secret.clone(),
@@ -242,6 +245,8 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server_task.await;
+        // Writes that were lingering for company (see `Recorder`) are written now.
+        let _ = state.recorder.send(Flush).await;
         info!("stopped");
         Ok(())
     }

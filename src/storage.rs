@@ -20,6 +20,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -104,7 +105,10 @@ impl S3Settings {
                     .operation_timeout(S3_OPERATION_TIMEOUT)
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(S3_MAX_ATTEMPTS));
+            .retry_config(RetryConfig::standard().with_max_attempts(S3_MAX_ATTEMPTS))
+            // The operation timeout already bounds an upload the server stops reading; the SDK's
+            // throughput monitor on top costs timers on every call.
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
         if let Some(endpoint) = &self.endpoint_url {
             builder = builder.endpoint_url(endpoint);
         }

@@ -5,6 +5,7 @@
 //! Status changes are conditional updates (`WHERE status IN (...)`), which is what makes every step
 //! idempotent and, later, lets several comfyd instances share one PostgreSQL.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,36 +21,60 @@ use serde_json::Value;
 use crate::entity::{delivery, delivery_attempt, output, task, task_event};
 use crate::task::{Status, TaskRecord};
 
-/// Opens the database and brings its schema up to date.
+/// Opens the database's shared pool (readers: routes, recovery, the outbox) and brings its schema up
+/// to date.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    if let Some(dir) = sqlite_dir(url) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let db = Database::connect(options(
+        url,
+        if is_sqlite(url) { 4 } else { max_connections },
+    ))
+    .await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// Opens the `Recorder`'s own connection (a pool of one; run after [`connect`]). The single writer
+/// keeps one connection, so SQLite's page cache stays warm between its transactions and every
+/// statement goes to the same driver thread.
+pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
+    Ok(Database::connect(options(url, 1)).await?)
+}
+
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
+    let path = url.strip_prefix("sqlite://")?.split('?').next()?;
+    std::path::Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+}
+
+fn options(url: &str, max_connections: u32) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.sqlx_logging(false)
+        .max_connections(max_connections)
         .connect_timeout(Duration::from_secs(10));
-    if url.starts_with("sqlite:") {
+    if is_sqlite(url) {
         // WAL lets the routes read while the Recorder writes; NORMAL sync is durable across a process
         // crash (kill -9), which is the failure comfyd must survive; a busy timeout instead of errors.
-        opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
+        // A file cannot hang up: no ping before handing out a connection (a round trip to sqlx's
+        // SQLite thread, on every transaction).
+        opts.test_before_acquire(false).map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .create_if_missing(true)
         });
-        if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .and_then(|p| p.split('?').next())
-        {
-            if let Some(dir) = std::path::Path::new(path).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir)?;
-                }
-            }
-        }
     } else {
-        opts.max_connections(max_connections);
+        // A server connection can be dropped while idle (restart, proxy, firewall): ping only those.
+        opts.test_before_acquire_if_idle_for(Duration::from_secs(30));
     }
-    let db = Database::connect(opts).await?;
-    Migrator::up(&db, None).await?;
-    Ok(db)
+    opts
 }
 
 /// A new task, as the submit route builds it.
@@ -78,10 +103,54 @@ pub enum Inserted {
     Conflict(task::Model),
 }
 
-/// Inserts a task (status queued) and its `accepted` event, or finds the task a retried submit refers to.
-pub async fn insert_task<C: ConnectionTrait>(db: &C, t: &NewTask) -> Result<Inserted, DbErr> {
+/// Inserts new tasks (status queued) with their `accepted` events, or finds the task each retried
+/// submit refers to; answers in the order given. One statement for all of them: a burst of submits
+/// costs one round trip to the database, not one per task.
+pub async fn insert_tasks<C: ConnectionTrait>(
+    db: &C,
+    tasks: &[&NewTask],
+    events: &mut Events,
+) -> Result<Vec<Inserted>, DbErr> {
     let now = Utc::now();
-    let model = task::Model {
+    let models: Vec<task::Model> = tasks.iter().map(|t| new_task_row(t, now)).collect();
+    // The unique client_task_id decides between a new task and a retried submit; RETURNING names the
+    // rows written (a retried submit's is not).
+    let written = task::Entity::insert_many(models.iter().cloned().map(task::ActiveModel::from))
+        .on_conflict_do_nothing_on([task::Column::ClientTaskId])
+        .exec_with_returning_keys(db)
+        .await?;
+    let written: HashSet<String> = match written {
+        TryInsertResult::Inserted(ids) => ids.into_iter().collect(),
+        TryInsertResult::Conflicted | TryInsertResult::Empty => HashSet::new(),
+    };
+    let mut answers = Vec::with_capacity(tasks.len());
+    for (t, model) in tasks.iter().zip(models) {
+        if written.contains(&t.id) {
+            let event = Event::new("accepted", serde_json::json!({ "priority": t.priority }));
+            events.add(&t.id, &event);
+            answers.push(Inserted::New(model));
+            continue;
+        }
+        let ctid = t
+            .client_task_id
+            .as_deref()
+            .ok_or(DbErr::RecordNotInserted)?;
+        let existing = task::Entity::find()
+            .filter(task::Column::ClientTaskId.eq(ctid))
+            .one(db)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("task with client_task_id {ctid}")))?;
+        answers.push(if existing.request_hash == t.request_hash {
+            Inserted::Existing(existing)
+        } else {
+            Inserted::Conflict(existing)
+        });
+    }
+    Ok(answers)
+}
+
+fn new_task_row(t: &NewTask, now: DateTime<Utc>) -> task::Model {
+    task::Model {
         id: t.id.clone(),
         client_task_id: t.client_task_id.clone(),
         client_callback_url: t.client_callback_url.clone(),
@@ -107,37 +176,7 @@ pub async fn insert_task<C: ConnectionTrait>(db: &C, t: &NewTask) -> Result<Inse
         dispatched_at: None,
         started_at: None,
         finished_at: None,
-    };
-    // The unique client_task_id decides between a new task and a retried submit, in one statement.
-    let inserted = task::Entity::insert(task::ActiveModel::from(model.clone()))
-        .on_conflict_do_nothing_on([task::Column::ClientTaskId])
-        .exec_without_returning(db)
-        .await?;
-    // DO NOTHING shows as no row written (sea-orm reports it as Inserted(0) or as Conflicted).
-    let conflicted = matches!(
-        inserted,
-        TryInsertResult::Conflicted | TryInsertResult::Inserted(0)
-    );
-    if let (true, Some(ctid)) = (conflicted, &t.client_task_id) {
-        let existing = task::Entity::find()
-            .filter(task::Column::ClientTaskId.eq(ctid.as_str()))
-            .one(db)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("task with client_task_id {ctid}")))?;
-        return Ok(if existing.request_hash == t.request_hash {
-            Inserted::Existing(existing)
-        } else {
-            Inserted::Conflict(existing)
-        });
     }
-    insert_event(
-        db,
-        &t.id,
-        "accepted",
-        serde_json::json!({ "priority": t.priority }),
-    )
-    .await?;
-    Ok(Inserted::New(model))
 }
 
 /// Fields a transition may set besides the status. `None` leaves a column as it is.
@@ -163,11 +202,45 @@ pub struct TaskPatch {
 pub struct Event {
     pub kind: &'static str,
     pub details: Value,
+    /// When it happened (not when it was written: a write may wait for its transaction).
+    pub at: DateTime<Utc>,
 }
 
 impl Event {
     pub fn new(kind: &'static str, details: Value) -> Event {
-        Event { kind, details }
+        Event {
+            kind,
+            details,
+            at: Utc::now(),
+        }
+    }
+}
+
+/// The events of one transaction. Each write adds its own, and [`Events::insert`] writes them all in
+/// one statement before the commit: one round trip to the database instead of one per write.
+#[derive(Debug, Default)]
+pub struct Events(Vec<task_event::ActiveModel>);
+
+impl Events {
+    pub fn add(&mut self, task_id: &str, e: &Event) {
+        self.0.push(task_event::ActiveModel {
+            id: NotSet,
+            task_id: Set(task_id.into()),
+            kind: Set(e.kind.into()),
+            details: Set(e.details.to_string()),
+            at: Set(e.at),
+        });
+    }
+
+    /// Writes the events added so far, in the order they were added.
+    pub async fn insert<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), DbErr> {
+        let rows = std::mem::take(&mut self.0);
+        if !rows.is_empty() {
+            task_event::Entity::insert_many(rows)
+                .exec_without_returning(db)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -181,12 +254,11 @@ pub async fn transition<C: ConnectionTrait>(
     to: Status,
     patch: &TaskPatch,
     event: Option<&Event>,
+    events: &mut Events,
 ) -> Result<bool, DbErr> {
     let applied = transition_in(db, id, from, to, patch).await?;
-    if applied {
-        if let Some(e) = event {
-            insert_event(db, id, e.kind, e.details.clone()).await?;
-        }
+    if let (true, Some(e)) = (applied, event) {
+        events.add(id, e);
     }
     Ok(applied)
 }
@@ -212,6 +284,7 @@ pub async fn claim<C: ConnectionTrait>(
     id: &str,
     patch: &TaskPatch,
     event: &Event,
+    events: &mut Events,
 ) -> Result<Option<task::Model>, DbErr> {
     let rows = transition_query(id, &[Status::Queued], Status::Dispatched, patch)
         .exec_with_returning(db)
@@ -219,7 +292,7 @@ pub async fn claim<C: ConnectionTrait>(
     let Some(task) = rows.into_iter().next() else {
         return Ok(None);
     };
-    insert_event(db, id, event.kind, event.details.clone()).await?;
+    events.add(id, event);
     Ok(Some(task))
 }
 
@@ -297,64 +370,48 @@ pub async fn finish<C: ConnectionTrait>(
     marks: &[OutputMark],
     event: &Event,
     give_up_at: DateTime<Utc>,
+    events: &mut Events,
 ) -> Result<Finished, DbErr> {
-    if !transition_in(txn, id, from, to, patch).await? {
+    // The conditional update answers the final row, which the webhook's payload needs.
+    let rows = transition_query(id, from, to, patch)
+        .exec_with_returning(txn)
+        .await?;
+    let Some(task) = rows.into_iter().next() else {
         return Ok(Finished::default());
-    }
+    };
     for m in marks {
         mark_output(txn, m).await?;
     }
-    insert_event(txn, id, event.kind, event.details.clone()).await?;
+    events.add(id, event);
     let mut delivery = None;
-    let task = task::Entity::find_by_id(id.to_string()).one(txn).await?;
-    if let Some(task) = task {
-        if let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) {
-            let outputs = task_outputs(txn, id).await?;
-            let payload = serde_json::to_string(&TaskRecord::new(&task, &outputs))
-                .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
-            let now = Utc::now();
-            let model = delivery::Model {
-                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
-                task_id: id.to_string(),
-                url,
-                payload,
-                status: "pending".into(),
-                attempts: 0,
-                next_attempt_at: now,
-                give_up_at,
-                last_status_code: None,
-                last_error: None,
-                created_at: now,
-                delivered_at: None,
-            };
-            delivery::Entity::insert(delivery::ActiveModel::from(model.clone()))
-                .exec_without_returning(txn)
-                .await?;
-            delivery = Some(model);
-        }
+    if let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) {
+        let outputs = task_outputs(txn, id).await?;
+        let payload = serde_json::to_string(&TaskRecord::new(&task, &outputs))
+            .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
+        let now = Utc::now();
+        let model = delivery::Model {
+            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            task_id: id.to_string(),
+            url,
+            payload,
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: now,
+            give_up_at,
+            last_status_code: None,
+            last_error: None,
+            created_at: now,
+            delivered_at: None,
+        };
+        delivery::Entity::insert(delivery::ActiveModel::from(model.clone()))
+            .exec_without_returning(txn)
+            .await?;
+        delivery = Some(model);
     }
     Ok(Finished {
         applied: true,
         delivery,
     })
-}
-
-pub async fn insert_event<C: ConnectionTrait>(
-    db: &C,
-    task_id: &str,
-    kind: &str,
-    details: Value,
-) -> Result<(), DbErr> {
-    task_event::Entity::insert(task_event::ActiveModel {
-        id: NotSet,
-        task_id: Set(task_id.into()),
-        kind: Set(kind.into()),
-        details: Set(details.to_string()),
-        at: Set(Utc::now()),
-    })
-    .exec_without_returning(db)
-    .await?;
-    Ok(())
 }
 
 /// Finds a task by comfyd id, or else by the client's task id.
@@ -475,6 +532,7 @@ pub async fn record_executed<C: ConnectionTrait>(
     from: &[Status],
     outputs: &[NewOutput],
     event: &Event,
+    events: &mut Events,
 ) -> Result<Option<Vec<output::Model>>, DbErr> {
     let applied =
         transition_in(txn, task_id, from, Status::Executed, &TaskPatch::default()).await?;
@@ -499,16 +557,24 @@ pub async fn record_executed<C: ConnectionTrait>(
         created_at: Set(now),
     });
     // One statement for all of them; outputs already recorded (a replay) stay as they are.
-    output::Entity::insert_many(rows)
+    let inserted = output::Entity::insert_many(rows)
         .on_conflict_do_nothing_on([
             output::Column::TaskId,
             output::Column::NodeId,
             output::Column::Idx,
         ])
-        .exec_without_returning(txn)
+        .exec_with_returning_many(txn)
         .await?;
-    insert_event(txn, task_id, event.kind, event.details.clone()).await?;
-    task_outputs(txn, task_id).await.map(Some)
+    events.add(task_id, event);
+    match inserted {
+        // The usual case: every output is new, and RETURNING answered them all.
+        TryInsertResult::Inserted(mut all) if all.len() == outputs.len() => {
+            all.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
+            Ok(Some(all))
+        }
+        // A replay: read what was recorded before too.
+        _ => task_outputs(txn, task_id).await.map(Some),
+    }
 }
 
 pub async fn task_outputs<C: ConnectionTrait>(
@@ -615,7 +681,11 @@ pub struct AttemptOutcome {
 
 /// Records an attempt and its consequence for the delivery; a delivered webhook also gets a `notified`
 /// event on its task. Only a pending delivery changes, so a late duplicate attempt cannot undo a success.
-pub async fn record_attempt<C: ConnectionTrait>(txn: &C, a: &AttemptOutcome) -> Result<(), DbErr> {
+pub async fn record_attempt<C: ConnectionTrait>(
+    txn: &C,
+    a: &AttemptOutcome,
+    events: &mut Events,
+) -> Result<(), DbErr> {
     let now = Utc::now();
     delivery_attempt::Entity::insert(delivery_attempt::ActiveModel {
         id: NotSet,
@@ -653,13 +723,13 @@ pub async fn record_attempt<C: ConnectionTrait>(txn: &C, a: &AttemptOutcome) -> 
         } else {
             "notify_failed"
         };
-        insert_event(
-            txn,
+        events.add(
             &a.task_id,
-            kind,
-            serde_json::json!({ "delivery_id": a.delivery_id, "status_code": a.status_code, "error": a.error }),
-        )
-        .await?;
+            &Event::new(
+                kind,
+                serde_json::json!({ "delivery_id": a.delivery_id, "status_code": a.status_code, "error": a.error }),
+            ),
+        );
     }
     Ok(())
 }

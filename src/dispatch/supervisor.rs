@@ -24,7 +24,7 @@ use super::backend::{self, Backend};
 use crate::comfy::protocol::ExecutionError;
 use crate::comfy::FileRef;
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
-use crate::postprocess::recorder::{Claim, Transition};
+use crate::postprocess::recorder::{Claim, MarkStarted, Transition};
 use crate::postprocess::uploader::StoreOutputs;
 use crate::postprocess::Pipeline;
 use crate::store::{self, Event, TaskPatch};
@@ -578,18 +578,11 @@ impl Handler<JobStarted> for Supervisor {
         let recorder = self.pipeline.recorder.clone();
         async move {
             let _ = recorder
-                .send(Transition {
+                .send(MarkStarted {
                     task_id: msg.task_id,
-                    from: vec![Status::Dispatched],
-                    to: Status::Running,
-                    patch: TaskPatch {
-                        started_at: Some(Utc::now()),
-                        ..Default::default()
-                    },
-                    event: Some(Event::new(
-                        "started",
-                        json!({ "backend": msg.backend, "prompt_id": msg.prompt_id }),
-                    )),
+                    backend: msg.backend,
+                    prompt_id: msg.prompt_id,
+                    at: Utc::now(),
                 })
                 .await;
         }

@@ -3,9 +3,14 @@
 //! Writes are applied in arrival order. Every write that arrives while a transaction is being written
 //! joins the next one, so under load many writes share one commit (the cost that dominates SQLite and
 //! PostgreSQL writes alike), and a burst of submits waits for one commit instead of queueing behind
-//! each other's. If a batch fails, each of its writes is applied again on its own, so only the faulty
-//! one reports an error. SQLite never sees two writers. Readers (routes, recovery) query through
-//! `crate::store` directly.
+//! each other's. At low rates there is nothing to share with, so the transaction overhead (BEGIN,
+//! COMMIT, a round trip each) is cut two more ways: a batch is taken one turn of the event loop after
+//! its first write arrived, so writes sent together (a job's end, the claim of the next) share it; and
+//! a write nobody waits on ([`Write::can_linger`]) waits up to [`LINGER`] for company. If a batch
+//! fails, each of its writes is applied again on its own, so only the faulty one reports an error.
+//! SQLite never sees two writers. Readers (routes, recovery) query through `crate::store` directly.
+
+use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -14,7 +19,8 @@ use tokio::sync::oneshot;
 
 use crate::entity::{output, task};
 use crate::store::{
-    self, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark, TaskPatch,
+    self, AttemptOutcome, Event, Events, Finished, Inserted, NewOutput, NewTask, OutputMark,
+    TaskPatch,
 };
 use crate::task::Status;
 
@@ -22,10 +28,18 @@ use crate::task::Status;
 /// backlog short.
 const MAX_BATCH: usize = 64;
 
+/// Longest a write nobody waits on stays queued alone. Losing such writes to a crash in this window
+/// loses no job: recovery asks the backend about a job whose `running` mark was lost, and a webhook
+/// whose attempt was not recorded is sent again, with the same webhook-id.
+pub const LINGER: Duration = Duration::from_millis(25);
+
 pub struct Recorder {
+    /// The Recorder's own connection ([`crate::store::connect_writer`]).
     db: DatabaseConnection,
     queue: Vec<Pending>,
     writing: bool,
+    /// The timer that writes lingering writes if nothing else comes first.
+    linger: Option<SpawnHandle>,
 }
 
 impl Recorder {
@@ -34,6 +48,7 @@ impl Recorder {
             db,
             queue: Vec::new(),
             writing: false,
+            linger: None,
         }
     }
 
@@ -45,22 +60,45 @@ impl Recorder {
         let (reply, rx) = oneshot::channel();
         self.queue.push(Pending { write, reply });
         if !self.writing {
-            self.write_next(ctx);
+            self.schedule(ctx);
         }
         rx
     }
 
-    fn write_next(&mut self, ctx: &mut Context<Self>) {
-        if self.queue.is_empty() {
-            self.writing = false;
+    /// Starts the next batch now if a queued write should not wait, else makes sure the linger timer
+    /// runs.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.iter().any(|p| !p.write.can_linger()) {
+            self.start(ctx);
+        } else if !self.queue.is_empty() && self.linger.is_none() {
+            self.linger = Some(ctx.run_later(LINGER, |act, ctx| {
+                act.linger = None;
+                act.start(ctx);
+            }));
+        }
+    }
+
+    fn start(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.queue.is_empty() {
             return;
         }
+        if let Some(timer) = self.linger.take() {
+            ctx.cancel_future(timer);
+        }
         self.writing = true;
-        let batch = take_batch(&mut self.queue);
-        let db = self.db.clone();
-        async move { write_batch(&db, batch).await }
+        // One turn of the event loop first: the actors that sent writes in this turn all get theirs
+        // into this batch.
+        async { tokio::task::yield_now().await }
             .into_actor(self)
-            .map(|_, act, ctx| act.write_next(ctx))
+            .then(|_, act, _| {
+                let batch = take_batch(&mut act.queue);
+                let db = act.db.clone();
+                async move { write_batch(&db, batch).await }.into_actor(act)
+            })
+            .map(|_, act, ctx| {
+                act.writing = false;
+                act.schedule(ctx);
+            })
             .spawn(ctx);
     }
 }
@@ -91,6 +129,9 @@ enum Write {
     RecordAttempt(AttemptOutcome),
     Redeliver(Redeliver),
     RecordEvent(RecordEvent),
+    MarkStarted(MarkStarted),
+    /// Writes nothing; answered once every write queued before it committed.
+    Flush,
 }
 
 /// What a write answers.
@@ -104,21 +145,39 @@ enum Written {
 }
 
 impl Write {
-    fn is_awaited_by_a_client(&self) -> bool {
-        matches!(self, Write::InsertTask(_) | Write::Finish(_))
+    /// Where the write goes in its batch (see `take_batch`).
+    fn rank(&self) -> u8 {
+        match self {
+            Write::InsertTask(_) => 0,
+            Write::Finish(_) => 1,
+            _ => 2,
+        }
     }
 
-    async fn apply<C: ConnectionTrait>(&self, c: &C) -> Result<Written, DbErr> {
+    /// Nothing waits on this write: it may wait [`LINGER`] to share a transaction.
+    fn can_linger(&self) -> bool {
+        matches!(
+            self,
+            Write::MarkStarted(_) | Write::RecordAttempt(_) | Write::RecordEvent(_)
+        )
+    }
+
+    /// Applies this write; its events go to `ev`, which the caller writes before committing.
+    async fn apply<C: ConnectionTrait>(&self, c: &C, ev: &mut Events) -> Result<Written, DbErr> {
         Ok(match self {
-            Write::InsertTask(t) => Written::Inserted(store::insert_task(c, t).await?),
+            Write::InsertTask(t) => {
+                let mut one = store::insert_tasks(c, &[t], ev).await?;
+                Written::Inserted(one.pop().ok_or(DbErr::RecordNotInserted)?)
+            }
             Write::Transition(m) => Written::Applied(
-                store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref()).await?,
+                store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref(), ev)
+                    .await?,
             ),
             Write::Claim(m) => {
-                Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event).await?)
+                Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event, ev).await?)
             }
             Write::RecordExecuted(m) => Written::Outputs(
-                store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event).await?,
+                store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event, ev).await?,
             ),
             Write::Finish(m) => Written::Finished(
                 store::finish(
@@ -130,46 +189,52 @@ impl Write {
                     &m.outputs,
                     &m.event,
                     m.give_up_at,
+                    ev,
                 )
                 .await?,
             ),
             Write::RecordAttempt(a) => {
-                store::record_attempt(c, a).await?;
+                store::record_attempt(c, a, ev).await?;
                 Written::Done
             }
             Write::Redeliver(m) => {
                 Written::Applied(store::redeliver(c, &m.delivery_id, m.give_up_at).await?)
             }
             Write::RecordEvent(m) => {
-                store::insert_event(c, &m.task_id, m.event.kind, m.event.details.clone()).await?;
+                ev.add(&m.task_id, &m.event);
                 Written::Done
             }
+            Write::MarkStarted(m) => {
+                let patch = TaskPatch {
+                    started_at: Some(m.at),
+                    ..Default::default()
+                };
+                let mut event = Event::new(
+                    "started",
+                    serde_json::json!({ "backend": m.backend, "prompt_id": m.prompt_id }),
+                );
+                event.at = m.at;
+                let (id, from) = (&m.task_id, &[Status::Dispatched]);
+                store::transition(c, id, from, Status::Running, &patch, Some(&event), ev).await?;
+                Written::Done
+            }
+            Write::Flush => Written::Done,
         })
     }
 }
 
-/// The next batch: the writes someone is waiting on first (a new task, for its submitter; a terminal
-/// state, for its webhook), then the others, each group in arrival order. Moving those ahead is safe:
+/// The next batch: the writes someone is waiting on first (new tasks, for their submitters, then
+/// terminal states, for their webhooks), then the others, each group in arrival order. Moving those ahead is safe:
 /// a new task has no earlier write, and a task's `Finish` is sent only after its earlier writes
 /// committed (its `RecordExecuted` is awaited, and everything queued before that went first).
 fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
-    let mut batch = Vec::with_capacity(MAX_BATCH.min(queue.len()));
-    let mut rest = Vec::with_capacity(queue.len());
-    for p in queue.drain(..) {
-        if batch.len() < MAX_BATCH && p.write.is_awaited_by_a_client() {
-            batch.push(p);
-        } else {
-            rest.push(p);
-        }
-    }
-    let room = MAX_BATCH - batch.len();
-    let fill = room.min(rest.len());
-    batch.extend(rest.drain(..fill));
-    *queue = rest;
-    batch
+    queue.sort_by_key(|p| p.write.rank()); // stable: each group keeps its arrival order
+    let rest = queue.split_off(MAX_BATCH.min(queue.len()));
+    std::mem::replace(queue, rest)
 }
 
 async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
+    tracing::trace!(writes = batch.len(), "writing a batch");
     match write_together(db, &batch).await {
         Ok(results) => {
             for (p, r) in batch.into_iter().zip(results) {
@@ -187,17 +252,33 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
 
 async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Vec<Written>, DbErr> {
     let txn = db.begin().await?;
+    let mut events = Events::default();
     let mut results = Vec::with_capacity(batch.len());
-    for p in batch {
-        results.push(p.write.apply(&txn).await?);
+    // The batch's new tasks come first (see `take_batch`) and go in together.
+    let new: Vec<&NewTask> = batch
+        .iter()
+        .map_while(|p| match &p.write {
+            Write::InsertTask(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if !new.is_empty() {
+        let inserted = store::insert_tasks(&txn, &new, &mut events).await?;
+        results.extend(inserted.into_iter().map(Written::Inserted));
     }
+    for p in &batch[new.len()..] {
+        results.push(p.write.apply(&txn, &mut events).await?);
+    }
+    events.insert(&txn).await?;
     txn.commit().await?;
     Ok(results)
 }
 
 async fn write_alone(db: &DatabaseConnection, write: &Write) -> Result<Written, DbErr> {
     let txn = db.begin().await?;
-    let written = write.apply(&txn).await?;
+    let mut events = Events::default();
+    let written = write.apply(&txn, &mut events).await?;
+    events.insert(&txn).await?;
     txn.commit().await?;
     Ok(written)
 }
@@ -304,6 +385,23 @@ pub struct RecordEvent {
 }
 write_message!(RecordEvent => (), |m| Write::RecordEvent(m), Written::Done => ());
 
+/// ComfyUI started executing a task: `dispatched` → `running`, with its `started` event.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbErr>")]
+pub struct MarkStarted {
+    pub task_id: String,
+    pub backend: String,
+    pub prompt_id: String,
+    pub at: DateTime<Utc>,
+}
+write_message!(MarkStarted => (), |m| Write::MarkStarted(m), Written::Done => ());
+
+/// Answers once every write queued before it committed (shutdown: nothing left lingering).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbErr>")]
+pub struct Flush;
+write_message!(Flush => (), |_m| Write::Flush, Written::Done => ());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,12 +432,43 @@ mod tests {
         })
     }
 
+    fn insert(task: &str) -> Write {
+        Write::InsertTask(NewTask {
+            id: task.into(),
+            client_task_id: None,
+            client_callback_url: None,
+            workflow: "w".into(),
+            request_hash: String::new(),
+            params: serde_json::Value::Null,
+            graph: serde_json::Value::Null,
+            inputs: serde_json::Value::Null,
+            output_nodes: serde_json::Value::Null,
+            priority: 0,
+            deadline_at: Utc::now(),
+        })
+    }
+
     fn task_of(p: &Pending) -> &str {
         match &p.write {
             Write::RecordEvent(m) => &m.task_id,
             Write::Finish(m) => &m.task_id,
+            Write::InsertTask(t) => &t.id,
             _ => "?",
         }
+    }
+
+    #[test]
+    fn new_tasks_go_first_then_terminal_states() {
+        let mut queue = vec![
+            pending(event("e1")),
+            pending(finish("f1")),
+            pending(insert("n1")),
+            pending(event("e2")),
+            pending(insert("n2")),
+        ];
+        let batch = take_batch(&mut queue);
+        let order: Vec<&str> = batch.iter().map(task_of).collect();
+        assert_eq!(order, ["n1", "n2", "f1", "e1", "e2"]);
     }
 
     #[test]

@@ -286,7 +286,7 @@ pub fn start_comfyd(
     Ok((format!("http://127.0.0.1:{port}"), pid))
 }
 
-/// With `COMFYD_BENCH_PERF=<dir>`, records comfyd with `perf record -g` into
+/// With `COMFYD_BENCH_PERF=<dir>`, records comfyd with `perf record --call-graph dwarf` into
 /// `<dir>/<label>.perf.data` until [`stop_profiler`]; otherwise does nothing.
 pub fn start_profiler(
     children: &mut Children,
@@ -299,7 +299,17 @@ pub fn start_profiler(
     std::fs::create_dir_all(&dir)?;
     let out = dir.join(format!("{label}.perf.data"));
     let child = Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        // DWARF call graphs: the release build keeps debug info but no frame pointers.
+        .args([
+            "record",
+            "-F",
+            "999",
+            "--call-graph",
+            "dwarf,16384",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
         .arg(&out)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
