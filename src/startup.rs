@@ -87,7 +87,7 @@ impl Application {
         let writer = store::connect_writer(&url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
-        let recorder = Recorder::new(writer).start();
+        let recorder = Recorder::new(writer, db.clone()).start();
         let notifier = Notifier::new(
             NotifierConfig {
                 secret: settings.webhooks.secret.clone(),

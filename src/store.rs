@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
@@ -38,9 +39,25 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
 
 /// Opens the `Recorder`'s own connection (a pool of one; run after [`connect`]). The single writer
 /// keeps one connection, so SQLite's page cache stays warm between its transactions and every
-/// statement goes to the same driver thread.
+/// statement goes to the same driver thread. With SQLite, its commits never checkpoint the WAL (a
+/// checkpoint writes and syncs the database file: a stall for every write queued behind it); the
+/// Recorder has [`checkpoint`] run on another connection instead.
 pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
-    Ok(Database::connect(options(url, 1)).await?)
+    let mut opts = options(url, 1);
+    if is_sqlite(url) {
+        opts.map_sqlx_sqlite_opts(|o| sqlite_opts(o).pragma("wal_autocheckpoint", "0"));
+    }
+    Ok(Database::connect(opts).await?)
+}
+
+/// Copies what it can of SQLite's write-ahead log into the database file without waiting for
+/// readers or the writer (`PASSIVE`), so the log stays small. Nothing to do for PostgreSQL.
+pub async fn checkpoint(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+            .await?;
+    }
+    Ok(())
 }
 
 fn is_sqlite(url: &str) -> bool {
@@ -54,22 +71,25 @@ fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
         .filter(|d| !d.as_os_str().is_empty())
 }
 
+/// WAL lets the routes read while the Recorder writes; NORMAL sync is durable across a process crash
+/// (kill -9), which is the failure comfyd must survive; a busy timeout instead of errors.
+fn sqlite_opts(o: SqliteConnectOptions) -> SqliteConnectOptions {
+    o.journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .create_if_missing(true)
+}
+
 fn options(url: &str, max_connections: u32) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.sqlx_logging(false)
         .max_connections(max_connections)
         .connect_timeout(Duration::from_secs(10));
     if is_sqlite(url) {
-        // WAL lets the routes read while the Recorder writes; NORMAL sync is durable across a process
-        // crash (kill -9), which is the failure comfyd must survive; a busy timeout instead of errors.
         // A file cannot hang up: no ping before handing out a connection (a round trip to sqlx's
         // SQLite thread, on every transaction).
-        opts.test_before_acquire(false).map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
-                .create_if_missing(true)
-        });
+        opts.test_before_acquire(false)
+            .map_sqlx_sqlite_opts(sqlite_opts);
     } else {
         // A server connection can be dropped while idle (restart, proxy, firewall): ping only those.
         opts.test_before_acquire_if_idle_for(Duration::from_secs(30));

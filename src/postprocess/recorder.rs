@@ -33,23 +33,52 @@ const MAX_BATCH: usize = 64;
 /// whose attempt was not recorded is sent again, with the same webhook-id.
 pub const LINGER: Duration = Duration::from_millis(25);
 
+/// How long after a commit the write-ahead log is checkpointed (SQLite; see `store::checkpoint`).
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+
 pub struct Recorder {
     /// The Recorder's own connection ([`crate::store::connect_writer`]).
     db: DatabaseConnection,
+    /// The shared pool, where checkpoints run beside the writes.
+    readers: DatabaseConnection,
     queue: Vec<Pending>,
     writing: bool,
     /// The timer that writes lingering writes if nothing else comes first.
     linger: Option<SpawnHandle>,
+    /// A checkpoint is due (armed after a commit) or running.
+    checkpoint_pending: bool,
 }
 
 impl Recorder {
-    pub fn new(db: DatabaseConnection) -> Recorder {
+    pub fn new(db: DatabaseConnection, readers: DatabaseConnection) -> Recorder {
         Recorder {
             db,
+            readers,
             queue: Vec::new(),
             writing: false,
             linger: None,
+            checkpoint_pending: false,
         }
+    }
+
+    /// Arms one checkpoint after a commit; none while idle.
+    fn arm_checkpoint(&mut self, ctx: &mut Context<Self>) {
+        if self.checkpoint_pending {
+            return;
+        }
+        self.checkpoint_pending = true;
+        ctx.run_later(CHECKPOINT_AFTER, |act, ctx| {
+            let readers = act.readers.clone();
+            async move { store::checkpoint(&readers).await }
+                .into_actor(act)
+                .map(|res, act, _| {
+                    act.checkpoint_pending = false;
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "database checkpoint failed");
+                    }
+                })
+                .spawn(ctx);
+        });
     }
 
     fn submit(
@@ -97,6 +126,7 @@ impl Recorder {
             })
             .map(|_, act, ctx| {
                 act.writing = false;
+                act.arm_checkpoint(ctx);
                 act.schedule(ctx);
             })
             .spawn(ctx);
