@@ -34,6 +34,13 @@ const MAX_BATCH: usize = 64;
 pub const LINGER: Duration = Duration::from_millis(25);
 
 /// How long after a commit the write-ahead log is checkpointed (SQLite; see `store::checkpoint`).
+///
+/// In two steps, because the Recorder's own commits do not checkpoint (a checkpoint writes and syncs
+/// the database file, and every write queued behind it would wait): first on the shared pool, beside
+/// the writes, which copies nearly all of the log; then, before the next batch, on the Recorder's
+/// connection, which copies what was written meanwhile. Only a log copied completely at the moment
+/// a transaction starts is started afresh; without the second step, a steady stream of writes would
+/// grow it without end.
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Recorder {
@@ -47,6 +54,8 @@ pub struct Recorder {
     linger: Option<SpawnHandle>,
     /// A checkpoint is due (armed after a commit) or running.
     checkpoint_pending: bool,
+    /// The shared pool checkpointed: finish it before the next batch.
+    checkpoint_settle: bool,
 }
 
 impl Recorder {
@@ -58,6 +67,7 @@ impl Recorder {
             writing: false,
             linger: None,
             checkpoint_pending: false,
+            checkpoint_settle: false,
         }
     }
 
@@ -73,8 +83,9 @@ impl Recorder {
                 .into_actor(act)
                 .map(|res, act, _| {
                     act.checkpoint_pending = false;
-                    if let Err(e) = res {
-                        tracing::warn!(error = %e, "database checkpoint failed");
+                    match res {
+                        Ok(()) => act.checkpoint_settle = true,
+                        Err(e) => tracing::warn!(error = %e, "database checkpoint failed"),
                     }
                 })
                 .spawn(ctx);
@@ -122,7 +133,16 @@ impl Recorder {
             .then(|_, act, _| {
                 let batch = take_batch(&mut act.queue);
                 let db = act.db.clone();
-                async move { write_batch(&db, batch).await }.into_actor(act)
+                let settle = std::mem::take(&mut act.checkpoint_settle);
+                async move {
+                    if settle {
+                        if let Err(e) = store::checkpoint(&db).await {
+                            tracing::warn!(error = %e, "database checkpoint failed");
+                        }
+                    }
+                    write_batch(&db, batch).await
+                }
+                .into_actor(act)
             })
             .map(|_, act, ctx| {
                 act.writing = false;

@@ -59,6 +59,10 @@ struct Cli {
     /// to see what a setting changes. The report lists them.
     #[arg(long = "comfyd-env", value_parser = parse_key_value)]
     comfyd_env: Vec<(String, String)>,
+    /// Seconds to wait before each run after the first, so that one run's aftermath (the kernel
+    /// writing back its files, a busy host) weighs less on the next.
+    #[arg(long, default_value_t = 10)]
+    pause: u64,
 }
 
 /// `KEY=VALUE` → (KEY, VALUE).
@@ -129,6 +133,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     for sc in &wanted {
         for store in cli.store.kinds() {
+            if !outcomes.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_secs(cli.pause)).await;
+            }
             eprintln!("({}) {} [{}] ...", sc.key, sc.title, store.name());
             let o = scenario::run(&bins, &workflows, sc, store, &receiver, &cli.comfyd_env)
                 .await
