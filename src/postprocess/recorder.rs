@@ -28,10 +28,14 @@ use crate::task::Status;
 /// backlog short.
 const MAX_BATCH: usize = 64;
 
+/// Places kept for the other writes in a batch when a backlog of urgent ones would fill it
+/// (see `take_batch`).
+const RESERVED_FOR_OTHERS: usize = 16;
+
 /// Longest a write nobody waits on stays queued alone. Losing such writes to a crash in this window
 /// loses no job: recovery asks the backend about a job whose `running` mark was lost, and a webhook
 /// whose attempt was not recorded is sent again, with the same webhook-id.
-pub const LINGER: Duration = Duration::from_millis(25);
+const LINGER: Duration = Duration::from_millis(25);
 
 /// How long after a commit the write-ahead log is checkpointed (SQLite; see `store::checkpoint`).
 ///
@@ -274,13 +278,27 @@ impl Write {
 }
 
 /// The next batch: the writes someone is waiting on first (new tasks, for their submitters, then
-/// terminal states, for their webhooks), then the others, each group in arrival order. Moving those ahead is safe:
-/// a new task has no earlier write, and a task's `Finish` is sent only after its earlier writes
-/// committed (its `RecordExecuted` is awaited, and everything queued before that went first).
+/// terminal states, for their webhooks), then the others, each group in arrival order. Moving those
+/// ahead is safe: a new task has no earlier write, and a task's `Finish` is sent only after its
+/// earlier writes committed (its `RecordExecuted` is awaited, and everything queued before that went
+/// first). When more urgent writes wait than a batch holds, [`RESERVED_FOR_OTHERS`] places stay for
+/// the others, so a flood of submits cannot hold up dispatch (claims) indefinitely.
 fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
     queue.sort_by_key(|p| p.write.rank()); // stable: each group keeps its arrival order
-    let rest = queue.split_off(MAX_BATCH.min(queue.len()));
-    std::mem::replace(queue, rest)
+    let urgent = queue.iter().take_while(|p| p.write.rank() < 2).count();
+    let others = queue.len() - urgent;
+    // Only a backlog of urgent writes larger than a batch would shut the others out.
+    let take_urgent = if urgent >= MAX_BATCH {
+        MAX_BATCH - RESERVED_FOR_OTHERS.min(others)
+    } else {
+        urgent
+    };
+    let take_others = others.min(MAX_BATCH - take_urgent);
+    let mut batch: Vec<Pending> = queue.drain(..take_urgent).collect();
+    // The others start after the urgent writes left for the next batch.
+    let first_other = urgent - take_urgent;
+    batch.extend(queue.drain(first_other..first_other + take_others));
+    batch
 }
 
 async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
@@ -446,7 +464,9 @@ pub struct MarkStarted {
 }
 write_message!(MarkStarted => (), |m| Write::MarkStarted(m), Written::Done => ());
 
-/// Answers once every write queued before it committed (shutdown: nothing left lingering).
+/// Answers once the writes queued before it committed: at shutdown, with nothing else arriving,
+/// nothing is left lingering. (Under a backlog of new tasks larger than a batch, some of those could
+/// still wait for the next batch; see `take_batch`.)
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), DbErr>")]
 pub struct Flush;
@@ -505,6 +525,24 @@ mod tests {
             Write::InsertTask(t) => &t.id,
             _ => "?",
         }
+    }
+
+    #[test]
+    fn a_flood_of_submits_leaves_room_for_the_others() {
+        let mut queue: Vec<Pending> = (0..20).map(|i| pending(event(&format!("e{i}")))).collect();
+        queue.extend((0..100).map(|i| pending(insert(&format!("n{i}")))));
+        let batch = take_batch(&mut queue);
+        let order: Vec<&str> = batch.iter().map(task_of).collect();
+        assert_eq!(order.len(), MAX_BATCH);
+        assert_eq!(order[MAX_BATCH - RESERVED_FOR_OTHERS - 1], "n47");
+        assert_eq!(order[MAX_BATCH - RESERVED_FOR_OTHERS], "e0");
+        assert_eq!(order[MAX_BATCH - 1], "e15");
+        // Left: the other new tasks first, then the remaining events, each in order.
+        let left: Vec<&str> = queue.iter().map(task_of).collect();
+        assert_eq!(left.len(), 120 - MAX_BATCH);
+        assert_eq!(left[0], "n48");
+        assert_eq!(left[51], "n99");
+        assert_eq!(left[52], "e16");
     }
 
     #[test]
