@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
@@ -28,12 +28,13 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
     if let Some(dir) = sqlite_dir(url) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut opts = options(url, if is_sqlite(url) { 4 } else { max_connections });
-    if is_sqlite(url) {
-        // Readers look up a few rows each and the OS caches the file anyway: a small page cache per
-        // connection (256 KiB instead of 2 MiB) is most of comfyd's memory saved under load.
-        opts.map_sqlx_sqlite_opts(|o| sqlite_opts(o).pragma("cache_size", "-256"));
-    }
+    // Readers look up a few rows each and the OS caches the file anyway: a small SQLite page cache per
+    // connection (256 KiB instead of 2 MiB) is most of comfyd's memory saved under load.
+    let opts = options(
+        url,
+        if is_sqlite(url) { 4 } else { max_connections },
+        &[("cache_size", "-256")],
+    );
     let db = Database::connect(opts).await?;
     Migrator::up(&db, None).await?;
     Ok(db)
@@ -45,26 +46,24 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
 /// checkpoint writes and syncs the database file: a stall for every write queued behind it); the
 /// Recorder runs [`checkpoint`] itself (see `recorder::CHECKPOINT_AFTER`).
 pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
-    let mut opts = options(url, 1);
-    if is_sqlite(url) {
-        // The log is started afresh after each complete checkpoint, but its file keeps the size it
-        // reached: cut it back to 64 MiB then.
-        opts.map_sqlx_sqlite_opts(|o| {
-            sqlite_opts(o)
-                .pragma("wal_autocheckpoint", "0")
-                .pragma("journal_size_limit", "67108864")
-        });
-    }
+    // The log is started afresh after each complete checkpoint, but its file keeps the size it
+    // reached: cut it back to 64 MiB then.
+    let opts = options(
+        url,
+        1,
+        &[
+            ("wal_autocheckpoint", "0"),
+            ("journal_size_limit", "67108864"),
+        ],
+    );
     Ok(Database::connect(opts).await?)
 }
 
 /// Copies what it can of SQLite's write-ahead log into the database file without waiting for
-/// readers or the writer (`PASSIVE`), so the log stays small. Nothing to do for PostgreSQL.
+/// readers or the writer (`PASSIVE`), so the log stays small. SQLite only.
 pub async fn checkpoint(db: &DatabaseConnection) -> Result<(), DbErr> {
-    if db.get_database_backend() == sea_orm::DbBackend::Sqlite {
-        db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-            .await?;
-    }
+    db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+        .await?;
     Ok(())
 }
 
@@ -79,16 +78,12 @@ fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
         .filter(|d| !d.as_os_str().is_empty())
 }
 
-/// WAL lets the routes read while the Recorder writes; NORMAL sync is durable across a process crash
-/// (kill -9), which is the failure comfyd must survive; a busy timeout instead of errors.
-fn sqlite_opts(o: SqliteConnectOptions) -> SqliteConnectOptions {
-    o.journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10))
-        .create_if_missing(true)
-}
-
-fn options(url: &str, max_connections: u32) -> ConnectOptions {
+/// Pool options; `sqlite_pragmas` are set on each SQLite connection besides the common ones.
+fn options(
+    url: &str,
+    max_connections: u32,
+    sqlite_pragmas: &'static [(&'static str, &'static str)],
+) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.sqlx_logging(false)
         .max_connections(max_connections)
@@ -97,7 +92,19 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
         // A file cannot hang up: no ping before handing out a connection (a round trip to sqlx's
         // SQLite thread, on every transaction).
         opts.test_before_acquire(false)
-            .map_sqlx_sqlite_opts(sqlite_opts);
+            .map_sqlx_sqlite_opts(move |o| {
+                // WAL lets the routes read while the Recorder writes; NORMAL sync is durable across a
+                // process crash (kill -9), which is the failure comfyd must survive; a busy timeout
+                // instead of errors.
+                let o = o
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .create_if_missing(true);
+                sqlite_pragmas
+                    .iter()
+                    .fold(o, |o, (key, value)| o.pragma(*key, *value))
+            });
     } else {
         // A server connection can be dropped while idle (restart, proxy, firewall): ping only those.
         opts.test_before_acquire_if_idle_for(Duration::from_secs(30));

@@ -52,6 +52,8 @@ pub struct Recorder {
     db: DatabaseConnection,
     /// The shared pool, where checkpoints run beside the writes.
     readers: DatabaseConnection,
+    /// SQLite: the Recorder checkpoints its write-ahead log (see [`CHECKPOINT_AFTER`]).
+    checkpoints: bool,
     queue: Vec<Pending>,
     writing: bool,
     /// The timer that writes lingering writes if nothing else comes first.
@@ -65,6 +67,7 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(db: DatabaseConnection, readers: DatabaseConnection) -> Recorder {
         Recorder {
+            checkpoints: db.get_database_backend() == sea_orm::DbBackend::Sqlite,
             db,
             readers,
             queue: Vec::new(),
@@ -77,7 +80,7 @@ impl Recorder {
 
     /// Arms one checkpoint after a commit; none while idle.
     fn arm_checkpoint(&mut self, ctx: &mut Context<Self>) {
-        if self.checkpoint_pending {
+        if !self.checkpoints || self.checkpoint_pending {
             return;
         }
         self.checkpoint_pending = true;
