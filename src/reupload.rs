@@ -48,13 +48,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         {
             Ok(()) => {
                 let mark = OutputMark {
-                    output_id: o.id,
+                    node_id: o.node_id.clone(),
+                    idx: o.idx,
                     stored: true,
                     content_type: o.content_type.clone(),
                     size: o.size,
                     fallback_path: None,
                 };
-                store::mark_output(&db, &mark).await?;
+                store::mark_output(&db, &o.task_id, &mark).await?;
                 // Recorded as stored first: a crash here leaves a stray file, never a lost output.
                 if let Err(e) = tokio::fs::remove_file(&path).await {
                     eprintln!(

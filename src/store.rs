@@ -85,7 +85,11 @@ fn options(
     sqlite_pragmas: &'static [(&'static str, &'static str)],
 ) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_string());
-    opts.sqlx_logging(false)
+    // Every statement is logged only when asked for (`RUST_LOG=sqlx::query=debug`): checking the
+    // level on each statement is not free.
+    let log_statements = tracing::enabled!(target: "sqlx::query", tracing::Level::DEBUG);
+    opts.sqlx_logging(log_statements)
+        .sqlx_logging_level(log::LevelFilter::Debug)
         .max_connections(max_connections)
         .connect_timeout(Duration::from_secs(10));
     if is_sqlite(url) {
@@ -415,38 +419,131 @@ pub async fn finish<C: ConnectionTrait>(
         return Ok(Finished::default());
     };
     for m in marks {
-        mark_output(txn, m).await?;
+        mark_output(txn, id, m).await?;
     }
     events.add(id, event);
-    let mut delivery = None;
-    if let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) {
-        let outputs = task_outputs(txn, id).await?;
-        let payload = serde_json::to_string(&TaskRecord::new(&task, &outputs))
-            .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
-        let now = Utc::now();
-        let model = delivery::Model {
-            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
-            task_id: id.to_string(),
-            url,
-            payload,
-            status: "pending".into(),
-            attempts: 0,
-            next_attempt_at: now,
-            give_up_at,
-            last_status_code: None,
-            last_error: None,
-            created_at: now,
-            delivered_at: None,
-        };
-        delivery::Entity::insert(delivery::ActiveModel::from(model.clone()))
-            .exec_without_returning(txn)
-            .await?;
-        delivery = Some(model);
-    }
+    let delivery = put_webhook(txn, &task, None, give_up_at).await?;
     Ok(Finished {
         applied: true,
         delivery,
     })
+}
+
+/// A task's `executed` record and its terminal transition at once: the same outcome as
+/// [`record_executed`] then [`finish`] (from `executed`), in fewer statements, because the outputs are
+/// inserted with what storing them came to. Used when both writes are queued together, which is usual:
+/// the outputs were stored while the first one waited for company. None, with nothing written, when
+/// the task was not in one of `from` (the caller then applies the two writes one after the other).
+#[allow(clippy::too_many_arguments)] // the two writes' facts, each named
+pub async fn complete<C: ConnectionTrait>(
+    txn: &C,
+    id: &str,
+    from: &[Status],
+    outputs: &[NewOutput],
+    executed: &Event,
+    to: Status,
+    patch: &TaskPatch,
+    marks: &[OutputMark],
+    event: &Event,
+    give_up_at: DateTime<Utc>,
+    events: &mut Events,
+) -> Result<Option<Finished>, DbErr> {
+    let rows = transition_query(id, from, to, patch)
+        .exec_with_returning(txn)
+        .await?;
+    let Some(task) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    events.add(id, executed);
+    events.add(id, event);
+    let mut recorded = None;
+    if !outputs.is_empty() {
+        let now = Utc::now();
+        let rows = outputs.iter().map(|o| {
+            let mark = marks
+                .iter()
+                .find(|m| m.node_id == o.node_id && m.idx == o.idx);
+            output::ActiveModel {
+                id: NotSet,
+                task_id: Set(id.into()),
+                node_id: Set(o.node_id.clone()),
+                idx: Set(o.idx),
+                kind: Set(o.kind.clone()),
+                filename: Set(o.filename.clone()),
+                subfolder: Set(o.subfolder.clone()),
+                folder_type: Set(o.folder_type.clone()),
+                content_type: Set(mark.map_or(&o.content_type, |m| &m.content_type).clone()),
+                size: Set(mark.map_or(0, |m| m.size)),
+                storage_key: Set(o.storage_key.clone()),
+                stored: Set(mark.is_some_and(|m| m.stored)),
+                fallback_path: Set(mark.and_then(|m| m.fallback_path.clone())),
+                created_at: Set(now),
+            }
+        });
+        let inserted = output::Entity::insert_many(rows)
+            .on_conflict_do_nothing_on([
+                output::Column::TaskId,
+                output::Column::NodeId,
+                output::Column::Idx,
+            ])
+            .exec_with_returning_many(txn)
+            .await?;
+        match inserted {
+            TryInsertResult::Inserted(mut all) if all.len() == outputs.len() => {
+                all.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
+                recorded = Some(all);
+            }
+            // Some were recorded before (a replay): they get their marks, and the webhook reads them all.
+            _ => {
+                for m in marks {
+                    mark_output(txn, id, m).await?;
+                }
+            }
+        }
+    }
+    let delivery = put_webhook(txn, &task, recorded, give_up_at).await?;
+    Ok(Some(Finished {
+        applied: true,
+        delivery,
+    }))
+}
+
+/// Puts the webhook of a task that just ended in the outbox, when it has a callback URL. Its payload
+/// is the task's final record: `outputs` when the caller has them, else read in the same transaction.
+async fn put_webhook<C: ConnectionTrait>(
+    txn: &C,
+    task: &task::Model,
+    outputs: Option<Vec<output::Model>>,
+    give_up_at: DateTime<Utc>,
+) -> Result<Option<delivery::Model>, DbErr> {
+    let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let outputs = match outputs {
+        Some(o) => o,
+        None => task_outputs(txn, &task.id).await?,
+    };
+    let payload = serde_json::to_string(&TaskRecord::new(task, &outputs))
+        .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
+    let now = Utc::now();
+    let model = delivery::Model {
+        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        task_id: task.id.clone(),
+        url,
+        payload,
+        status: "pending".into(),
+        attempts: 0,
+        next_attempt_at: now,
+        give_up_at,
+        last_status_code: None,
+        last_error: None,
+        created_at: now,
+        delivered_at: None,
+    };
+    delivery::Entity::insert(delivery::ActiveModel::from(model.clone()))
+        .exec_without_returning(txn)
+        .await?;
+    Ok(Some(model))
 }
 
 /// Finds a task by comfyd id, or else by the client's task id.
@@ -558,9 +655,24 @@ pub struct NewOutput {
     pub storage_key: String,
 }
 
-/// Records a task's outputs and moves it to `executed` (in a transaction), so recovery knows what to store.
-/// Outputs already recorded (a replay) are left as they are. Returns every output of the task, or None
-/// when the task was not in one of `from`.
+impl From<&output::Model> for NewOutput {
+    fn from(o: &output::Model) -> NewOutput {
+        NewOutput {
+            node_id: o.node_id.clone(),
+            idx: o.idx,
+            kind: o.kind.clone(),
+            filename: o.filename.clone(),
+            subfolder: o.subfolder.clone(),
+            folder_type: o.folder_type.clone(),
+            content_type: o.content_type.clone(),
+            storage_key: o.storage_key.clone(),
+        }
+    }
+}
+
+/// Records a task's outputs and moves it to `executed`, so that recovery knows what to store. Outputs
+/// already recorded (a replay) are left as they are. Answers false when the task was not in one of
+/// `from` (cancelled, or already recorded), and then records nothing.
 pub async fn record_executed<C: ConnectionTrait>(
     txn: &C,
     task_id: &str,
@@ -568,11 +680,15 @@ pub async fn record_executed<C: ConnectionTrait>(
     outputs: &[NewOutput],
     event: &Event,
     events: &mut Events,
-) -> Result<Option<Vec<output::Model>>, DbErr> {
+) -> Result<bool, DbErr> {
     let applied =
         transition_in(txn, task_id, from, Status::Executed, &TaskPatch::default()).await?;
     if !applied {
-        return Ok(None);
+        return Ok(false);
+    }
+    events.add(task_id, event);
+    if outputs.is_empty() {
+        return Ok(true);
     }
     let now = Utc::now();
     let rows = outputs.iter().map(|o| output::ActiveModel {
@@ -592,24 +708,15 @@ pub async fn record_executed<C: ConnectionTrait>(
         created_at: Set(now),
     });
     // One statement for all of them; outputs already recorded (a replay) stay as they are.
-    let inserted = output::Entity::insert_many(rows)
+    output::Entity::insert_many(rows)
         .on_conflict_do_nothing_on([
             output::Column::TaskId,
             output::Column::NodeId,
             output::Column::Idx,
         ])
-        .exec_with_returning_many(txn)
+        .exec_without_returning(txn)
         .await?;
-    events.add(task_id, event);
-    match inserted {
-        // The usual case: every output is new, and RETURNING answered them all.
-        TryInsertResult::Inserted(mut all) if all.len() == outputs.len() => {
-            all.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
-            Ok(Some(all))
-        }
-        // A replay: read what was recorded before too.
-        _ => task_outputs(txn, task_id).await.map(Some),
-    }
+    Ok(true)
 }
 
 pub async fn task_outputs<C: ConnectionTrait>(
@@ -624,10 +731,12 @@ pub async fn task_outputs<C: ConnectionTrait>(
         .await
 }
 
-/// What storing one output came to.
+/// What storing one output came to. The output is named by its place in the task (node, index), not
+/// by its row id: the uploader stores a task's outputs while their rows are still being written.
 #[derive(Debug, Clone)]
 pub struct OutputMark {
-    pub output_id: i64,
+    pub node_id: String,
+    pub idx: i32,
     /// Stored under its key; false: kept in the fallback folder, or not fetched at all.
     pub stored: bool,
     /// The real content type and size, as ComfyUI served it.
@@ -637,7 +746,11 @@ pub struct OutputMark {
 }
 
 /// Records what storing one output came to.
-pub async fn mark_output<C: ConnectionTrait>(db: &C, m: &OutputMark) -> Result<(), DbErr> {
+pub async fn mark_output<C: ConnectionTrait>(
+    db: &C,
+    task_id: &str,
+    m: &OutputMark,
+) -> Result<(), DbErr> {
     output::Entity::update_many()
         .col_expr(output::Column::Stored, Expr::value(m.stored))
         .col_expr(
@@ -649,7 +762,9 @@ pub async fn mark_output<C: ConnectionTrait>(db: &C, m: &OutputMark) -> Result<(
             output::Column::FallbackPath,
             Expr::value(m.fallback_path.clone()),
         )
-        .filter(output::Column::Id.eq(m.output_id))
+        .filter(output::Column::TaskId.eq(task_id))
+        .filter(output::Column::NodeId.eq(m.node_id.as_str()))
+        .filter(output::Column::Idx.eq(m.idx))
         .exec(db)
         .await?;
     Ok(())

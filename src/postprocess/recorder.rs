@@ -10,14 +10,15 @@
 //! fails, each of its writes is applied again on its own, so only the faulty one reports an error.
 //! SQLite never sees two writers. Readers (routes, recovery) query through `crate::store` directly.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::oneshot;
 
-use crate::entity::{output, task};
+use crate::entity::task;
 use crate::store::{
     self, AttemptOutcome, Event, Events, Finished, Inserted, NewOutput, NewTask, OutputMark,
     TaskPatch,
@@ -33,9 +34,10 @@ const MAX_BATCH: usize = 64;
 const RESERVED_FOR_OTHERS: usize = 16;
 
 /// Longest a write nobody waits on stays queued alone. Losing such writes to a crash in this window
-/// loses no job: recovery asks the backend about a job whose `running` mark was lost, and a webhook
-/// whose attempt was not recorded is sent again, with the same webhook-id.
-const LINGER: Duration = Duration::from_millis(25);
+/// loses no job: recovery asks the backend about a job whose `running` mark or `executed` record was
+/// lost (ComfyUI's history has the outputs), and a webhook whose attempt was not recorded is sent
+/// again, with the same webhook-id.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// How long after a commit the write-ahead log is checkpointed (SQLite; see `store::checkpoint`).
 ///
@@ -105,7 +107,11 @@ impl Recorder {
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<Written, DbErr>> {
         let (reply, rx) = oneshot::channel();
-        self.queue.push(Pending { write, reply });
+        self.queue.push(Pending {
+            write,
+            reply,
+            queued_at: Instant::now(),
+        });
         if !self.writing {
             self.schedule(ctx);
         }
@@ -138,7 +144,7 @@ impl Recorder {
         async { tokio::task::yield_now().await }
             .into_actor(self)
             .then(|_, act, _| {
-                let batch = take_batch(&mut act.queue);
+                let batch = take_batch(&mut act.queue, Instant::now());
                 let db = act.db.clone();
                 let settle = std::mem::take(&mut act.checkpoint_settle);
                 async move {
@@ -174,6 +180,7 @@ impl Actor for Recorder {
 struct Pending {
     write: Write,
     reply: oneshot::Sender<Result<Written, DbErr>>,
+    queued_at: Instant,
 }
 
 /// Every kind of write, as data.
@@ -194,7 +201,6 @@ enum Write {
 /// What a write answers.
 enum Written {
     Inserted(Inserted),
-    Outputs(Option<Vec<output::Model>>),
     Claimed(Option<task::Model>),
     Applied(bool),
     Finished(Finished),
@@ -202,7 +208,7 @@ enum Written {
 }
 
 impl Write {
-    /// Where the write goes in its batch (see `take_batch`).
+    /// Where the write goes in its batch, before its task's ordering is applied (see `take_batch`).
     fn rank(&self) -> u8 {
         match self {
             Write::InsertTask(_) => 0,
@@ -211,11 +217,31 @@ impl Write {
         }
     }
 
-    /// Nothing waits on this write: it may wait [`LINGER`] to share a transaction.
+    /// The task this write is about, if any.
+    fn task_id(&self) -> Option<&str> {
+        match self {
+            Write::InsertTask(t) => Some(&t.id),
+            Write::Transition(m) => Some(&m.task_id),
+            Write::Claim(m) => Some(&m.task_id),
+            Write::RecordExecuted(m) => Some(&m.task_id),
+            Write::Finish(m) => Some(&m.task_id),
+            Write::RecordAttempt(a) => Some(&a.task_id),
+            Write::RecordEvent(m) => Some(&m.task_id),
+            Write::MarkStarted(m) => Some(&m.task_id),
+            Write::Redeliver(_) | Write::Flush => None,
+        }
+    }
+
+    /// Nothing waits on this write: it may wait [`LINGER`] to share a transaction. A task's
+    /// `RecordExecuted` is one of them: its `Finish` usually follows within a few milliseconds and
+    /// then both share one commit.
     fn can_linger(&self) -> bool {
         matches!(
             self,
-            Write::MarkStarted(_) | Write::RecordAttempt(_) | Write::RecordEvent(_)
+            Write::MarkStarted(_)
+                | Write::RecordAttempt(_)
+                | Write::RecordEvent(_)
+                | Write::RecordExecuted(_)
         )
     }
 
@@ -233,7 +259,7 @@ impl Write {
             Write::Claim(m) => {
                 Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event, ev).await?)
             }
-            Write::RecordExecuted(m) => Written::Outputs(
+            Write::RecordExecuted(m) => Written::Applied(
                 store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event, ev).await?,
             ),
             Write::Finish(m) => Written::Finished(
@@ -281,15 +307,70 @@ impl Write {
 }
 
 /// The next batch: the writes someone is waiting on first (new tasks, for their submitters, then
-/// terminal states, for their webhooks), then the others, each group in arrival order. Moving those
-/// ahead is safe: a new task has no earlier write, and a task's `Finish` is sent only after its
-/// earlier writes committed (its `RecordExecuted` is awaited, and everything queued before that went
-/// first). When more urgent writes wait than a batch holds, [`RESERVED_FOR_OTHERS`] places stay for
-/// the others, so a flood of submits cannot hold up dispatch (claims) indefinitely.
-fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
-    queue.sort_by_key(|p| p.write.rank()); // stable: each group keeps its arrival order
-    let urgent = queue.iter().take_while(|p| p.write.rank() < 2).count();
-    let others = queue.len() - urgent;
+/// terminal states, for their webhooks), then the others, each group in arrival order. A write moved
+/// ahead takes the earlier writes of its task with it (a `Finish` its `RecordExecuted`), so each
+/// task's writes are applied in the order they were sent. When more urgent writes wait than a batch
+/// holds, [`RESERVED_FOR_OTHERS`] places stay for the others, so a flood of submits cannot hold up
+/// dispatch (claims) indefinitely.
+///
+/// A `RecordExecuted` younger than [`LINGER`] whose `Finish` has not come yet stays queued, with any
+/// later write of its task, rather than going with other tasks' writes: its `Finish` usually follows
+/// within milliseconds, and the two are then written as one (see `plan`). A `Flush` holds nothing back.
+fn take_batch(queue: &mut Vec<Pending>, now: Instant) -> Vec<Pending> {
+    let (held, ready) = hold_back(std::mem::take(queue), now);
+    *queue = held;
+    let mut queue_ready = ready;
+    let batch = rank_and_cut(&mut queue_ready);
+    queue.extend(queue_ready);
+    batch
+}
+
+/// Splits the queue into the writes that wait for their task's `Finish` and the rest, each in order.
+fn hold_back(queue: Vec<Pending>, now: Instant) -> (Vec<Pending>, Vec<Pending>) {
+    let flushing = queue.iter().any(|p| matches!(p.write, Write::Flush));
+    let finishing: HashSet<String> = queue
+        .iter()
+        .filter_map(|p| match &p.write {
+            Write::Finish(f) => Some(f.task_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut waiting: HashSet<String> = HashSet::new();
+    queue.into_iter().partition(|p| {
+        let task = p.write.task_id().unwrap_or_default();
+        if waiting.contains(task) {
+            return true;
+        }
+        let hold = !flushing
+            && matches!(p.write, Write::RecordExecuted(_))
+            && !finishing.contains(task)
+            && now.duration_since(p.queued_at) < LINGER;
+        if hold {
+            waiting.insert(task.to_string());
+        }
+        hold
+    })
+}
+
+/// Takes the next batch out of writes that may all go now (see `take_batch`).
+fn rank_and_cut(queue: &mut Vec<Pending>) -> Vec<Pending> {
+    // Each write's rank, lowered to the lowest rank of its task's later writes.
+    let mut ranks = vec![0u8; queue.len()];
+    let mut lowest: HashMap<&str, u8> = HashMap::new();
+    for (i, p) in queue.iter().enumerate().rev() {
+        let mut rank = p.write.rank();
+        if let Some(task) = p.write.task_id() {
+            let later = lowest.entry(task).or_insert(rank);
+            rank = rank.min(*later);
+            *later = rank;
+        }
+        ranks[i] = rank;
+    }
+    drop(lowest);
+    let mut ranked: Vec<(u8, Pending)> = ranks.into_iter().zip(queue.drain(..)).collect();
+    ranked.sort_by_key(|(rank, _)| *rank); // stable: each group keeps its arrival order
+    let urgent = ranked.iter().take_while(|(rank, _)| *rank < 2).count();
+    let others = ranked.len() - urgent;
     // Only a backlog of urgent writes larger than a batch would shut the others out.
     let take_urgent = if urgent >= MAX_BATCH {
         MAX_BATCH - RESERVED_FOR_OTHERS.min(others)
@@ -297,14 +378,23 @@ fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
         urgent
     };
     let take_others = others.min(MAX_BATCH - take_urgent);
-    let mut batch: Vec<Pending> = queue.drain(..take_urgent).collect();
-    // The others start after the urgent writes left for the next batch.
-    let first_other = urgent - take_urgent;
-    batch.extend(queue.drain(first_other..first_other + take_others));
+    let mut batch = Vec::with_capacity(take_urgent + take_others);
+    for (i, (_, p)) in ranked.into_iter().enumerate() {
+        // The others start after the urgent writes left for the next batch.
+        let taken = i < take_urgent || (i >= urgent && i < urgent + take_others);
+        if taken {
+            batch.push(p);
+        } else {
+            queue.push(p);
+        }
+    }
     batch
 }
 
 async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
+    if batch.is_empty() {
+        return; // everything queued is waiting for company (see `hold_back`)
+    }
     tracing::trace!(writes = batch.len(), "writing a batch");
     match write_together(db, &batch).await {
         Ok(results) => {
@@ -337,12 +427,100 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
         let inserted = store::insert_tasks(&txn, &new, &mut events).await?;
         results.extend(inserted.into_iter().map(Written::Inserted));
     }
-    for p in &batch[new.len()..] {
-        results.push(p.write.apply(&txn, &mut events).await?);
+    let mut rest: Vec<Option<Written>> = batch[new.len()..].iter().map(|_| None).collect();
+    for step in plan(&batch[new.len()..]) {
+        match step {
+            Step::One(i) => {
+                rest[i] = Some(batch[new.len() + i].write.apply(&txn, &mut events).await?)
+            }
+            Step::Complete { executed, finish } => {
+                let (e, f) = (
+                    &batch[new.len() + executed].write,
+                    &batch[new.len() + finish].write,
+                );
+                let (e_written, f_written) = complete(&txn, e, f, &mut events).await?;
+                rest[executed] = Some(e_written);
+                rest[finish] = Some(f_written);
+            }
+        }
     }
+    // `plan` covers every write, so no slot is left empty.
+    results.extend(rest.into_iter().map(|w| w.unwrap_or(Written::Done)));
     events.insert(&txn).await?;
     txn.commit().await?;
     Ok(results)
+}
+
+/// How a batch's writes are applied: one by one, except that a task's `RecordExecuted` and the
+/// `Finish` that follows it are written as one (see `store::complete`).
+#[derive(Debug, PartialEq)]
+enum Step {
+    One(usize),
+    Complete { executed: usize, finish: usize },
+}
+
+/// The steps of a batch, in order. A `RecordExecuted` is paired with its task's next write when that
+/// is a `Finish` from `executed` (the uploader's) with only events of the task in between; the pair
+/// is applied at the `Finish`'s place, which changes nothing for the writes of other tasks between.
+fn plan(batch: &[Pending]) -> Vec<Step> {
+    let mut finish_of = HashMap::new();
+    for (i, p) in batch.iter().enumerate() {
+        let Write::RecordExecuted(e) = &p.write else {
+            continue;
+        };
+        let next = batch.iter().enumerate().skip(i + 1).find(|(_, q)| {
+            q.write.task_id() == Some(e.task_id.as_str())
+                && !matches!(q.write, Write::RecordEvent(_))
+        });
+        if let Some((j, q)) = next {
+            if matches!(&q.write, Write::Finish(f) if f.from == [Status::Executed]) {
+                finish_of.insert(i, j);
+            }
+        }
+    }
+    let paired: HashMap<usize, usize> = finish_of.iter().map(|(&e, &f)| (f, e)).collect();
+    (0..batch.len())
+        .filter(|i| !finish_of.contains_key(i))
+        .map(|i| match paired.get(&i) {
+            Some(&executed) => Step::Complete {
+                executed,
+                finish: i,
+            },
+            None => Step::One(i),
+        })
+        .collect()
+}
+
+/// Applies a `RecordExecuted` and its `Finish` together; answers for each.
+async fn complete<C: ConnectionTrait>(
+    c: &C,
+    executed: &Write,
+    finish: &Write,
+    ev: &mut Events,
+) -> Result<(Written, Written), DbErr> {
+    let (Write::RecordExecuted(e), Write::Finish(f)) = (executed, finish) else {
+        // `plan` pairs nothing else; applied one after the other, the outcome is the same anyway.
+        return Ok((executed.apply(c, ev).await?, finish.apply(c, ev).await?));
+    };
+    let done = store::complete(
+        c,
+        &e.task_id,
+        &e.from,
+        &e.outputs,
+        &e.event,
+        f.to,
+        &f.patch,
+        &f.outputs,
+        &f.event,
+        f.give_up_at,
+        ev,
+    )
+    .await?;
+    match done {
+        Some(finished) => Ok((Written::Applied(true), Written::Finished(finished))),
+        // Not on a backend any more: each write on its own finds out what applies.
+        None => Ok((executed.apply(c, ev).await?, finish.apply(c, ev).await?)),
+    }
 }
 
 async fn write_alone(db: &DatabaseConnection, write: &Write) -> Result<Written, DbErr> {
@@ -404,17 +582,18 @@ pub struct Claim {
 }
 write_message!(Claim => Option<task::Model>, |m| Write::Claim(m), Written::Claimed(v) => v);
 
-/// A prompt finished: its outputs are recorded and the task moves to `executed`. Answers every output
-/// of the task, or None when the task was no longer on a backend (cancelled, or already recorded).
+/// A prompt finished: its outputs are recorded and the task moves to `executed`. Answers whether it
+/// applied (false: the task was no longer on a backend). It may linger: the uploader sends it without
+/// waiting and stores the outputs meanwhile, so it usually commits together with the task's `Finish`.
 #[derive(Message, Debug)]
-#[rtype(result = "Result<Option<Vec<output::Model>>, DbErr>")]
+#[rtype(result = "Result<bool, DbErr>")]
 pub struct RecordExecuted {
     pub task_id: String,
     pub from: Vec<Status>,
     pub outputs: Vec<NewOutput>,
     pub event: Event,
 }
-write_message!(RecordExecuted => Option<Vec<output::Model>>, |m| Write::RecordExecuted(m), Written::Outputs(v) => v);
+write_message!(RecordExecuted => bool, |m| Write::RecordExecuted(m), Written::Applied(v) => v);
 
 /// The terminal transition of a task, with what became of its outputs and its webhook put in the
 /// outbox, in one transaction.
@@ -483,6 +662,7 @@ mod tests {
         Pending {
             write,
             reply: oneshot::channel().0,
+            queued_at: Instant::now(),
         }
     }
 
@@ -521,11 +701,32 @@ mod tests {
         })
     }
 
+    fn executed(task: &str) -> Write {
+        Write::RecordExecuted(RecordExecuted {
+            task_id: task.into(),
+            from: Status::ON_BACKEND.to_vec(),
+            outputs: vec![],
+            event: Event::new("executed", serde_json::Value::Null),
+        })
+    }
+
+    fn cancelled(task: &str) -> Write {
+        Write::Finish(Finish {
+            from: Status::ON_BACKEND.to_vec(),
+            to: Status::Cancelled,
+            ..match finish(task) {
+                Write::Finish(f) => f,
+                _ => unreachable!(),
+            }
+        })
+    }
+
     fn task_of(p: &Pending) -> &str {
         match &p.write {
             Write::RecordEvent(m) => &m.task_id,
             Write::Finish(m) => &m.task_id,
             Write::InsertTask(t) => &t.id,
+            Write::RecordExecuted(m) => &m.task_id,
             _ => "?",
         }
     }
@@ -534,7 +735,7 @@ mod tests {
     fn a_flood_of_submits_leaves_room_for_the_others() {
         let mut queue: Vec<Pending> = (0..20).map(|i| pending(event(&format!("e{i}")))).collect();
         queue.extend((0..100).map(|i| pending(insert(&format!("n{i}")))));
-        let batch = take_batch(&mut queue);
+        let batch = take_batch(&mut queue, Instant::now());
         let order: Vec<&str> = batch.iter().map(task_of).collect();
         assert_eq!(order.len(), MAX_BATCH);
         assert_eq!(order[MAX_BATCH - RESERVED_FOR_OTHERS - 1], "n47");
@@ -557,7 +758,7 @@ mod tests {
             pending(event("e2")),
             pending(insert("n2")),
         ];
-        let batch = take_batch(&mut queue);
+        let batch = take_batch(&mut queue, Instant::now());
         let order: Vec<&str> = batch.iter().map(task_of).collect();
         assert_eq!(order, ["n1", "n2", "f1", "e1", "e2"]);
     }
@@ -570,7 +771,7 @@ mod tests {
             pending(event("e2")),
             pending(finish("f2")),
         ];
-        let batch = take_batch(&mut queue);
+        let batch = take_batch(&mut queue, Instant::now());
         let order: Vec<&str> = batch.iter().map(task_of).collect();
         assert_eq!(order, ["f1", "f2", "e1", "e2"]);
         assert!(queue.is_empty());
@@ -582,12 +783,93 @@ mod tests {
             .map(|i| pending(event(&format!("e{i}"))))
             .collect();
         queue.push(pending(finish("f")));
-        let batch = take_batch(&mut queue);
+        let batch = take_batch(&mut queue, Instant::now());
         assert_eq!(batch.len(), MAX_BATCH);
         assert_eq!(task_of(&batch[0]), "f");
         assert_eq!(task_of(&batch[1]), "e0");
         let left: Vec<&str> = queue.iter().map(task_of).collect();
         assert_eq!(left.len(), 4);
         assert_eq!(left[0], format!("e{}", MAX_BATCH - 1));
+    }
+
+    #[test]
+    fn a_terminal_state_takes_its_tasks_earlier_writes_along() {
+        let mut queue = vec![
+            pending(event("a")),
+            pending(executed("t")),
+            pending(event("b")),
+            pending(event("t")),
+            pending(finish("t")),
+        ];
+        let batch = take_batch(&mut queue, Instant::now());
+        let order: Vec<&str> = batch.iter().map(task_of).collect();
+        assert_eq!(order, ["t", "t", "t", "a", "b"]);
+        assert!(matches!(batch[0].write, Write::RecordExecuted(_)));
+        assert!(matches!(batch[2].write, Write::Finish(_)));
+    }
+
+    #[test]
+    fn an_executed_record_and_its_finish_are_written_as_one() {
+        let batch = vec![
+            pending(executed("t")),
+            pending(event("u")),
+            pending(event("t")),
+            pending(finish("t")),
+        ];
+        assert_eq!(
+            plan(&batch),
+            [
+                Step::One(1),
+                Step::One(2),
+                Step::Complete {
+                    executed: 0,
+                    finish: 3
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_finish_from_executed_right_after_is_paired() {
+        // Cancelled while on the backend: the cancel comes between, so each applies on its own.
+        let batch = vec![
+            pending(executed("t")),
+            pending(cancelled("t")),
+            pending(finish("t")),
+        ];
+        assert_eq!(plan(&batch), [Step::One(0), Step::One(1), Step::One(2)]);
+        // Another task's finish is not this one's.
+        let batch = vec![pending(executed("t")), pending(finish("u"))];
+        assert_eq!(plan(&batch), [Step::One(0), Step::One(1)]);
+    }
+
+    #[test]
+    fn an_executed_record_waits_for_its_finish_but_not_forever() {
+        let now = Instant::now();
+        let mut queue = vec![
+            pending(executed("t")),
+            pending(event("u")),
+            pending(event("t")),
+        ];
+        let batch = take_batch(&mut queue, now);
+        assert_eq!(batch.iter().map(task_of).collect::<Vec<_>>(), ["u"]);
+        // The task's later event waits with it, so the task's writes keep their order.
+        assert_eq!(queue.iter().map(task_of).collect::<Vec<_>>(), ["t", "t"]);
+
+        // Its finish came: all go, the executed record first.
+        queue.push(pending(finish("t")));
+        let batch = take_batch(&mut queue, now);
+        assert_eq!(batch.len(), 3);
+        assert!(matches!(batch[0].write, Write::RecordExecuted(_)));
+        assert!(queue.is_empty());
+
+        // No finish within LINGER: it goes on its own.
+        let mut queue = vec![pending(executed("t"))];
+        assert!(take_batch(&mut queue, now).is_empty());
+        assert_eq!(take_batch(&mut queue, Instant::now() + LINGER).len(), 1);
+
+        // A flush holds nothing back.
+        let mut queue = vec![pending(executed("t")), pending(Write::Flush)];
+        assert_eq!(take_batch(&mut queue, now).len(), 2);
     }
 }

@@ -23,7 +23,6 @@ use super::cleaner::{CleanFiles, Cleaner};
 use super::recorder::{RecordEvent, RecordExecuted, Recorder};
 use super::Finisher;
 use crate::comfy::{ComfyClient, FileRef};
-use crate::entity::output;
 use crate::storage::Store;
 use crate::store::{self, Event, NewOutput, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
@@ -179,31 +178,39 @@ enum Trouble {
 impl StoreJob {
     async fn run(self, files: Option<Vec<FileRef>>) -> anyhow::Result<()> {
         let id = self.task_id.clone();
-        let outputs = match files {
+        // Each output, and whether it is stored already.
+        let outputs: Vec<(NewOutput, bool)> = match files {
             Some(files) => {
-                let outputs = self.new_outputs(&files);
-                let count = outputs.len();
-                let recorded = self
-                    .recorder
-                    .send(RecordExecuted {
-                        task_id: id.clone(),
-                        from: Status::ON_BACKEND.to_vec(),
-                        outputs,
-                        event: Event::new(
-                            "executed",
-                            json!({ "backend": self.backend, "outputs": count }),
-                        ),
-                    })
-                    .await??;
-                match recorded {
-                    Some(outputs) => outputs,
-                    None => return Ok(()), // cancelled, or already recorded by an earlier pass
-                }
+                let mut outputs = self.new_outputs(&files);
+                outputs.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
+                // Not awaited: the Recorder holds this write back a little, so that it usually shares
+                // the commit of the task's end below instead of costing one of its own. Sent first,
+                // it is applied first. A crash before it is written leaves the task `running`, and
+                // recovery finds the outputs in the backend's history; if the task was cancelled
+                // meanwhile, it does not apply, and neither does the `Finish`.
+                self.recorder.do_send(RecordExecuted {
+                    task_id: id.clone(),
+                    from: Status::ON_BACKEND.to_vec(),
+                    outputs: outputs.clone(),
+                    event: Event::new(
+                        "executed",
+                        json!({ "backend": self.backend, "outputs": outputs.len() }),
+                    ),
+                });
+                outputs.into_iter().map(|o| (o, false)).collect()
             }
             // Recovery of a task left in `executed`: its outputs were recorded then.
-            None => store::task_outputs(&self.db, &id).await?,
+            None => store::task_outputs(&self.db, &id)
+                .await?
+                .iter()
+                .map(|o| (NewOutput::from(o), o.stored))
+                .collect(),
         };
-        let foreign: Vec<&output::Model> = outputs.iter().filter(|o| is_foreign(&id, o)).collect();
+        let foreign: Vec<&NewOutput> = outputs
+            .iter()
+            .map(|(o, _)| o)
+            .filter(|o| is_foreign(&id, o))
+            .collect();
         if outputs.is_empty() || !foreign.is_empty() {
             let message = if outputs.is_empty() {
                 "ComfyUI reported no output files".to_string()
@@ -229,7 +236,7 @@ impl StoreJob {
         let mut worst = Trouble::None;
         let mut first_error = None;
         let mut marks = Vec::new();
-        for o in outputs.iter().filter(|o| !o.stored) {
+        for (o, _) in outputs.iter().filter(|(_, stored)| !stored) {
             let (mark, trouble, err) = self.store_one(o).await?;
             marks.push(mark);
             if trouble > worst {
@@ -237,9 +244,11 @@ impl StoreJob {
                 first_error = err;
             }
         }
-        let first = &outputs[0];
-        let first_stored =
-            first.stored || marks.iter().any(|m| m.output_id == first.id && m.stored);
+        let (first, first_stored) = &outputs[0];
+        let first_stored = *first_stored
+            || marks
+                .iter()
+                .any(|m| m.node_id == first.node_id && m.idx == first.idx && m.stored);
         let code = match worst {
             Trouble::None => error_code::OK,
             Trouble::NotStored => error_code::UPLOAD_FAILED,
@@ -281,6 +290,7 @@ impl StoreJob {
                 // fully cached prompt hands several tasks the same temp file.
                 let files = outputs
                     .iter()
+                    .map(|(o, _)| o)
                     .filter(|o| o.folder_type == "output")
                     .map(|o| (o.folder_type.clone(), comfy_path(o)))
                     .collect();
@@ -327,14 +337,15 @@ impl StoreJob {
     /// Returns what to record for it (with the task's terminal state), how it went, and why not.
     async fn store_one(
         &self,
-        o: &output::Model,
+        o: &NewOutput,
     ) -> anyhow::Result<(OutputMark, Trouble, Option<String>)> {
         let file = file_ref(o);
         let mut mark = OutputMark {
-            output_id: o.id,
+            node_id: o.node_id.clone(),
+            idx: o.idx,
             stored: false,
             content_type: o.content_type.clone(),
-            size: o.size,
+            size: 0,
             fallback_path: None,
         };
         let mut fetched = None;
@@ -421,12 +432,12 @@ impl StoreJob {
 }
 
 /// The output's path as ComfyUI knows it (subfolder/filename).
-fn comfy_path(o: &output::Model) -> String {
+fn comfy_path(o: &NewOutput) -> String {
     file_ref(o).path()
 }
 
-/// The file ComfyUI wrote for a recorded output.
-fn file_ref(o: &output::Model) -> FileRef {
+/// The file ComfyUI wrote for an output.
+fn file_ref(o: &NewOutput) -> FileRef {
     FileRef {
         node_id: o.node_id.clone(),
         kind: o.kind.clone(),
@@ -438,7 +449,7 @@ fn file_ref(o: &output::Model) -> FileRef {
 
 /// An output that another task wrote: its subfolder is another task's (the per-task prefix is
 /// `comfyd/<task_id>/...`), which only happens when ComfyUI served a stale cache entry.
-fn is_foreign(task_id: &str, o: &output::Model) -> bool {
+fn is_foreign(task_id: &str, o: &NewOutput) -> bool {
     let sub = o.subfolder.replace('\\', "/");
     match sub.strip_prefix("comfyd/") {
         Some(rest) => rest.split('/').next() != Some(task_id),
@@ -462,12 +473,10 @@ impl Handler<InProgress> for Uploader {
 #[cfg(test)]
 mod tests {
     use super::is_foreign;
-    use crate::entity::output;
+    use crate::store::NewOutput;
 
-    fn out(subfolder: &str) -> output::Model {
-        output::Model {
-            id: 1,
-            task_id: "t".into(),
+    fn out(subfolder: &str) -> NewOutput {
+        NewOutput {
             node_id: "9".into(),
             idx: 0,
             kind: "images".into(),
@@ -475,11 +484,7 @@ mod tests {
             subfolder: subfolder.into(),
             folder_type: "output".into(),
             content_type: "image/png".into(),
-            size: 0,
             storage_key: "k".into(),
-            stored: false,
-            fallback_path: None,
-            created_at: chrono::Utc::now(),
         }
     }
 

@@ -185,6 +185,11 @@ async fn text2img_end_to_end(postgres: bool) {
     assert_eq!(body["s3_key"], key);
     assert_eq!(body["error_code"], 0);
     assert_eq!(body["outputs"].as_array().map(Vec::len), Some(1));
+    // The payload tells what storing the output came to, as the rows do.
+    assert_eq!(body["outputs"][0]["stored"], true);
+    assert_eq!(body["outputs"][0]["key"], key);
+    assert_eq!(body["outputs"][0]["size"], outputs[0].size);
+    assert_eq!(body["outputs"][0]["content_type"], "image/png");
     assert!(hooks[0].header("webhook-id").is_some());
     let kinds = eventually(10, "notified event", || async {
         let k = event_kinds(&env, &id).await;

@@ -63,6 +63,11 @@ struct Cli {
     /// writing back its files, a busy host) weighs less on the next.
     #[arg(long, default_value_t = 10)]
     pause: u64,
+    /// Where each run's scratch folder goes (comfyd's database and local store, the simulators'
+    /// files, s3s-fs's objects); default: the system temp dir. The report says what making a file
+    /// there costs, because comfyd pays it for every output it stores locally.
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 /// `KEY=VALUE` → (KEY, VALUE).
@@ -126,9 +131,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .canonicalize()
         .context("resolving --workflows")?;
 
+    let dir = cli.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().context("resolving --dir")?;
+    let file_cost = procs::file_cost_us(&dir)
+        .with_context(|| format!("making probe files in {}", dir.display()))?;
+
     let receiver = receiver::Receiver::start().context("starting the webhook receiver")?;
     // The header is taken now: the commit and load at the start are the ones that matter.
     let mut header = machine(&chrono::Utc::now());
+    header.push_str(&format!(
+        " Run folders in {} ({}), where making a file (a folder, the file written and synced, \
+         then renamed, as the local store does) costs {file_cost:.0} µs of CPU.",
+        dir.display(),
+        procs::filesystem_type(&dir),
+    ));
     let built = binary_mtime(&bins.comfyd);
     let mut outcomes: Vec<Outcome> = Vec::new();
     for sc in &wanted {
@@ -137,11 +154,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::time::sleep(std::time::Duration::from_secs(cli.pause)).await;
             }
             eprintln!("({}) {} [{}] ...", sc.key, sc.title, store.name());
-            let o = scenario::run(&bins, &workflows, sc, store, &receiver, &cli.comfyd_env)
-                .await
-                .with_context(|| {
-                    format!("scenario ({}) with the {} store", sc.key, store.name())
-                })?;
+            let o = scenario::run(
+                &bins,
+                &workflows,
+                &dir,
+                sc,
+                store,
+                &receiver,
+                &cli.comfyd_env,
+            )
+            .await
+            .with_context(|| format!("scenario ({}) with the {} store", sc.key, store.name()))?;
             eprintln!(
                 "  {} jobs: submit p99 {:.1} ms, webhook p50 {:.1} ms, {:.0} jobs/s, makespan {:.0}/{:.0} ms, \
                  CPU {:.2} ms/job, RSS {:.1} MiB, lost {}, dup {}",

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-/// A folder under the system temp dir, removed on drop unless `COMFYD_BENCH_KEEP` is set (then its
+/// A folder under `parent` (`--dir`), removed on drop unless `COMFYD_BENCH_KEEP` is set (then its
 /// logs stay for a look).
 pub struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    pub fn new(label: &str) -> anyhow::Result<ScratchDir> {
-        let path = std::env::temp_dir().join(format!(
+    pub fn new(parent: &Path, label: &str) -> anyhow::Result<ScratchDir> {
+        let path = parent.join(format!(
             "comfyd-bench-{label}-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
@@ -355,6 +355,51 @@ fn cpu_ms_of(path: &str) -> anyhow::Result<f64> {
     let utime: f64 = fields.get(11).context("no utime")?.parse()?;
     let stime: f64 = fields.get(12).context("no stime")?.parse()?;
     Ok((utime + stime) * 1000.0 / clock_ticks())
+}
+
+/// What making one file in `dir` costs this thread in CPU, in microseconds: a folder, the file
+/// written and synced, then renamed, as comfyd's local store does for every output. On some virtual
+/// machines this differs a hundredfold between two folders of one disk (it depends on what was
+/// deleted there before), and it is charged to comfyd, so the report gives it.
+pub fn file_cost_us(dir: &Path) -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    const FILES: u32 = 200;
+    let probe = dir.join(format!("comfyd-bench-probe-{}", std::process::id()));
+    let before = thread_cpu_ns()?;
+    for i in 0..FILES {
+        let sub = probe.join(i.to_string());
+        std::fs::create_dir_all(&sub)?;
+        let tmp = sub.join(".out.png.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&[0u8; 128])?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, sub.join("out.png"))?;
+    }
+    let used = thread_cpu_ns()? - before;
+    std::fs::remove_dir_all(&probe)?;
+    Ok(used as f64 / 1000.0 / f64::from(FILES))
+}
+
+/// This thread's time on a CPU so far, in nanoseconds (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    Ok(s.split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?)
+}
+
+/// The type of the filesystem `dir` is on (`ext4`, `tmpfs`, ...), as `stat -f` names it.
+pub fn filesystem_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".into())
 }
 
 /// `sysconf(_SC_CLK_TCK)` through `getconf` (no libc dependency); 100 on every Linux we know of.

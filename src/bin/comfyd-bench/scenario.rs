@@ -172,12 +172,13 @@ struct SimStats {
 pub async fn run(
     bins: &Binaries,
     workflows: &Path,
+    dir: &Path,
     sc: &Scenario,
     store: StoreKind,
     receiver: &Receiver,
     extra_env: &[(String, String)],
 ) -> anyhow::Result<Outcome> {
-    let scratch = ScratchDir::new(&format!("{}-{}", sc.key, store.name()))?;
+    let scratch = ScratchDir::new(dir, &format!("{}-{}", sc.key, store.name()))?;
     let mut children = Children::default();
     let load_before = procs::load_average();
 
