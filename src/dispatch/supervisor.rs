@@ -58,6 +58,8 @@ struct Held {
     prompt_id: String,
     /// Names of its input images on that backend (removed by the cleaner once the job ended).
     uploads: Vec<String>,
+    /// Handed to the backend (its claim is written): the backend has it, or will in a moment.
+    sent: bool,
 }
 
 struct Slot {
@@ -167,6 +169,7 @@ impl Supervisor {
                 Held {
                     prompt_id: prompt_id.clone(),
                     uploads: vec![],
+                    sent: false,
                 },
             );
             self.hand_over(i, key, prompt_id, ctx);
@@ -178,10 +181,14 @@ impl Supervisor {
         let recorder = self.pipeline.recorder.clone();
         let backend = self.slots[i].name.clone();
         let task_id = key.task_id.clone();
+        // With another job already handed to this backend, the GPU has work: this claim may wait a
+        // little to share a commit (usually with the end of the job that freed the slot).
+        let may_wait = self.slots[i].held.values().any(|h| h.sent);
         async move {
             let claimed = recorder
                 .send(Claim {
                     task_id: task_id.clone(),
+                    may_wait,
                     patch: TaskPatch {
                         backend: Some(Some(backend.clone())),
                         comfyui_task_id: Some(Some(prompt_id.clone())),
@@ -207,6 +214,7 @@ impl Supervisor {
                 Ok(Some(task)) => match act.build_run(&task) {
                     Ok(run) => {
                         if let Some(h) = act.slots[i].held.get_mut(&task_id) {
+                            h.sent = true;
                             h.uploads = run
                                 .inputs
                                 .iter()
@@ -379,6 +387,7 @@ impl Supervisor {
                             Held {
                                 prompt_id: prompt_id.clone(),
                                 uploads: vec![],
+                                sent: true,
                             },
                         );
                         act.slots[i].addr.do_send(backend::Adopt {

@@ -36,7 +36,8 @@ const RESERVED_FOR_OTHERS: usize = 16;
 /// Longest a write nobody waits on stays queued alone. Losing such writes to a crash in this window
 /// loses no job: recovery asks the backend about a job whose `running` mark or `executed` record was
 /// lost (ComfyUI's history has the outputs), and a webhook whose attempt was not recorded is sent
-/// again, with the same webhook-id.
+/// again, with the same webhook-id. A claim that waits (`Claim::may_wait`) holds its prompt back,
+/// so it waits only while its backend has another prompt to run.
 const LINGER: Duration = Duration::from_millis(100);
 
 /// How long after a commit the write-ahead log is checkpointed (SQLite; see `store::checkpoint`).
@@ -232,17 +233,18 @@ impl Write {
         }
     }
 
-    /// Nothing waits on this write: it may wait [`LINGER`] to share a transaction. A task's
+    /// Nothing urgent waits on this write: it may wait [`LINGER`] to share a transaction. A task's
     /// `RecordExecuted` is one of them: its `Finish` usually follows within a few milliseconds and
-    /// then both share one commit.
+    /// then both share one commit. So is the claim of a job for a backend that has another queued.
     fn can_linger(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Write::MarkStarted(_)
-                | Write::RecordAttempt(_)
-                | Write::RecordEvent(_)
-                | Write::RecordExecuted(_)
-        )
+            | Write::RecordAttempt(_)
+            | Write::RecordEvent(_)
+            | Write::RecordExecuted(_) => true,
+            Write::Claim(c) => c.may_wait,
+            _ => false,
+        }
     }
 
     /// Applies this write; its events go to `ev`, which the caller writes before committing.
@@ -577,6 +579,8 @@ write_message!(Transition => bool, |m| Write::Transition(m), Written::Applied(v)
 #[rtype(result = "Result<Option<task::Model>, DbErr>")]
 pub struct Claim {
     pub task_id: String,
+    /// The backend has other work queued, so the claim may wait [`LINGER`] to share a commit.
+    pub may_wait: bool,
     pub patch: TaskPatch,
     pub event: Event,
 }
