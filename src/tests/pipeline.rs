@@ -259,6 +259,12 @@ async fn img2img_uploads_its_image_and_runs_with_the_name_comfyui_returned() {
     let keys = env.s3.as_ref().expect("s3").list_keys(BUCKET).await;
     assert_eq!(keys.len(), 1);
     webhooks(&env, &id, 1).await;
+    // comfyd's own copy of the input image goes once the task has ended.
+    let inputs = env.daemon.data_dir().join("inputs").join(&id);
+    eventually(10, "input files removed", || async {
+        (!inputs.exists()).then_some(())
+    })
+    .await;
 }
 
 #[actix_web::test]
