@@ -315,27 +315,27 @@ impl Write {
 /// holds, [`RESERVED_FOR_OTHERS`] places stay for the others, so a flood of submits cannot hold up
 /// dispatch (claims) indefinitely.
 ///
-/// A `RecordExecuted` younger than [`LINGER`] whose `Finish` has not come yet stays queued, with any
-/// later write of its task, rather than going with other tasks' writes: its `Finish` usually follows
-/// within milliseconds, and the two are then written as one (see `plan`). A `Flush` holds nothing back.
+/// A `RecordExecuted` younger than [`LINGER`] stays queued, with the later writes of its task, rather
+/// than going with other tasks' writes, until a write of its task that cannot wait comes: usually
+/// its `Finish`, within milliseconds, and the two are then written as one (see `plan`). A `Flush`
+/// holds nothing back.
 fn take_batch(queue: &mut Vec<Pending>, now: Instant) -> Vec<Pending> {
-    let (held, ready) = hold_back(std::mem::take(queue), now);
+    let (held, mut ready) = hold_back(std::mem::take(queue), now);
+    let batch = rank_and_cut(&mut ready);
     *queue = held;
-    let mut queue_ready = ready;
-    let batch = rank_and_cut(&mut queue_ready);
-    queue.extend(queue_ready);
+    queue.extend(ready);
     batch
 }
 
 /// Splits the queue into the writes that wait for their task's `Finish` and the rest, each in order.
+/// Only writes that may linger are held, so a batch started for a write that cannot wait has it.
 fn hold_back(queue: Vec<Pending>, now: Instant) -> (Vec<Pending>, Vec<Pending>) {
     let flushing = queue.iter().any(|p| matches!(p.write, Write::Flush));
-    let finishing: HashSet<String> = queue
+    // Tasks with a write that cannot wait (their `Finish`, say): their writes all go now.
+    let pressing: HashSet<String> = queue
         .iter()
-        .filter_map(|p| match &p.write {
-            Write::Finish(f) => Some(f.task_id.clone()),
-            _ => None,
-        })
+        .filter(|p| !p.write.can_linger())
+        .filter_map(|p| p.write.task_id().map(str::to_owned))
         .collect();
     let mut waiting: HashSet<String> = HashSet::new();
     queue.into_iter().partition(|p| {
@@ -345,7 +345,7 @@ fn hold_back(queue: Vec<Pending>, now: Instant) -> (Vec<Pending>, Vec<Pending>) 
         }
         let hold = !flushing
             && matches!(p.write, Write::RecordExecuted(_))
-            && !finishing.contains(task)
+            && !pressing.contains(task)
             && now.duration_since(p.queued_at) < LINGER;
         if hold {
             waiting.insert(task.to_string());
@@ -874,6 +874,18 @@ mod tests {
 
         // A flush holds nothing back.
         let mut queue = vec![pending(executed("t")), pending(Write::Flush)];
+        assert_eq!(take_batch(&mut queue, now).len(), 2);
+
+        // Any write of the task that cannot wait takes the record along, not only its finish: a
+        // batch started for a write always holds that write.
+        let requeue = Write::Transition(Transition {
+            task_id: "t".into(),
+            from: Status::ON_BACKEND.to_vec(),
+            to: Status::Queued,
+            patch: TaskPatch::default(),
+            event: None,
+        });
+        let mut queue = vec![pending(executed("t")), pending(requeue)];
         assert_eq!(take_batch(&mut queue, now).len(), 2);
     }
 }
