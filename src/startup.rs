@@ -87,13 +87,7 @@ impl Application {
         let writer = store::connect_writer(&url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
-        // The single writer gets a thread of its own, so that a submit's write never waits behind
-        // websocket frames, HTTP calls or uploads on the main thread. Measured in (b): 640-690 ->
-        // 760-840 jobs/s with S3, CPU per job unchanged in (b) and (c) (BENCHMARKS.md).
-        let readers = db.clone();
-        let recorder = Recorder::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
-            Recorder::new(writer, readers)
-        });
+        let recorder = Recorder::new(writer, db.clone()).start();
         let notifier = Notifier::new(
             NotifierConfig {
                 secret: settings.webhooks.secret.clone(),
