@@ -463,22 +463,7 @@ pub async fn complete<C: ConnectionTrait>(
             let mark = marks
                 .iter()
                 .find(|m| m.node_id == o.node_id && m.idx == o.idx);
-            output::ActiveModel {
-                id: NotSet,
-                task_id: Set(id.into()),
-                node_id: Set(o.node_id.clone()),
-                idx: Set(o.idx),
-                kind: Set(o.kind.clone()),
-                filename: Set(o.filename.clone()),
-                subfolder: Set(o.subfolder.clone()),
-                folder_type: Set(o.folder_type.clone()),
-                content_type: Set(mark.map_or(&o.content_type, |m| &m.content_type).clone()),
-                size: Set(mark.map_or(0, |m| m.size)),
-                storage_key: Set(o.storage_key.clone()),
-                stored: Set(mark.is_some_and(|m| m.stored)),
-                fallback_path: Set(mark.and_then(|m| m.fallback_path.clone())),
-                created_at: Set(now),
-            }
+            output_row(id, o, mark, now)
         });
         let inserted = output::Entity::insert_many(rows)
             .on_conflict_do_nothing_on([
@@ -655,6 +640,31 @@ pub struct NewOutput {
     pub storage_key: String,
 }
 
+/// An output's row: as ComfyUI reported it, with what storing it came to when that is known.
+fn output_row(
+    task_id: &str,
+    o: &NewOutput,
+    mark: Option<&OutputMark>,
+    now: DateTime<Utc>,
+) -> output::ActiveModel {
+    output::ActiveModel {
+        id: NotSet,
+        task_id: Set(task_id.into()),
+        node_id: Set(o.node_id.clone()),
+        idx: Set(o.idx),
+        kind: Set(o.kind.clone()),
+        filename: Set(o.filename.clone()),
+        subfolder: Set(o.subfolder.clone()),
+        folder_type: Set(o.folder_type.clone()),
+        content_type: Set(mark.map_or(&o.content_type, |m| &m.content_type).clone()),
+        size: Set(mark.map_or(0, |m| m.size)),
+        storage_key: Set(o.storage_key.clone()),
+        stored: Set(mark.is_some_and(|m| m.stored)),
+        fallback_path: Set(mark.and_then(|m| m.fallback_path.clone())),
+        created_at: Set(now),
+    }
+}
+
 impl From<&output::Model> for NewOutput {
     fn from(o: &output::Model) -> NewOutput {
         NewOutput {
@@ -691,22 +701,7 @@ pub async fn record_executed<C: ConnectionTrait>(
         return Ok(true);
     }
     let now = Utc::now();
-    let rows = outputs.iter().map(|o| output::ActiveModel {
-        id: NotSet,
-        task_id: Set(task_id.into()),
-        node_id: Set(o.node_id.clone()),
-        idx: Set(o.idx),
-        kind: Set(o.kind.clone()),
-        filename: Set(o.filename.clone()),
-        subfolder: Set(o.subfolder.clone()),
-        folder_type: Set(o.folder_type.clone()),
-        content_type: Set(o.content_type.clone()),
-        size: Set(0),
-        storage_key: Set(o.storage_key.clone()),
-        stored: Set(false),
-        fallback_path: Set(None),
-        created_at: Set(now),
-    });
+    let rows = outputs.iter().map(|o| output_row(task_id, o, None, now));
     // One statement for all of them; outputs already recorded (a replay) stay as they are.
     output::Entity::insert_many(rows)
         .on_conflict_do_nothing_on([

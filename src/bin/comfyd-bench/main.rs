@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/comfyd-bench all --store both --out BENCHMARKS.md
+//! target/release/comfyd-bench all --store both --dir /dev/shm --out BENCHMARKS.md
 //! ```
 //!
 //! Environment: `COMFYD_BENCH_LOG` sets comfyd's `RUST_LOG` (default `warn`); `COMFYD_BENCH_KEEP=1` keeps
