@@ -325,14 +325,28 @@ pub async fn claim<C: ConnectionTrait>(
     event: &Event,
     events: &mut Events,
 ) -> Result<Option<task::Model>, DbErr> {
-    let rows = transition_query(id, &[Status::Queued], Status::Dispatched, patch)
-        .exec_with_returning(db)
-        .await?;
-    let Some(task) = rows.into_iter().next() else {
+    let Some(task) =
+        transition_returning(db, id, &[Status::Queued], Status::Dispatched, patch).await?
+    else {
         return Ok(None);
     };
     events.add(id, event);
     Ok(Some(task))
+}
+
+/// Like [`transition`], answering the task's row as it is after the change (`RETURNING`); None when
+/// the task was not in one of `from`.
+async fn transition_returning<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    patch: &TaskPatch,
+) -> Result<Option<task::Model>, DbErr> {
+    let rows = transition_query(id, from, to, patch)
+        .exec_with_returning(db)
+        .await?;
+    Ok(rows.into_iter().next())
 }
 
 fn transition_query(
@@ -412,10 +426,7 @@ pub async fn finish<C: ConnectionTrait>(
     events: &mut Events,
 ) -> Result<Finished, DbErr> {
     // The conditional update answers the final row, which the webhook's payload needs.
-    let rows = transition_query(id, from, to, patch)
-        .exec_with_returning(txn)
-        .await?;
-    let Some(task) = rows.into_iter().next() else {
+    let Some(task) = transition_returning(txn, id, from, to, patch).await? else {
         return Ok(Finished::default());
     };
     for m in marks {
@@ -448,10 +459,7 @@ pub async fn complete<C: ConnectionTrait>(
     give_up_at: DateTime<Utc>,
     events: &mut Events,
 ) -> Result<Option<Finished>, DbErr> {
-    let rows = transition_query(id, from, to, patch)
-        .exec_with_returning(txn)
-        .await?;
-    let Some(task) = rows.into_iter().next() else {
+    let Some(task) = transition_returning(txn, id, from, to, patch).await? else {
         return Ok(None);
     };
     events.add(id, executed);
@@ -465,14 +473,7 @@ pub async fn complete<C: ConnectionTrait>(
                 .find(|m| m.node_id == o.node_id && m.idx == o.idx);
             output_row(id, o, mark, now)
         });
-        let inserted = output::Entity::insert_many(rows)
-            .on_conflict_do_nothing_on([
-                output::Column::TaskId,
-                output::Column::NodeId,
-                output::Column::Idx,
-            ])
-            .exec_with_returning_many(txn)
-            .await?;
+        let inserted = insert_outputs(rows).exec_with_returning_many(txn).await?;
         match inserted {
             TryInsertResult::Inserted(mut all) if all.len() == outputs.len() => {
                 all.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
@@ -665,6 +666,17 @@ fn output_row(
     }
 }
 
+/// One statement for all of a task's output rows; outputs already recorded (a replay) stay as they are.
+fn insert_outputs(
+    rows: impl IntoIterator<Item = output::ActiveModel>,
+) -> sea_orm::TryInsert<output::ActiveModel> {
+    output::Entity::insert_many(rows).on_conflict_do_nothing_on([
+        output::Column::TaskId,
+        output::Column::NodeId,
+        output::Column::Idx,
+    ])
+}
+
 impl From<&output::Model> for NewOutput {
     fn from(o: &output::Model) -> NewOutput {
         NewOutput {
@@ -702,15 +714,7 @@ pub async fn record_executed<C: ConnectionTrait>(
     }
     let now = Utc::now();
     let rows = outputs.iter().map(|o| output_row(task_id, o, None, now));
-    // One statement for all of them; outputs already recorded (a replay) stay as they are.
-    output::Entity::insert_many(rows)
-        .on_conflict_do_nothing_on([
-            output::Column::TaskId,
-            output::Column::NodeId,
-            output::Column::Idx,
-        ])
-        .exec_without_returning(txn)
-        .await?;
+    insert_outputs(rows).exec_without_returning(txn).await?;
     Ok(true)
 }
 

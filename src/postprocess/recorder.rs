@@ -726,13 +726,7 @@ mod tests {
     }
 
     fn task_of(p: &Pending) -> &str {
-        match &p.write {
-            Write::RecordEvent(m) => &m.task_id,
-            Write::Finish(m) => &m.task_id,
-            Write::InsertTask(t) => &t.id,
-            Write::RecordExecuted(m) => &m.task_id,
-            _ => "?",
-        }
+        p.write.task_id().unwrap_or("?")
     }
 
     #[test]
