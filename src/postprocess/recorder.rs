@@ -397,9 +397,18 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
     if batch.is_empty() {
         return; // everything queued is waiting for company (see `hold_back`)
     }
-    tracing::trace!(writes = batch.len(), "writing a batch");
+    let started = Instant::now();
     match write_together(db, &batch).await {
         Ok(results) => {
+            tracing::trace!(
+                writes = batch.len(),
+                new_tasks = results
+                    .iter()
+                    .filter(|r| matches!(r, Written::Inserted(_)))
+                    .count(),
+                micros = started.elapsed().as_micros() as u64,
+                "batch committed"
+            );
             for (p, r) in batch.into_iter().zip(results) {
                 let _ = p.reply.send(Ok(r));
             }

@@ -262,6 +262,9 @@ pub async fn run(
     let submit_start = Instant::now();
     let submitted = submit_all(&client, &format!("{base}/api/v1"), &receiver.url, sc.jobs).await;
     let submit_phase_s = submit_start.elapsed().as_secs_f64();
+    if std::env::var_os("COMFYD_BENCH_KEEP").is_some() {
+        write_submits(&scratch.path().join("submits.csv"), &submitted)?;
+    }
     children.check_alive()?;
 
     let mut rss_deep_queue_mib = None;
@@ -604,6 +607,17 @@ async fn submit_all(
         .buffer_unordered(concurrency())
         .collect()
         .await
+}
+
+/// Every submit as a CSV line (`sent_ms,latency_ms,task_id`, in the order they were answered), for a
+/// look at where in the burst the slow ones were.
+fn write_submits(path: &Path, submitted: &[Submitted]) -> anyhow::Result<()> {
+    let mut csv = String::from("sent_ms,latency_ms,task_id\n");
+    for s in submitted {
+        let id = s.task_id.as_deref().unwrap_or("");
+        csv.push_str(&format!("{:.3},{:.3},{id}\n", s.sent_ms, s.latency_ms));
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
 }
 
 /// [`CONCURRENCY`], or `COMFYD_BENCH_CONCURRENCY`.
