@@ -27,7 +27,7 @@ pub struct Report {
 
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let db = store::connect(&settings.database_url(), settings.database.max_connections).await?;
-    let storage = crate::startup::build_store(settings);
+    let storage = crate::startup::build_store(settings)?;
     let mut report = Report::default();
     let mut tasks = std::collections::BTreeSet::new();
     for o in store::fallback_outputs(&db).await? {

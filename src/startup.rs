@@ -75,7 +75,7 @@ impl Application {
             settings.workflows.dir.display()
         );
 
-        let storage = Arc::new(build_store(&settings));
+        let storage = Arc::new(build_store(&settings)?);
         info!("outputs go to {}", storage.describe());
         let outbound = Outbound::new(OutboundSettings {
             fetch_max_bytes: settings.inputs.fetch_max_bytes,
@@ -253,10 +253,10 @@ impl Application {
 }
 
 /// The output store the settings describe: S3 when a bucket is set, else the local folder.
-pub fn build_store(settings: &Settings) -> Store {
+pub fn build_store(settings: &Settings) -> anyhow::Result<Store> {
     let s = &settings.storage;
     if s.s3_bucket.is_empty() {
-        return Store::local(settings.local_store_dir());
+        return Ok(Store::local(settings.local_store_dir()));
     }
     let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_string());
     Store::s3(&S3Settings {
@@ -268,6 +268,7 @@ pub fn build_store(settings: &Settings) -> Store {
         secret_access_key: non_empty(&s.s3_secret_access_key),
         key_prefix: s.key_prefix.clone(),
     })
+    .context("starting the S3 client's thread")
 }
 
 /// Re-reads the workflows folder; a broken set is refused and the current one kept. Tasks already

@@ -14,7 +14,7 @@ async fn s3_put_stores_bytes_and_content_type_under_the_prefix() {
     server.create_bucket(BUCKET).await;
     let mut settings = server.settings(BUCKET);
     settings.key_prefix = "/comfyd/out/".to_owned();
-    let store = Store::s3(&settings);
+    let store = Store::s3(&settings).expect("S3 thread starts");
 
     // Act
     store
@@ -49,7 +49,7 @@ async fn s3_put_fails_transiently_while_the_server_is_down_and_works_after_resta
     // Arrange
     let mut server = S3Server::start().await;
     server.create_bucket(BUCKET).await;
-    let store = Store::s3(&server.settings(BUCKET));
+    let store = Store::s3(&server.settings(BUCKET)).expect("S3 thread starts");
     store.check().await.expect("healthy before the outage");
 
     // Act: outage
@@ -91,6 +91,7 @@ async fn s3_wrong_secret_or_missing_bucket_is_a_permanent_error() {
     let mut wrong = server.settings(BUCKET);
     wrong.secret_access_key = Some("not-the-secret".to_owned());
     let err = Store::s3(&wrong)
+        .expect("S3 thread starts")
         .put("a.png", Bytes::from_static(b"x"), "image/png")
         .await
         .expect_err("the server checks signatures");
@@ -107,6 +108,7 @@ async fn s3_wrong_secret_or_missing_bucket_is_a_permanent_error() {
     );
 
     let err = Store::s3(&server.settings("no-such-bucket"))
+        .expect("S3 thread starts")
         .check()
         .await
         .expect_err("missing bucket");
@@ -117,12 +119,12 @@ async fn s3_wrong_secret_or_missing_bucket_is_a_permanent_error() {
 #[actix_web::test]
 async fn s3_store_built_on_one_thread_works_from_another_arbiter() {
     // comfyd builds the Store on the System thread and uses it from actors and actix-web
-    // workers on other threads, each with its own current-thread runtime. Here the first
-    // connection is opened on an arbiter whose runtime is then shut down: the pool must not
-    // hand that dead connection to the next caller.
+    // workers on other threads, each with its own current-thread runtime. Here the first call
+    // comes from an arbiter whose runtime is then shut down: the connection it used lives on the
+    // store's own thread, so the next caller, on another runtime, is served as well.
     let server = S3Server::start().await;
     server.create_bucket(BUCKET).await;
-    let store = Store::s3(&server.settings(BUCKET));
+    let store = Store::s3(&server.settings(BUCKET)).expect("S3 thread starts");
 
     let arbiter = actix_rt::Arbiter::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
