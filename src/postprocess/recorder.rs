@@ -393,7 +393,22 @@ fn rank_and_cut(queue: &mut Vec<Pending>) -> Vec<Pending> {
     batch
 }
 
-async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
+/// Writes a batch. Its new tasks (first in it, see `take_batch`) are committed in a transaction of
+/// their own, so their submitters are answered without waiting for the other writes: in a burst of
+/// submits while jobs run, those are most of a batch's statements, each a round trip to the
+/// database's thread.
+async fn write_batch(db: &DatabaseConnection, mut batch: Vec<Pending>) {
+    let new = batch
+        .iter()
+        .take_while(|p| matches!(p.write, Write::InsertTask(_)))
+        .count();
+    let others = batch.split_off(new);
+    write_part(db, batch).await;
+    write_part(db, others).await;
+}
+
+/// Writes `batch` in one transaction, or, if that fails, each write on its own.
+async fn write_part(db: &DatabaseConnection, batch: Vec<Pending>) {
     if batch.is_empty() {
         return; // everything queued is waiting for company (see `hold_back`)
     }
