@@ -4,11 +4,12 @@
 //! the next one, so under load many writes share one commit (the cost that dominates SQLite and
 //! PostgreSQL writes alike), and a burst of submits waits for one commit instead of queueing behind
 //! each other's. A batch's new tasks are committed in a transaction of their own, ahead of its other
-//! writes, so a submitter never waits for those (see `write_batch`). At low rates there is nothing to share with, so the transaction overhead (BEGIN,
-//! COMMIT, a round trip each) is cut two more ways: a batch is taken one turn of the event loop after
-//! its first write arrived, so writes sent together (a job's end, the claim of the next) share it; and
-//! a write nobody waits on ([`Write::can_linger`]) waits up to [`LINGER`] for company. If a batch
-//! fails, each of its writes is applied again on its own, so only the faulty one reports an error.
+//! writes, and answered before those are applied (see `write_batch`). At low rates there is nothing to
+//! share with, so the transaction overhead (BEGIN, COMMIT, a round trip each) is cut two more ways: a
+//! batch is taken one turn of the event loop after its first write arrived, so writes sent together
+//! (a job's end, the claim of the next) share it; and a write nobody waits on ([`Write::can_linger`])
+//! waits up to [`LINGER`] for company. If a batch fails, each of its writes is applied again on its
+//! own, so only the faulty one reports an error.
 //! SQLite never sees two writers. Readers (routes, recovery) query through `crate::store` directly.
 
 use std::collections::{HashMap, HashSet};
