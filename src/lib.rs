@@ -17,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod entity;
 pub mod outbound;
+pub mod pg_nodelay;
 pub mod postprocess;
 pub mod reupload;
 pub mod routes;

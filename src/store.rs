@@ -112,6 +112,18 @@ fn options(
     } else {
         // A server connection can be dropped while idle (restart, proxy, firewall): ping only those.
         opts.test_before_acquire_if_idle_for(Duration::from_secs(30));
+        if let Some((host, port)) = crate::pg_nodelay::tcp_server(url) {
+            opts.map_sqlx_postgres_pool_opts(move |o| {
+                let host = host.clone();
+                o.after_connect(move |_, _| {
+                    let host = host.clone();
+                    Box::pin(async move {
+                        crate::pg_nodelay::set_on_sockets_to(&host, port).await;
+                        Ok(())
+                    })
+                })
+            });
+        }
     }
     opts
 }
