@@ -18,10 +18,12 @@
 //! # Layout
 //! - `scenario.rs`: the four scenarios, and running one against one store
 //! - `procs.rs`: child processes (killed on drop), scratch folders, `/proc` figures
+//! - `pg.rs`: a PostgreSQL database per run (`--postgres`)
 //! - `receiver.rs`: the webhook receiver
 //! - `stats.rs`: percentiles, idle time, ideal makespan (unit-tested)
 //! - `report.rs`: the Markdown tables and the targets
 
+mod pg;
 mod procs;
 mod receiver;
 mod report;
@@ -68,6 +70,11 @@ struct Cli {
     /// there costs, because comfyd pays it for every output it stores locally.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run comfyd on PostgreSQL instead of SQLite: a URL the bench may create databases with, such
+    /// as `postgres://postgres@127.0.0.1/postgres`. Each run gets a database of its own, dropped
+    /// after it.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 /// `KEY=VALUE` → (KEY, VALUE).
@@ -154,17 +161,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::time::sleep(std::time::Duration::from_secs(cli.pause)).await;
             }
             eprintln!("({}) {} [{}] ...", sc.key, sc.title, store.name());
-            let o = scenario::run(
-                &bins,
-                &workflows,
-                &dir,
-                sc,
-                store,
-                &receiver,
-                &cli.comfyd_env,
-            )
-            .await
-            .with_context(|| format!("scenario ({}) with the {} store", sc.key, store.name()))?;
+            let database = match &cli.postgres {
+                Some(admin) => Some(pg::RunDatabase::create(admin, outcomes.len()).await?),
+                None => None,
+            };
+            let mut env = cli.comfyd_env.clone();
+            if let Some(db) = &database {
+                env.push(("DATABASE_URL".into(), db.url.clone()));
+            }
+            let o = scenario::run(&bins, &workflows, &dir, sc, store, &receiver, &env).await;
+            if let Some(db) = database {
+                db.drop().await;
+            }
+            let o = o.with_context(|| {
+                format!("scenario ({}) with the {} store", sc.key, store.name())
+            })?;
             eprintln!(
                 "  {} jobs: submit p99 {:.1} ms, webhook p50 {:.1} ms, {:.0} jobs/s, makespan {:.0}/{:.0} ms, \
                  CPU {:.2} ms/job, RSS {:.1} MiB, lost {}, dup {}",
@@ -188,6 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         header.push_str(
             " **Warning: the comfyd binary was rebuilt during this run; later scenarios ran the new build.**",
         );
+    }
+    if cli.postgres.is_some() {
+        header.push_str(" comfyd ran on PostgreSQL (a new database for each run).");
     }
     if !cli.comfyd_env.is_empty() {
         let list: Vec<String> = cli
