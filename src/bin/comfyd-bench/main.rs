@@ -171,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let o = scenario::run(&bins, &workflows, &dir, sc, store, &receiver, &env).await;
             if let Some(db) = database {
-                db.drop().await;
+                db.remove().await;
             }
             let o = o.with_context(|| {
                 format!("scenario ({}) with the {} store", sc.key, store.name())

@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 
-/// A database made for one run; [`RunDatabase::drop`] removes it.
+/// A database made for one run; [`RunDatabase::remove`] drops it.
 pub struct RunDatabase {
     admin: DatabaseConnection,
     name: String,
@@ -32,8 +32,9 @@ impl RunDatabase {
         Ok(RunDatabase { admin, name, url })
     }
 
-    /// Drops the database (comfyd has stopped by then); a failure is only reported.
-    pub async fn drop(self) {
+    /// Drops the database (comfyd has stopped by then; `FORCE` ends any connection left); a failure
+    /// is only reported.
+    pub async fn remove(self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         if let Err(e) = self.admin.execute_unprepared(&sql).await {
             eprintln!("  could not drop database {}: {e}", self.name);
