@@ -3,8 +3,9 @@
 //! sqlx 0.9.0 opens its sockets without TCP_NODELAY (a regression, fixed upstream after 0.9.0:
 //! launchbadge/sqlx issue 4335). Nagle's algorithm then holds back the tail of any message larger
 //! than one TCP segment until the server acknowledges the rest, and the server's TCP stack delays
-//! that acknowledgement by up to 40 ms. Every batch of new tasks is such a message, so on PostgreSQL each
-//! waited 40 ms (in the bench's (b), submit p50 55 ms over TCP against 9 ms over the Unix socket).
+//! that acknowledgement by up to 40 ms. Every batch of new tasks is such a message, so on PostgreSQL
+//! each waited 40 ms (in the bench's (b), submit p50 55 ms over TCP against 9 ms over the Unix
+//! socket).
 //!
 //! Until a fixed sqlx is released, each new connection's socket is found among the process's open
 //! descriptors by its peer address and given TCP_NODELAY here (Linux). Delete this module once
