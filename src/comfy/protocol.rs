@@ -3,7 +3,10 @@
 //! Text frames are `{"type": ..., "data": {...}}`. Only the frames comfyd acts on are decoded; the rest
 //! (progress_state, which grows with every node, progress, feature_flags, ...) are skipped unparsed.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A websocket event comfyd acts on.
@@ -59,10 +62,50 @@ pub struct ExecutionError {
 #[derive(Deserialize)]
 struct Frame<'a> {
     #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    data: Value,
+    kind: Cow<'a, str>,
+    /// Left unparsed until the type says what to read from it: most frames are skipped.
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
 }
+
+/// The fields comfyd reads from a frame's `data`. Strings are borrowed from the frame when they need
+/// no unescaping; anything else in `data` is skipped without being built.
+#[derive(Deserialize, Default)]
+struct Data<'a> {
+    #[serde(borrow, default)]
+    prompt_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    node: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    node_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    output: Option<Value>,
+    #[serde(default)]
+    status: Option<StatusData>,
+}
+
+#[derive(Deserialize, Default)]
+struct StatusData {
+    #[serde(default)]
+    exec_info: ExecInfo,
+}
+
+#[derive(Deserialize, Default)]
+struct ExecInfo {
+    #[serde(default)]
+    queue_remaining: u32,
+}
+
+/// The frame types comfyd acts on; the others are not decoded further than their type.
+const ACTED_ON: &[&str] = &[
+    "status",
+    "execution_start",
+    "executing",
+    "executed",
+    "execution_success",
+    "execution_error",
+    "execution_interrupted",
+];
 
 /// Decodes one text frame. Malformed frames are an error (the caller logs and skips them).
 pub fn parse_frame(text: &str) -> Result<WsEvent, serde_json::Error> {
@@ -75,48 +118,37 @@ pub fn parse_frame(text: &str) -> Result<WsEvent, serde_json::Error> {
         return Ok(WsEvent::Other);
     }
     let frame: Frame = serde_json::from_str(text)?;
-    let d = frame.data;
-    let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-    Ok(match frame.kind.as_ref() {
-        "status" => WsEvent::Status {
-            queue_remaining: d
-                .pointer("/status/exec_info/queue_remaining")
-                .and_then(Value::as_u64)
-                .unwrap_or(0) as u32,
+    if !ACTED_ON.contains(&frame.kind.as_ref()) {
+        return Ok(WsEvent::Other);
+    }
+    let raw = frame.data.map_or("null", RawValue::get);
+    let d: Data = serde_json::from_str::<Option<Data>>(raw)?.unwrap_or_default();
+    let prompt_id = d.prompt_id.map(Cow::into_owned);
+    Ok(match (frame.kind.as_ref(), prompt_id) {
+        ("status", _) => WsEvent::Status {
+            queue_remaining: d.status.unwrap_or_default().exec_info.queue_remaining,
         },
-        "execution_start" => match s("prompt_id") {
-            Some(prompt_id) => WsEvent::ExecutionStart { prompt_id },
-            None => WsEvent::Other,
+        ("execution_start", Some(prompt_id)) => WsEvent::ExecutionStart { prompt_id },
+        ("executing", prompt_id) => WsEvent::Executing {
+            node: d.node.map(Cow::into_owned),
+            prompt_id,
         },
-        "executing" => WsEvent::Executing {
-            node: s("node"),
-            prompt_id: s("prompt_id"),
-        },
-        "executed" => match (s("node"), s("prompt_id")) {
-            (Some(node), Some(prompt_id)) => WsEvent::Executed {
-                node,
+        ("executed", Some(prompt_id)) => match d.node {
+            Some(node) => WsEvent::Executed {
+                node: node.into_owned(),
                 prompt_id,
-                output: d.get("output").cloned().unwrap_or(Value::Null),
-            },
-            _ => WsEvent::Other,
-        },
-        "execution_success" => match s("prompt_id") {
-            Some(prompt_id) => WsEvent::ExecutionSuccess { prompt_id },
-            None => WsEvent::Other,
-        },
-        "execution_error" => match s("prompt_id") {
-            Some(prompt_id) => WsEvent::ExecutionError {
-                prompt_id,
-                error: serde_json::from_value(d)?,
+                output: d.output.unwrap_or(Value::Null),
             },
             None => WsEvent::Other,
         },
-        "execution_interrupted" => match s("prompt_id") {
-            Some(prompt_id) => WsEvent::ExecutionInterrupted {
-                prompt_id,
-                node_id: s("node_id"),
-            },
-            None => WsEvent::Other,
+        ("execution_success", Some(prompt_id)) => WsEvent::ExecutionSuccess { prompt_id },
+        ("execution_error", Some(prompt_id)) => WsEvent::ExecutionError {
+            prompt_id,
+            error: serde_json::from_str(raw)?,
+        },
+        ("execution_interrupted", Some(prompt_id)) => WsEvent::ExecutionInterrupted {
+            prompt_id,
+            node_id: d.node_id.map(Cow::into_owned),
         },
         _ => WsEvent::Other,
     })
@@ -322,6 +354,35 @@ mod tests {
             parse_frame(status).expect("frame"),
             WsEvent::Status { queue_remaining: 2 }
         );
+    }
+
+    #[test]
+    fn only_the_fields_acted_on_are_read() {
+        // Types comfyd does not act on are not decoded past their type, whatever their data holds.
+        for text in [
+            r#"{"type":"progress","data":{"value":3,"max":20,"prompt_id":"p","node":"3"}}"#,
+            r#"{"type":"execution_cached","data":{"nodes":["1","2"],"prompt_id":"p"}}"#,
+            r#"{"type":"feature_flags","data":null}"#,
+        ] {
+            assert_eq!(parse_frame(text).expect("frame"), WsEvent::Other);
+        }
+        // Escaped strings are unescaped; fields of other types are skipped.
+        let text =
+            r#"{"type":"executing","data":{"node":"a\"b","display_node":7,"prompt_id":"p\u00e9"}}"#;
+        assert_eq!(
+            parse_frame(text).expect("frame"),
+            WsEvent::Executing {
+                node: Some("a\"b".into()),
+                prompt_id: Some("pé".into()),
+            }
+        );
+        // No data: the end-of-prompt shape for `executing`, an empty queue for `status`.
+        assert_eq!(
+            parse_frame(r#"{"type":"status"}"#).expect("frame"),
+            WsEvent::Status { queue_remaining: 0 }
+        );
+        // A field comfyd reads, of the wrong type, makes the frame malformed.
+        assert!(parse_frame(r#"{"type":"execution_start","data":{"prompt_id":7}}"#).is_err());
     }
 
     #[test]

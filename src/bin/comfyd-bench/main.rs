@@ -13,7 +13,7 @@
 //!
 //! Environment: `COMFYD_BENCH_LOG` sets comfyd's `RUST_LOG` (default `warn`); `COMFYD_BENCH_KEEP=1` keeps
 //! each run's scratch folder (logs of comfyd, the sims and s3s-fs); `COMFYD_BENCH_PERF=<dir>` records
-//! comfyd with `perf record --call-graph dwarf` during each run.
+//! comfyd with `perf record --call-graph dwarf` during each run (999 Hz, or `COMFYD_BENCH_PERF_FREQ`).
 //!
 //! # Layout
 //! - `scenario.rs`: the four scenarios, and running one against one store

@@ -298,12 +298,13 @@ pub fn start_profiler(
     };
     std::fs::create_dir_all(&dir)?;
     let out = dir.join(format!("{label}.perf.data"));
+    let freq = std::env::var("COMFYD_BENCH_PERF_FREQ").unwrap_or_else(|_| "999".into());
     let child = Command::new("perf")
         // DWARF call graphs: the release build keeps debug info but no frame pointers.
         .args([
             "record",
             "-F",
-            "999",
+            &freq,
             "--call-graph",
             "dwarf,16384",
             "-p",
