@@ -13,7 +13,8 @@
 //!
 //! Environment: `COMFYD_BENCH_LOG` sets comfyd's `RUST_LOG` (default `warn`); `COMFYD_BENCH_KEEP=1` keeps
 //! each run's scratch folder (logs of comfyd, the sims and s3s-fs); `COMFYD_BENCH_PERF=<dir>` records
-//! comfyd with `perf record --call-graph dwarf` during each run (999 Hz, or `COMFYD_BENCH_PERF_FREQ`).
+//! comfyd with `perf record --call-graph dwarf` during each run (999 Hz, or `COMFYD_BENCH_PERF_FREQ`);
+//! `COMFYD_BENCH_CALLGRIND=<dir>` runs comfyd under callgrind and reports its instructions per job.
 //!
 //! # Layout
 //! - `scenario.rs`: the four scenarios, and running one against one store
@@ -198,6 +199,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if binary_mtime(&bins.comfyd) != built {
         header.push_str(
             " **Warning: the comfyd binary was rebuilt during this run; later scenarios ran the new build.**",
+        );
+    }
+    if std::env::var_os("COMFYD_BENCH_CALLGRIND").is_some() {
+        header.push_str(
+            " **comfyd ran under callgrind: only its instruction counts mean anything; every time, \
+             rate and CPU figure is many times what it would be.**",
         );
     }
     if cli.postgres.is_some() {

@@ -245,8 +245,9 @@ pub fn start_s3(children: &mut Children, dir: &Path) -> anyhow::Result<S3Proc> {
     bail!("s3s-fs did not accept connections on port {port} within 15 s")
 }
 
-/// Starts the real `comfyd` with the given environment (plus the fixed part) on a free port.
-/// Returns its base URL and pid.
+/// Starts the real `comfyd` with the given environment (plus the fixed part) on a free port, under
+/// callgrind when `counter` is given. Returns its base URL and pid.
+#[allow(clippy::too_many_arguments)] // one process's settings, each named
 pub fn start_comfyd(
     bins: &Binaries,
     children: &mut Children,
@@ -254,12 +255,23 @@ pub fn start_comfyd(
     workflows: &Path,
     endpoints: &[String],
     extra_env: &HashMap<String, String>,
+    counter: Option<&Callgrind>,
 ) -> anyhow::Result<(String, u32)> {
     let port = free_port()?;
     let data = dir.join("comfyd");
     std::fs::create_dir_all(&data)?;
     let log = std::fs::File::create(dir.join("comfyd.log"))?;
-    let child = Command::new(&bins.comfyd)
+    let mut command = match counter {
+        Some(c) => {
+            let mut v = Command::new("valgrind");
+            v.args(["--tool=callgrind", "--dump-instr=no"])
+                .arg(format!("--callgrind-out-file={}", c.out.display()))
+                .arg(&bins.comfyd);
+            v
+        }
+        None => Command::new(&bins.comfyd),
+    };
+    let child = command
         .current_dir(&data)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -284,6 +296,57 @@ pub fn start_comfyd(
         .with_context(|| format!("starting {}", bins.comfyd.display()))?;
     let pid = children.push("comfyd", child);
     Ok((format!("http://127.0.0.1:{port}"), pid))
+}
+
+/// With `COMFYD_BENCH_CALLGRIND=<dir>`, comfyd runs under `valgrind --tool=callgrind`, which counts
+/// the instructions it executes (user space only, all threads). Unlike CPU time, the count hardly
+/// moves from run to run on a busy or virtual machine, so it shows what a change to comfyd's code
+/// saves; everything timed in such a run is many times slower and means nothing.
+pub struct Callgrind {
+    /// Where callgrind writes; each dump adds a suffix (`.1`, `.2`, ...).
+    out: PathBuf,
+}
+
+impl Callgrind {
+    pub fn from_env(label: &str) -> anyhow::Result<Option<Callgrind>> {
+        let Some(dir) = std::env::var_os("COMFYD_BENCH_CALLGRIND").map(PathBuf::from) else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir)?;
+        let out = std::path::absolute(dir.join(format!("{label}.callgrind")))?;
+        eprintln!("  callgrind -> {}.1", out.display());
+        Ok(Some(Callgrind { out }))
+    }
+
+    /// Zeroes the counts: what follows is what the run costs.
+    pub fn start(&self, pid: u32) -> anyhow::Result<()> {
+        callgrind_control("-z", pid)
+    }
+
+    /// Writes the counts since [`Callgrind::start`] to `<out>.1` and answers their total.
+    pub fn stop(&self, pid: u32) -> anyhow::Result<u64> {
+        callgrind_control("-d", pid)?;
+        let mut dump = self.out.as_os_str().to_owned();
+        dump.push(".1");
+        let text = std::fs::read_to_string(&dump)
+            .with_context(|| format!("reading {}", PathBuf::from(&dump).display()))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+            .and_then(|n| n.trim().parse().ok())
+            .context("no totals in the callgrind dump")
+    }
+}
+
+fn callgrind_control(flag: &str, pid: u32) -> anyhow::Result<()> {
+    let status = Command::new("callgrind_control")
+        .args([flag, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running callgrind_control")?;
+    if !status.success() {
+        bail!("callgrind_control {flag} {pid} failed: {status}");
+    }
+    Ok(())
 }
 
 /// With `COMFYD_BENCH_PERF=<dir>`, records comfyd with `perf record --call-graph dwarf` into

@@ -168,7 +168,7 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
             let _ = write!(s, "---|");
         }
         let _ = writeln!(s);
-        let rows: Vec<Row> = vec![
+        let mut rows: Vec<Row> = vec![
             (
                 "jobs accepted / submitted / refused",
                 Box::new(|o| format!("{} / {} / {}", o.accepted, o.submitted, o.refused)),
@@ -261,6 +261,12 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
                 Box::new(|o| format!("{} / {}", o.load_before, o.load_after)),
             ),
         ];
+        if cols.iter().any(|o| o.instructions_per_job.is_some()) {
+            rows.push((
+                "comfyd instructions per job (callgrind, thousands)",
+                Box::new(|o| num(o.instructions_per_job.map(|n| n / 1000.0), 0)),
+            ));
+        }
         for (label, f) in rows {
             let _ = write!(s, "| {label} |");
             for o in &cols {

@@ -120,6 +120,8 @@ pub struct Outcome {
     pub machine_busy_pct: Option<f64>,
     /// comfyd's context switches (all threads) per accepted job.
     pub ctx_switches_per_job: Option<f64>,
+    /// Instructions comfyd executed per accepted job, under callgrind (`COMFYD_BENCH_CALLGRIND`).
+    pub instructions_per_job: Option<f64>,
     /// CPU per job of the other processes on the machine during the run: the simulators, s3s-fs, and
     /// the bench itself (ms).
     pub others_cpu_per_job: Vec<(String, f64)>,
@@ -205,6 +207,8 @@ pub async fn run(
     }
     env.extend(extra_env.iter().cloned());
     let endpoints: Vec<String> = sims.iter().map(|s| s.url.clone()).collect();
+    let label = format!("{}-{}", sc.key, store.name());
+    let callgrind = procs::Callgrind::from_env(&label)?;
     let (base, pid) = procs::start_comfyd(
         bins,
         &mut children,
@@ -212,6 +216,7 @@ pub async fn run(
         workflows,
         &endpoints,
         &env,
+        callgrind.as_ref(),
     )?;
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -230,8 +235,10 @@ pub async fn run(
     actix_rt::time::sleep(IDLE_PROBE).await;
     let idle_cpu_ms_per_s =
         (procs::cpu_ms(pid)? - idle_start.0) / idle_start.1.elapsed().as_secs_f64();
-    let profiler =
-        procs::start_profiler(&mut children, pid, &format!("{}-{}", sc.key, store.name()))?;
+    let profiler = procs::start_profiler(&mut children, pid, &label)?;
+    if let Some(c) = &callgrind {
+        c.start(pid)?;
+    }
     let cpu_before = procs::cpu_ms(pid)?;
     let threads_before = procs::thread_cpu_ms(pid);
     let switches_before = procs::context_switches(pid);
@@ -304,6 +311,7 @@ pub async fn run(
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = procs::cpu_ms(pid)?;
+    let instructions = callgrind.as_ref().map(|c| c.stop(pid)).transpose()?;
     let switches = procs::context_switches(pid).saturating_sub(switches_before);
     let machine_after = procs::machine_cpu();
     let others_after = others(&children);
@@ -364,6 +372,9 @@ pub async fn run(
             .collect();
     }
     out.ctx_switches_per_job = (out.accepted > 0).then(|| switches as f64 / out.accepted as f64);
+    out.instructions_per_job = instructions
+        .filter(|_| out.accepted > 0)
+        .map(|n| n as f64 / out.accepted as f64);
     out.rss_deep_queue_mib = rss_deep_queue_mib;
     out.load_before = load_before;
     out.load_after = procs::load_average();
