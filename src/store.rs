@@ -10,17 +10,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    TryInsertResult,
 };
 use serde_json::Value;
 
 use crate::entity::{delivery, delivery_attempt, output, task, task_event};
-use crate::task::{Status, TaskRecord};
+use crate::task::{RecordRow, Status, TaskRecord};
 
 /// Opens the database's shared pool (readers: routes, recovery, the outbox) and brings its schema up
 /// to date.
@@ -361,6 +362,23 @@ async fn transition_returning<C: ConnectionTrait>(
     Ok(rows.into_iter().next())
 }
 
+/// Like [`transition`], answering what the task's [`TaskRecord`] needs of its row after the change
+/// (`RETURNING` only those columns: a terminal transition does not need the graph back); None when
+/// the task was not in one of `from`.
+async fn transition_to_record<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    patch: &TaskPatch,
+) -> Result<Option<RecordRow>, DbErr> {
+    let mut query = transition_query(id, from, to, patch).into_query();
+    query.returning(Query::returning().columns(RecordRow::COLUMNS));
+    let stmt = db.get_database_backend().build(&query);
+    let rows = RecordRow::find_by_statement(stmt).all(db).await?;
+    Ok(rows.into_iter().next())
+}
+
 fn transition_query(
     id: &str,
     from: &[Status],
@@ -438,14 +456,14 @@ pub async fn finish<C: ConnectionTrait>(
     events: &mut Events,
 ) -> Result<Finished, DbErr> {
     // The conditional update answers the final row, which the webhook's payload needs.
-    let Some(task) = transition_returning(txn, id, from, to, patch).await? else {
+    let Some(task) = transition_to_record(txn, id, from, to, patch).await? else {
         return Ok(Finished::default());
     };
     for m in marks {
         mark_output(txn, id, m).await?;
     }
     events.add(id, event);
-    let delivery = put_webhook(txn, &task, None, give_up_at).await?;
+    let delivery = put_webhook(txn, task, None, give_up_at).await?;
     Ok(Finished {
         applied: true,
         delivery,
@@ -471,7 +489,7 @@ pub async fn complete<C: ConnectionTrait>(
     give_up_at: DateTime<Utc>,
     events: &mut Events,
 ) -> Result<Option<Finished>, DbErr> {
-    let Some(task) = transition_returning(txn, id, from, to, patch).await? else {
+    let Some(task) = transition_to_record(txn, id, from, to, patch).await? else {
         return Ok(None);
     };
     events.add(id, executed);
@@ -499,7 +517,7 @@ pub async fn complete<C: ConnectionTrait>(
             }
         }
     }
-    let delivery = put_webhook(txn, &task, recorded, give_up_at).await?;
+    let delivery = put_webhook(txn, task, recorded, give_up_at).await?;
     Ok(Some(Finished {
         applied: true,
         delivery,
@@ -510,7 +528,7 @@ pub async fn complete<C: ConnectionTrait>(
 /// is the task's final record: `outputs` when the caller has them, else read in the same transaction.
 async fn put_webhook<C: ConnectionTrait>(
     txn: &C,
-    task: &task::Model,
+    task: RecordRow,
     outputs: Option<Vec<output::Model>>,
     give_up_at: DateTime<Utc>,
 ) -> Result<Option<delivery::Model>, DbErr> {
@@ -521,12 +539,13 @@ async fn put_webhook<C: ConnectionTrait>(
         Some(o) => o,
         None => task_outputs(txn, &task.id).await?,
     };
-    let payload = serde_json::to_string(&TaskRecord::new(task, &outputs))
+    let task_id = task.id.clone();
+    let payload = serde_json::to_string(&TaskRecord::from_row(task, &outputs))
         .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
     let now = Utc::now();
     let model = delivery::Model {
         id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
-        task_id: task.id.clone(),
+        task_id,
         url,
         payload,
         status: "pending".into(),

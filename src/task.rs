@@ -158,7 +158,82 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     pub fn new(t: &task::Model, outputs: &[output::Model]) -> TaskRecord {
+        TaskRecord::from_row(RecordRow::from(t), outputs)
+    }
+
+    pub fn from_row(t: RecordRow, outputs: &[output::Model]) -> TaskRecord {
         TaskRecord {
+            id: t.id,
+            client_task_id: t.client_task_id,
+            client_callback_url: t.client_callback_url,
+            comfyui_task_id: t.comfyui_task_id,
+            comfyui_filepath: t.comfyui_filepath,
+            s3_key: t.s3_key,
+            error_code: t.error_code,
+            status: Status::parse(&t.status).unwrap_or(Status::Failed),
+            workflow: t.workflow,
+            priority: t.priority,
+            backend: t.backend,
+            attempts: t.attempts,
+            error_message: t.error_message,
+            error_details: t
+                .error_details
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok()),
+            outputs: outputs.iter().map(OutputInfo::from).collect(),
+            created_at: t.created_at,
+            finished_at: t.finished_at,
+        }
+    }
+}
+
+/// The columns of a task that its [`TaskRecord`] is made of: what a terminal transition reads back
+/// for the webhook, without the graph and parameters the task ran with.
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+pub struct RecordRow {
+    pub id: String,
+    pub client_task_id: Option<String>,
+    pub client_callback_url: Option<String>,
+    pub comfyui_task_id: Option<String>,
+    pub comfyui_filepath: Option<String>,
+    pub s3_key: Option<String>,
+    pub error_code: i32,
+    pub status: String,
+    pub workflow: String,
+    pub priority: i32,
+    pub backend: Option<String>,
+    pub attempts: i32,
+    pub error_message: Option<String>,
+    pub error_details: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl RecordRow {
+    /// The columns to select (or return) for a `RecordRow`, in its fields' order.
+    pub const COLUMNS: [task::Column; 16] = [
+        task::Column::Id,
+        task::Column::ClientTaskId,
+        task::Column::ClientCallbackUrl,
+        task::Column::ComfyuiTaskId,
+        task::Column::ComfyuiFilepath,
+        task::Column::S3Key,
+        task::Column::ErrorCode,
+        task::Column::Status,
+        task::Column::Workflow,
+        task::Column::Priority,
+        task::Column::Backend,
+        task::Column::Attempts,
+        task::Column::ErrorMessage,
+        task::Column::ErrorDetails,
+        task::Column::CreatedAt,
+        task::Column::FinishedAt,
+    ];
+}
+
+impl From<&task::Model> for RecordRow {
+    fn from(t: &task::Model) -> RecordRow {
+        RecordRow {
             id: t.id.clone(),
             client_task_id: t.client_task_id.clone(),
             client_callback_url: t.client_callback_url.clone(),
@@ -166,17 +241,13 @@ impl TaskRecord {
             comfyui_filepath: t.comfyui_filepath.clone(),
             s3_key: t.s3_key.clone(),
             error_code: t.error_code,
-            status: Status::parse(&t.status).unwrap_or(Status::Failed),
+            status: t.status.clone(),
             workflow: t.workflow.clone(),
             priority: t.priority,
             backend: t.backend.clone(),
             attempts: t.attempts,
             error_message: t.error_message.clone(),
-            error_details: t
-                .error_details
-                .as_deref()
-                .and_then(|d| serde_json::from_str(d).ok()),
-            outputs: outputs.iter().map(OutputInfo::from).collect(),
+            error_details: t.error_details.clone(),
             created_at: t.created_at,
             finished_at: t.finished_at,
         }

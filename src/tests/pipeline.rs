@@ -184,6 +184,9 @@ async fn text2img_end_to_end(postgres: bool) {
     }
     assert_eq!(body["s3_key"], key);
     assert_eq!(body["error_code"], 0);
+    // The payload is the task's final record, field for field (the task was read back only in
+    // part when it finished).
+    assert_eq!(body, &task, "webhook body and GET /tasks/{{id}} differ");
     assert_eq!(body["outputs"].as_array().map(Vec::len), Some(1));
     // The payload tells what storing the output came to, as the rows do.
     assert_eq!(body["outputs"][0]["stored"], true);

@@ -331,7 +331,10 @@ impl Callgrind {
         let text = std::fs::read_to_string(&dump)
             .with_context(|| format!("reading {}", PathBuf::from(&dump).display()))?;
         text.lines()
-            .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
             .and_then(|n| n.trim().parse().ok())
             .context("no totals in the callgrind dump")
     }
