@@ -470,15 +470,43 @@ pub async fn finish<C: ConnectionTrait>(
     })
 }
 
+/// A job's start (`running`), written with the task's next step when both are in one transaction:
+/// one UPDATE instead of two, from `dispatched` only (a task already `running` had its start written).
+#[derive(Debug, Clone, Copy)]
+pub struct Started<'a> {
+    pub at: DateTime<Utc>,
+    pub event: &'a Event,
+}
+
+/// The `from` and patch of a step written with the job's start, if there is one.
+fn with_start<'a>(
+    from: &'a [Status],
+    patch: &TaskPatch,
+    started: Option<Started>,
+) -> (&'a [Status], TaskPatch) {
+    match started {
+        Some(s) => (
+            &[Status::Dispatched],
+            TaskPatch {
+                started_at: Some(s.at),
+                ..patch.clone()
+            },
+        ),
+        None => (from, patch.clone()),
+    }
+}
+
 /// A task's `executed` record and its terminal transition at once: the same outcome as
 /// [`record_executed`] then [`finish`] (from `executed`), in fewer statements, because the outputs are
 /// inserted with what storing them came to. Used when both writes are queued together, which is usual:
-/// the outputs were stored while the first one waited for company. None, with nothing written, when
-/// the task was not in one of `from` (the caller then applies the two writes one after the other).
-#[allow(clippy::too_many_arguments)] // the two writes' facts, each named
+/// the outputs were stored while the first one waited for company. With `started`, the job's start is
+/// written too. None, with nothing written, when the task was not in one of `from` (the caller then
+/// applies the writes one after the other).
+#[allow(clippy::too_many_arguments)] // the writes' facts, each named
 pub async fn complete<C: ConnectionTrait>(
     txn: &C,
     id: &str,
+    started: Option<Started<'_>>,
     from: &[Status],
     outputs: &[NewOutput],
     executed: &Event,
@@ -489,9 +517,13 @@ pub async fn complete<C: ConnectionTrait>(
     give_up_at: DateTime<Utc>,
     events: &mut Events,
 ) -> Result<Option<Finished>, DbErr> {
-    let Some(task) = transition_to_record(txn, id, from, to, patch).await? else {
+    let (from, patch) = with_start(from, patch, started);
+    let Some(task) = transition_to_record(txn, id, from, to, &patch).await? else {
         return Ok(None);
     };
+    if let Some(s) = started {
+        events.add(id, s.event);
+    }
     events.add(id, executed);
     events.add(id, event);
     let mut recorded = None;
@@ -723,21 +755,26 @@ impl From<&output::Model> for NewOutput {
     }
 }
 
-/// Records a task's outputs and moves it to `executed`, so that recovery knows what to store. Outputs
-/// already recorded (a replay) are left as they are. Answers false when the task was not in one of
-/// `from` (cancelled, or already recorded), and then records nothing.
+/// Records a task's outputs and moves it to `executed`, so that recovery knows what to store; with
+/// `started`, the job's start too. Outputs already recorded (a replay) are left as they are. Answers
+/// false when the task was not in one of `from` (cancelled, or already recorded), and then records
+/// nothing.
 pub async fn record_executed<C: ConnectionTrait>(
     txn: &C,
     task_id: &str,
+    started: Option<Started<'_>>,
     from: &[Status],
     outputs: &[NewOutput],
     event: &Event,
     events: &mut Events,
 ) -> Result<bool, DbErr> {
-    let applied =
-        transition_in(txn, task_id, from, Status::Executed, &TaskPatch::default()).await?;
+    let (from, patch) = with_start(from, &TaskPatch::default(), started);
+    let applied = transition_in(txn, task_id, from, Status::Executed, &patch).await?;
     if !applied {
         return Ok(false);
+    }
+    if let Some(s) = started {
+        events.add(task_id, s.event);
     }
     events.add(task_id, event);
     if outputs.is_empty() {

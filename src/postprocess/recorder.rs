@@ -264,7 +264,8 @@ impl Write {
                 Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event, ev).await?)
             }
             Write::RecordExecuted(m) => Written::Applied(
-                store::record_executed(c, &m.task_id, &m.from, &m.outputs, &m.event, ev).await?,
+                store::record_executed(c, &m.task_id, None, &m.from, &m.outputs, &m.event, ev)
+                    .await?,
             ),
             Write::Finish(m) => Written::Finished(
                 store::finish(
@@ -296,12 +297,8 @@ impl Write {
                     started_at: Some(m.at),
                     ..Default::default()
                 };
-                let mut event = Event::new(
-                    "started",
-                    serde_json::json!({ "backend": m.backend, "prompt_id": m.prompt_id }),
-                );
-                event.at = m.at;
                 let (id, from) = (&m.task_id, &[Status::Dispatched]);
+                let event = m.event();
                 store::transition(c, id, from, Status::Running, &patch, Some(&event), ev).await?;
                 Written::Done
             }
@@ -317,10 +314,10 @@ impl Write {
 /// holds, [`RESERVED_FOR_OTHERS`] places stay for the others, so a flood of submits cannot hold up
 /// dispatch (claims) indefinitely.
 ///
-/// A `RecordExecuted` younger than [`LINGER`] stays queued, with the later writes of its task, rather
-/// than going with other tasks' writes, until a write of its task that cannot wait comes: usually
-/// its `Finish`, within milliseconds, and the two are then written as one (see `plan`). A `Flush`
-/// holds nothing back.
+/// A `RecordExecuted` or `MarkStarted` younger than [`LINGER`] stays queued, with the later writes of
+/// its task, rather than going with other tasks' writes, until a write of its task that cannot wait
+/// comes: usually its `Finish` (for a `MarkStarted`, when the job is shorter than the linger), and
+/// they are then written as one (see `plan`). A `Flush` holds nothing back.
 fn take_batch(queue: &mut Vec<Pending>, now: Instant) -> Vec<Pending> {
     let (held, mut ready) = hold_back(std::mem::take(queue), now);
     let batch = rank_and_cut(&mut ready);
@@ -346,7 +343,7 @@ fn hold_back(queue: Vec<Pending>, now: Instant) -> (Vec<Pending>, Vec<Pending>) 
             return true;
         }
         let hold = !flushing
-            && matches!(p.write, Write::RecordExecuted(_))
+            && matches!(p.write, Write::RecordExecuted(_) | Write::MarkStarted(_))
             && !pressing.contains(task)
             && now.duration_since(p.queued_at) < LINGER;
         if hold {
@@ -461,14 +458,27 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
             Step::One(i) => {
                 rest[i] = Some(batch[new.len() + i].write.apply(&txn, &mut events).await?)
             }
-            Step::Complete { executed, finish } => {
-                let (e, f) = (
-                    &batch[new.len() + executed].write,
-                    &batch[new.len() + finish].write,
-                );
-                let (e_written, f_written) = complete(&txn, e, f, &mut events).await?;
+            Step::Executed {
+                started,
+                executed,
+                finish,
+            } => {
+                let write = |i: usize| &batch[new.len() + i].write;
+                let (s_written, e_written, f_written) = complete(
+                    &txn,
+                    started.map(write),
+                    write(executed),
+                    finish.map(write),
+                    &mut events,
+                )
+                .await?;
+                if let Some(i) = started {
+                    rest[i] = s_written;
+                }
                 rest[executed] = Some(e_written);
-                rest[finish] = Some(f_written);
+                if let Some(i) = finish {
+                    rest[i] = f_written;
+                }
             }
         }
     }
@@ -479,76 +489,138 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
     Ok(results)
 }
 
-/// How a batch's writes are applied: one by one, except that a task's `RecordExecuted` and the
-/// `Finish` that follows it are written as one (see `store::complete`).
+/// How a batch's writes are applied: one by one, except that a task's `RecordExecuted` is written as
+/// one with the `MarkStarted` right before it and the `Finish` after it, when the batch has them
+/// (see `store::complete`).
 #[derive(Debug, PartialEq)]
 enum Step {
     One(usize),
-    Complete { executed: usize, finish: usize },
+    Executed {
+        started: Option<usize>,
+        executed: usize,
+        finish: Option<usize>,
+    },
 }
 
-/// The steps of a batch, in order. A `RecordExecuted` is paired with its task's next write when that
-/// is a `Finish` from `executed` (the uploader's) with only events of the task in between; the pair
-/// is applied at the `Finish`'s place, which changes nothing for the writes of other tasks between.
+/// The steps of a batch, in order. A `RecordExecuted` takes along:
+/// - its task's `Finish` from `executed` (the uploader's), when that is the task's next write but for
+///   events of the task; the step goes at the `Finish`'s place, which changes nothing for the writes
+///   of other tasks between;
+/// - its task's `MarkStarted`, when that is the task's write right before it: a job shorter than the
+///   linger then gets one UPDATE for its start and its end.
 fn plan(batch: &[Pending]) -> Vec<Step> {
     let mut finish_of = HashMap::new();
+    let mut started_of = HashMap::new();
     for (i, p) in batch.iter().enumerate() {
         let Write::RecordExecuted(e) = &p.write else {
             continue;
         };
-        let next = batch.iter().enumerate().skip(i + 1).find(|(_, q)| {
-            q.write.task_id() == Some(e.task_id.as_str())
-                && !matches!(q.write, Write::RecordEvent(_))
-        });
+        let task = Some(e.task_id.as_str());
+        let next =
+            batch.iter().enumerate().skip(i + 1).find(|(_, q)| {
+                q.write.task_id() == task && !matches!(q.write, Write::RecordEvent(_))
+            });
         if let Some((j, q)) = next {
             if matches!(&q.write, Write::Finish(f) if f.from == [Status::Executed]) {
                 finish_of.insert(i, j);
             }
         }
+        let before = batch[..i]
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, q)| q.write.task_id() == task);
+        if let Some((k, q)) = before {
+            if matches!(q.write, Write::MarkStarted(_)) && e.from.contains(&Status::Dispatched) {
+                started_of.insert(i, k);
+            }
+        }
     }
-    let paired: HashMap<usize, usize> = finish_of.iter().map(|(&e, &f)| (f, e)).collect();
+    // Writes applied at another's place.
+    let moved: HashSet<usize> = finish_of
+        .keys()
+        .chain(started_of.values())
+        .copied()
+        .collect();
+    let executed_of: HashMap<usize, usize> = finish_of.iter().map(|(&e, &f)| (f, e)).collect();
     (0..batch.len())
-        .filter(|i| !finish_of.contains_key(i))
-        .map(|i| match paired.get(&i) {
-            Some(&executed) => Step::Complete {
+        .filter(|i| !moved.contains(i))
+        .map(|i| match (executed_of.get(&i), started_of.get(&i)) {
+            (Some(&executed), _) => Step::Executed {
+                started: started_of.get(&executed).copied(),
                 executed,
-                finish: i,
+                finish: Some(i),
             },
-            None => Step::One(i),
+            (None, Some(&started)) => Step::Executed {
+                started: Some(started),
+                executed: i,
+                finish: None,
+            },
+            (None, None) => Step::One(i),
         })
         .collect()
 }
 
-/// Applies a `RecordExecuted` and its `Finish` together; answers for each.
+/// Applies a `RecordExecuted` with its task's `MarkStarted` and `Finish`, those given, as one; answers
+/// for each. If the task is not where that takes it from, each write is applied on its own, in order.
 async fn complete<C: ConnectionTrait>(
     c: &C,
+    started: Option<&Write>,
     executed: &Write,
-    finish: &Write,
+    finish: Option<&Write>,
     ev: &mut Events,
-) -> Result<(Written, Written), DbErr> {
-    let (Write::RecordExecuted(e), Write::Finish(f)) = (executed, finish) else {
-        // `plan` pairs nothing else; applied one after the other, the outcome is the same anyway.
-        return Ok((executed.apply(c, ev).await?, finish.apply(c, ev).await?));
+) -> Result<(Option<Written>, Written, Option<Written>), DbErr> {
+    let start_event = match started {
+        Some(Write::MarkStarted(m)) => Some((m.at, m.event())),
+        _ => None,
     };
-    let done = store::complete(
-        c,
-        &e.task_id,
-        &e.from,
-        &e.outputs,
-        &e.event,
-        f.to,
-        &f.patch,
-        &f.outputs,
-        &f.event,
-        f.give_up_at,
-        ev,
-    )
-    .await?;
-    match done {
-        Some(finished) => Ok((Written::Applied(true), Written::Finished(finished))),
-        // Not on a backend any more: each write on its own finds out what applies.
-        None => Ok((executed.apply(c, ev).await?, finish.apply(c, ev).await?)),
+    let start = start_event
+        .as_ref()
+        .map(|(at, event)| store::Started { at: *at, event });
+    let together = match (executed, finish) {
+        (Write::RecordExecuted(e), Some(Write::Finish(f))) => store::complete(
+            c,
+            &e.task_id,
+            start,
+            &e.from,
+            &e.outputs,
+            &e.event,
+            f.to,
+            &f.patch,
+            &f.outputs,
+            &f.event,
+            f.give_up_at,
+            ev,
+        )
+        .await?
+        .map(|finished| Some(Written::Finished(finished))),
+        (Write::RecordExecuted(e), None) if start.is_some() => {
+            store::record_executed(c, &e.task_id, start, &e.from, &e.outputs, &e.event, ev)
+                .await?
+                .then_some(None)
+        }
+        // `plan` combines nothing else; applied one after the other, the outcome is the same.
+        _ => None,
+    };
+    if let Some(f_written) = together {
+        return Ok((
+            started.map(|_| Written::Done),
+            Written::Applied(true),
+            f_written,
+        ));
     }
+    // Not where the combined write takes it from (cancelled, say, or its start already written):
+    // each write on its own finds out what applies.
+    let s_written = match started {
+        Some(w) => Some(w.apply(c, ev).await?),
+        None => None,
+    };
+    let e_written = executed.apply(c, ev).await?;
+    let f_written = match finish {
+        Some(w) => Some(w.apply(c, ev).await?),
+        None => None,
+    };
+    Ok((s_written, e_written, f_written))
 }
 
 async fn write_alone(db: &DatabaseConnection, write: &Write) -> Result<Written, DbErr> {
@@ -675,6 +747,18 @@ pub struct MarkStarted {
     pub at: DateTime<Utc>,
 }
 write_message!(MarkStarted => (), |m| Write::MarkStarted(m), Written::Done => ());
+
+impl MarkStarted {
+    /// The task's `started` event, at the time ComfyUI said it started.
+    fn event(&self) -> Event {
+        let mut event = Event::new(
+            "started",
+            serde_json::json!({ "backend": self.backend, "prompt_id": self.prompt_id }),
+        );
+        event.at = self.at;
+        event
+    }
+}
 
 /// Answers once the writes queued before it committed: at shutdown, with nothing else arriving,
 /// nothing is left lingering. (Under a backlog of new tasks larger than a batch, some of those could
@@ -845,12 +929,82 @@ mod tests {
             [
                 Step::One(1),
                 Step::One(2),
-                Step::Complete {
+                Step::Executed {
+                    started: None,
                     executed: 0,
-                    finish: 3
+                    finish: Some(3)
                 }
             ]
         );
+    }
+
+    fn started(task: &str) -> Write {
+        Write::MarkStarted(MarkStarted {
+            task_id: task.into(),
+            backend: "b".into(),
+            prompt_id: "p".into(),
+            at: Utc::now(),
+        })
+    }
+
+    #[test]
+    fn a_start_right_before_the_executed_record_goes_with_it() {
+        let batch = vec![
+            pending(started("t")),
+            pending(event("u")),
+            pending(executed("t")),
+            pending(finish("t")),
+        ];
+        assert_eq!(
+            plan(&batch),
+            [
+                Step::One(1),
+                Step::Executed {
+                    started: Some(0),
+                    executed: 2,
+                    finish: Some(3)
+                }
+            ]
+        );
+        // Without its finish, at the executed record's place.
+        let batch = vec![pending(started("t")), pending(executed("t"))];
+        assert_eq!(
+            plan(&batch),
+            [Step::Executed {
+                started: Some(0),
+                executed: 1,
+                finish: None
+            }]
+        );
+        // An event of the task between them, or another task's start: each on its own.
+        let batch = vec![
+            pending(started("t")),
+            pending(event("t")),
+            pending(executed("t")),
+        ];
+        assert_eq!(plan(&batch), [Step::One(0), Step::One(1), Step::One(2)]);
+        let batch = vec![pending(started("u")), pending(executed("t"))];
+        assert_eq!(plan(&batch), [Step::One(0), Step::One(1)]);
+    }
+
+    #[test]
+    fn a_start_waits_for_its_finish_but_not_forever() {
+        let now = Instant::now();
+        let mut queue = vec![pending(started("t")), pending(event("u"))];
+        let batch = take_batch(&mut queue, now);
+        assert_eq!(batch.iter().map(task_of).collect::<Vec<_>>(), ["u"]);
+        queue.push(pending(executed("t")));
+        queue.push(pending(finish("t")));
+        let batch = take_batch(&mut queue, now);
+        assert_eq!(
+            batch.iter().map(task_of).collect::<Vec<_>>(),
+            ["t", "t", "t"]
+        );
+        assert!(matches!(batch[0].write, Write::MarkStarted(_)));
+        // Alone past the linger, it goes.
+        let mut queue = vec![pending(started("t"))];
+        let batch = take_batch(&mut queue, Instant::now() + LINGER);
+        assert_eq!(batch.len(), 1);
     }
 
     #[test]
