@@ -5,6 +5,7 @@
 //! Status changes are conditional updates (`WHERE status IN (...)`), which is what makes every step
 //! idempotent and, later, lets several comfyd instances share one PostgreSQL.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -481,18 +482,18 @@ pub struct Started<'a> {
 /// The `from` and patch of a step written with the job's start, if there is one.
 fn with_start<'a>(
     from: &'a [Status],
-    patch: &TaskPatch,
+    patch: &'a TaskPatch,
     started: Option<Started>,
-) -> (&'a [Status], TaskPatch) {
+) -> (&'a [Status], Cow<'a, TaskPatch>) {
     match started {
         Some(s) => (
             &[Status::Dispatched],
-            TaskPatch {
+            Cow::Owned(TaskPatch {
                 started_at: Some(s.at),
                 ..patch.clone()
-            },
+            }),
         ),
-        None => (from, patch.clone()),
+        None => (from, Cow::Borrowed(patch)),
     }
 }
 
@@ -768,7 +769,8 @@ pub async fn record_executed<C: ConnectionTrait>(
     event: &Event,
     events: &mut Events,
 ) -> Result<bool, DbErr> {
-    let (from, patch) = with_start(from, &TaskPatch::default(), started);
+    let none = TaskPatch::default();
+    let (from, patch) = with_start(from, &none, started);
     let applied = transition_in(txn, task_id, from, Status::Executed, &patch).await?;
     if !applied {
         return Ok(false);
