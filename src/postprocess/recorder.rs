@@ -127,7 +127,8 @@ impl Recorder {
         if self.queue.iter().any(|p| !p.write.can_linger()) {
             self.start(ctx);
         } else if !self.queue.is_empty() && self.linger.is_none() {
-            self.linger = Some(ctx.run_later(LINGER, |act, ctx| {
+            let wait = linger_wait(&self.queue, Instant::now());
+            self.linger = Some(ctx.run_later(wait, |act, ctx| {
                 act.linger = None;
                 act.start(ctx);
             }));
@@ -177,6 +178,19 @@ impl Actor for Recorder {
         // to queue than to refuse.
         ctx.set_mailbox_capacity(1 << 16);
     }
+}
+
+/// How long until the oldest queued write has lingered [`LINGER`]. A write held back from the last
+/// batch (see `hold_back`) is younger than that; timing from its own arrival rather than from now
+/// keeps its wait within `LINGER` (plus a batch's write), not up to twice that.
+fn linger_wait(queue: &[Pending], now: Instant) -> Duration {
+    queue
+        .iter()
+        .map(|p| p.queued_at)
+        .min()
+        .map_or(LINGER, |oldest| {
+            LINGER.saturating_sub(now.saturating_duration_since(oldest))
+        })
 }
 
 /// One write waiting for its transaction.
@@ -985,6 +999,17 @@ mod tests {
         assert_eq!(plan(&batch), [Step::One(0), Step::One(1), Step::One(2)]);
         let batch = vec![pending(started("u")), pending(executed("t"))];
         assert_eq!(plan(&batch), [Step::One(0), Step::One(1)]);
+    }
+
+    #[test]
+    fn the_linger_timer_is_due_when_the_oldest_write_has_lingered() {
+        let now = Instant::now();
+        let mut old = pending(started("t"));
+        old.queued_at = now - Duration::from_millis(90);
+        let queue = vec![pending(event("u")), old];
+        assert_eq!(linger_wait(&queue, now), LINGER - Duration::from_millis(90));
+        assert_eq!(linger_wait(&queue, now + LINGER), Duration::ZERO);
+        assert_eq!(linger_wait(&[], now), LINGER);
     }
 
     #[test]
