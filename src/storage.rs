@@ -304,6 +304,38 @@ impl Store {
         }
     }
 
+    /// Removes what is stored under `key` (prefix applied); nothing there is no error. For outputs
+    /// that no task record refers to (see `Uploader`).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Local { root } => {
+                let path = root.join(key);
+                match tokio::fs::remove_file(&path).await {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io(&path, e)),
+                    _ => Ok(()),
+                }
+            }
+            Store::S3 {
+                client,
+                thread,
+                bucket,
+                key_prefix,
+            } => {
+                // S3 answers a delete of a missing key with success too.
+                let request = client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(full_key(key_prefix, key));
+                thread
+                    .run("DeleteObject", request.send())
+                    .await?
+                    .map_err(|e| StoreError::s3("DeleteObject", e))?;
+                Ok(())
+            }
+        }
+    }
+
     /// Checks that the store can take writes now: the bucket answers `HeadBucket`, or the folder
     /// exists (or can be created) and a probe file can be written. For `/healthz`-style checks.
     pub async fn check(&self) -> Result<(), StoreError> {

@@ -167,6 +167,14 @@ struct StoreJob {
     task_id: String,
 }
 
+/// What one run of a [`StoreJob`] wrote: indices of the outputs it stored, and the files it kept in
+/// the fallback folder.
+#[derive(Debug, Default)]
+struct Written {
+    stored: Vec<usize>,
+    fallback: Vec<String>,
+}
+
 /// What went wrong with one output, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Trouble {
@@ -236,8 +244,20 @@ impl StoreJob {
         let mut worst = Trouble::None;
         let mut first_error = None;
         let mut marks = Vec::new();
-        for (o, _) in outputs.iter().filter(|(_, stored)| !stored) {
+        // What this run wrote, should the task turn out to have ended meanwhile.
+        let mut written = Written::default();
+        for (i, (o, _)) in outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, stored))| !stored)
+        {
             let (mark, trouble, err) = self.store_one(o).await?;
+            if mark.stored {
+                written.stored.push(i);
+            }
+            if let Some(path) = &mark.fallback_path {
+                written.fallback.push(path.clone());
+            }
             marks.push(mark);
             if trouble > worst {
                 worst = trouble;
@@ -286,20 +306,57 @@ impl StoreJob {
         if ended {
             info!(task.id = %id, error_code = code, outputs = outputs.len(), "task {id} ended: {to}");
             if code == error_code::OK {
-                // Temp outputs are left alone: ComfyUI empties its temp folder at every start, and a
-                // fully cached prompt hands several tasks the same temp file.
-                let files = outputs
-                    .iter()
-                    .map(|(o, _)| o)
-                    .filter(|o| o.folder_type == "output")
-                    .map(|o| (o.folder_type.clone(), comfy_path(o)))
-                    .collect();
                 self.cleaner.do_send(CleanFiles {
                     backend: self.backend.clone(),
-                    files,
+                    files: output_files(&outputs),
                 });
             }
+        } else {
+            self.discard_unrecorded(&outputs, written).await?;
         }
+        Ok(())
+    }
+
+    /// The task ended some other way while its outputs were being stored: cancelled (or past its
+    /// deadline) after its job finished on ComfyUI but before its `executed` record was written, so
+    /// that record did not apply either. Nothing refers to what was just stored then, and the client
+    /// asked for none of it: remove it from the store, the fallback folder and the ComfyUI host. A
+    /// task whose outputs are recorded (a replay of one that had ended) keeps them.
+    async fn discard_unrecorded(
+        &self,
+        outputs: &[(NewOutput, bool)],
+        written: Written,
+    ) -> anyhow::Result<()> {
+        let id = &self.task_id;
+        let Some(task) = store::find_task(&self.db, id).await? else {
+            return Ok(());
+        };
+        let ended = [Status::Failed, Status::Cancelled]
+            .iter()
+            .any(|s| s.as_str() == task.status);
+        if !ended || !store::task_outputs(&self.db, id).await?.is_empty() {
+            return Ok(());
+        }
+        for o in written.stored.iter().map(|&i| &outputs[i].0) {
+            if let Err(e) = self.store.delete(&o.storage_key).await {
+                warn!(task.id = %id, key = %o.storage_key, error = %e, "could not remove an output of a task that ended meanwhile");
+            }
+        }
+        for path in &written.fallback {
+            if let Err(e) = tokio::fs::remove_file(path).await {
+                warn!(task.id = %id, path = %path, error = %e, "could not remove an output of a task that ended meanwhile");
+            }
+        }
+        self.cleaner.do_send(CleanFiles {
+            backend: self.backend.clone(),
+            files: output_files(outputs),
+        });
+        info!(task.id = %id, status = %task.status, outputs = outputs.len(), "task {id} ended while its outputs were stored; removed them");
+        self.event(
+            "outputs_discarded",
+            json!({ "status": task.status, "outputs": outputs.len() }),
+        )
+        .await;
         Ok(())
     }
 
@@ -429,6 +486,18 @@ impl StoreJob {
             })
             .await;
     }
+}
+
+/// The files to remove from the ComfyUI host once its outputs are dealt with. Temp outputs are left
+/// alone: ComfyUI empties its temp folder at every start, and a fully cached prompt hands several
+/// tasks the same temp file.
+fn output_files(outputs: &[(NewOutput, bool)]) -> Vec<(String, String)> {
+    outputs
+        .iter()
+        .map(|(o, _)| o)
+        .filter(|o| o.folder_type == "output")
+        .map(|o| (o.folder_type.clone(), comfy_path(o)))
+        .collect()
 }
 
 /// The output's path as ComfyUI knows it (subfolder/filename).

@@ -6,4 +6,5 @@ mod pipeline;
 mod queue;
 mod storage;
 mod support;
+mod uploader;
 mod workflows_api;

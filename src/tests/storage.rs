@@ -1,4 +1,4 @@
-//! `Store::S3` against a real S3-compatible server (`s3s-fs`, see `support::s3`).
+//! `Store` against a real S3-compatible server (`s3s-fs`, see `support::s3`), and a local folder.
 
 use bytes::Bytes;
 use comfyd::storage::{Store, StoreError};
@@ -42,6 +42,45 @@ async fn s3_put_stores_bytes_and_content_type_under_the_prefix() {
     let (_, content_type) = server.get(BUCKET, "comfyd/out/jobs/1/1.webp").await;
     assert_eq!(content_type, "image/webp");
     assert_eq!(store.describe(), "s3://outputs/comfyd/out");
+}
+
+#[actix_web::test]
+async fn delete_removes_one_key_and_a_missing_key_is_no_error() {
+    // Arrange: the same two objects in S3 (under a prefix) and in a local folder.
+    let server = S3Server::start().await;
+    server.create_bucket(BUCKET).await;
+    let mut settings = server.settings(BUCKET);
+    settings.key_prefix = "out".to_owned();
+    let s3 = Store::s3(&settings).expect("S3 thread starts");
+    let dir = tempfile::tempdir().expect("local root");
+    let local = Store::local(dir.path().to_path_buf());
+    for store in [&s3, &local] {
+        for key in ["t/0.png", "t/1.png"] {
+            store
+                .put(key, Bytes::from_static(b"x"), "image/png")
+                .await
+                .expect("put");
+        }
+    }
+
+    // Act
+    for store in [&s3, &local] {
+        store.delete("t/0.png").await.expect("delete");
+        store.delete("t/0.png").await.expect("delete again");
+        store
+            .delete("never/was.png")
+            .await
+            .expect("delete a missing key");
+    }
+
+    // Assert
+    assert_eq!(server.list_keys(BUCKET).await, vec!["out/t/1.png"]);
+    assert!(!dir.path().join("t/0.png").exists());
+    assert!(dir.path().join("t/1.png").exists());
+    assert!(matches!(
+        local.delete("../outside").await,
+        Err(StoreError::InvalidKey(_))
+    ));
 }
 
 #[actix_web::test]

@@ -1,0 +1,158 @@
+//! The post-processing actors on their own (a real SQLite file, a simulator, a local store), for
+//! orderings the daemon cannot be made to produce on demand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use chrono::Utc;
+use comfyd::comfy::FileRef;
+use comfyd::outbound::{Outbound, OutboundSettings};
+use comfyd::postprocess::cleaner::Cleaner;
+use comfyd::postprocess::notifier::{Notifier, NotifierConfig};
+use comfyd::postprocess::recorder::{InsertTask, Recorder};
+use comfyd::postprocess::uploader::{InProgress, StoreOutputs, Uploader, UploaderConfig};
+use comfyd::postprocess::Finisher;
+use comfyd::storage::Store;
+use comfyd::store::{self, NewTask};
+use comfyd::task::Status;
+use serde_json::json;
+
+use crate::support::db::TestDb;
+use crate::support::eventually;
+use crate::support::sim::Sim;
+
+/// A client cancels just as ComfyUI finishes the job: the cancel is written first, so the
+/// `executed` record and the end that follow do not apply. What the uploader stored meanwhile must
+/// not stay in the store without a row that names it. (The cleaner is off here: removing the file
+/// from the ComfyUI host goes the way every other clean goes, which the daemon's tests cover.)
+#[actix_web::test]
+async fn outputs_of_a_task_cancelled_while_they_were_stored_are_removed() {
+    // Arrange: the actors as the daemon wires them, on a fresh database and a local store.
+    let test_db = TestDb::sqlite();
+    let db = store::connect(test_db.url(), 4).await.expect("database");
+    let writer = store::connect_writer(test_db.url()).await.expect("writer");
+    let dirs = tempfile::tempdir().expect("dirs");
+    let store_root = dirs.path().join("store");
+    let recorder = Recorder::new(writer, db.clone()).start();
+    let outbound = Outbound::new(OutboundSettings {
+        fetch_max_bytes: 1 << 20,
+        fetch_timeout_ms: 5_000,
+        webhook_timeout_ms: 5_000,
+        allow_private_addresses: true,
+    });
+    let notifier = Notifier::new(
+        NotifierConfig {
+            secret: String::new(),
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(1),
+        },
+        db.clone(),
+        recorder.clone(),
+        outbound,
+    )
+    .start();
+    let cleaner = Cleaner::new(false).start();
+    let finisher = Finisher {
+        recorder: recorder.clone(),
+        notifier,
+        inputs_dir: dirs.path().join("inputs"),
+        webhook_horizon: Duration::from_secs(60),
+    };
+    let uploader = Uploader::new(
+        UploaderConfig {
+            upload_attempts: 1,
+            fallback_dir: dirs.path().join("fallback"),
+            http_timeout: Duration::from_secs(5),
+        },
+        db.clone(),
+        Arc::new(Store::local(store_root.clone())),
+        recorder.clone(),
+        cleaner,
+        finisher.clone(),
+    )
+    .start();
+    let sim = Sim::start(0).await;
+
+    let id = uuid::Uuid::new_v4().to_string();
+    recorder
+        .send(InsertTask(NewTask {
+            id: id.clone(),
+            client_task_id: None,
+            client_callback_url: None,
+            workflow: "solid".into(),
+            request_hash: "0".repeat(64),
+            params: json!({}),
+            graph: json!({}),
+            inputs: json!([]),
+            output_nodes: json!(["9"]),
+            priority: 0,
+            deadline_at: Utc::now() + chrono::Duration::minutes(5),
+        }))
+        .await
+        .expect("recorder")
+        .expect("task inserted");
+    // The file ComfyUI wrote for the job, where `/view` serves it.
+    let subfolder = format!("comfyd/{id}");
+    let on_host = sim.data_dir().join("output").join(&subfolder);
+    std::fs::create_dir_all(&on_host).expect("output folder");
+    std::fs::write(on_host.join("out_00001_.png"), b"png").expect("output file");
+
+    // Act: the cancel is recorded first, then the job's success reaches the uploader.
+    let cancelled = finisher
+        .finish_cancelled(&id, &Status::BEFORE_STORING)
+        .await
+        .expect("cancel");
+    assert!(cancelled, "the cancel applies to a task that has not ended");
+    uploader.do_send(StoreOutputs {
+        task_id: id.clone(),
+        backend: sim.url.clone(),
+        files: Some(vec![FileRef {
+            node_id: "9".into(),
+            kind: "images".into(),
+            filename: "out_00001_.png".into(),
+            subfolder: subfolder.clone(),
+            folder_type: "output".into(),
+        }]),
+    });
+    let events = eventually(10, "the discard recorded", || {
+        let db = db.clone();
+        let id = id.clone();
+        async move {
+            let events = store::task_events(&db, &id).await.expect("events");
+            events
+                .iter()
+                .any(|e| e.kind == "outputs_discarded")
+                .then_some(events)
+        }
+    })
+    .await;
+    eventually(10, "the uploader idle", || {
+        let uploader = uploader.clone();
+        async move { (uploader.send(InProgress).await.expect("uploader") == 0).then_some(()) }
+    })
+    .await;
+
+    // Assert
+    let task = store::get_task(&db, &id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(task.status, "cancelled");
+    assert!(store::task_outputs(&db, &id)
+        .await
+        .expect("outputs")
+        .is_empty());
+    let key = store_root.join(&id).join("out_00001_.png");
+    assert!(
+        !key.exists(),
+        "{} was stored and left behind without a row",
+        key.display()
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["accepted", "cancelled", "outputs_discarded"],
+        "{kinds:?}"
+    );
+}
