@@ -8,7 +8,7 @@
 //! share with, so the transaction overhead (BEGIN, COMMIT, a round trip each) is cut two more ways: a
 //! batch is taken one turn of the event loop after its first write arrived, so writes sent together
 //! (a job's end, the claim of the next) share it; and a write nobody waits on ([`Write::can_linger`])
-//! waits up to [`LINGER`] for company. If a batch fails, each of its writes is applied again on its
+//! waits up to [`LINGER`] for company ([`START_HOLD`] for a job's `running` mark). If a batch fails, each of its writes is applied again on its
 //! own, so only the faulty one reports an error.
 //! SQLite never sees two writers. Readers (routes, recovery) query through `crate::store` directly.
 
@@ -41,6 +41,14 @@ const RESERVED_FOR_OTHERS: usize = 16;
 /// again, with the same webhook-id. A claim that waits (`Claim::may_wait`) holds its prompt back,
 /// so it waits only while its backend has another prompt to run.
 const LINGER: Duration = Duration::from_millis(100);
+
+/// Longest a job's `running` mark waits for the job's end, so that a job shorter than this (a cached
+/// prompt, a small workflow) is written once, from `dispatched` to its end (see `plan`), and costs
+/// one transaction instead of two. Each transaction at low rates wakes comfyd's threads from idle,
+/// which costs more than its statements (BENCHMARKS.md, round 6). The mark is what `GET /tasks`
+/// shows as `running`; its `started` event and `started_at` carry the real time either way, and
+/// recovery treats `dispatched` and `running` alike.
+const START_HOLD: Duration = Duration::from_secs(1);
 
 /// How long after a commit the write-ahead log is checkpointed (SQLite; see `store::checkpoint`).
 ///
@@ -180,17 +188,15 @@ impl Actor for Recorder {
     }
 }
 
-/// How long until the oldest queued write has lingered [`LINGER`]. A write held back from the last
-/// batch (see `hold_back`) is younger than that; timing from its own arrival rather than from now
-/// keeps its wait within `LINGER` (plus a batch's write), not up to twice that.
+/// How long until the first queued write has waited as long as it may ([`Write::linger`]). A write
+/// held back from the last batch (see `hold_back`) is younger than that; timing from its own arrival
+/// rather than from now keeps its wait within its bound (plus a batch's write), not up to twice that.
 fn linger_wait(queue: &[Pending], now: Instant) -> Duration {
     queue
         .iter()
-        .map(|p| p.queued_at)
+        .map(Pending::due)
         .min()
-        .map_or(LINGER, |oldest| {
-            LINGER.saturating_sub(now.saturating_duration_since(oldest))
-        })
+        .map_or(LINGER, |due| due.saturating_duration_since(now))
 }
 
 /// One write waiting for its transaction.
@@ -198,6 +204,13 @@ struct Pending {
     write: Write,
     reply: oneshot::Sender<Result<Written, DbErr>>,
     queued_at: Instant,
+}
+
+impl Pending {
+    /// When this write has waited as long as it may.
+    fn due(&self) -> Instant {
+        self.queued_at + self.write.linger().unwrap_or(Duration::ZERO)
+    }
 }
 
 /// Every kind of write, as data.
@@ -253,13 +266,24 @@ impl Write {
     /// `RecordExecuted` is one of them: its `Finish` usually follows within a few milliseconds and
     /// then both share one commit. So is the claim of a job for a backend that has another queued.
     fn can_linger(&self) -> bool {
+        self.linger().is_some()
+    }
+
+    /// Whether this write waits for its task's `Finish`, to be written with it (see `hold_back`).
+    fn waits_for_finish(&self) -> bool {
+        matches!(self, Write::RecordExecuted(_) | Write::MarkStarted(_))
+    }
+
+    /// How long this write may wait for company, if at all (see [`Write::can_linger`]): a `running`
+    /// mark [`START_HOLD`], the others [`LINGER`].
+    fn linger(&self) -> Option<Duration> {
         match self {
-            Write::MarkStarted(_)
-            | Write::RecordAttempt(_)
-            | Write::RecordEvent(_)
-            | Write::RecordExecuted(_) => true,
-            Write::Claim(c) => c.may_wait,
-            _ => false,
+            Write::MarkStarted(_) => Some(START_HOLD),
+            Write::RecordAttempt(_) | Write::RecordEvent(_) | Write::RecordExecuted(_) => {
+                Some(LINGER)
+            }
+            Write::Claim(c) if c.may_wait => Some(LINGER),
+            _ => None,
         }
     }
 
@@ -328,10 +352,12 @@ impl Write {
 /// holds, [`RESERVED_FOR_OTHERS`] places stay for the others, so a flood of submits cannot hold up
 /// dispatch (claims) indefinitely.
 ///
-/// A `RecordExecuted` or `MarkStarted` younger than [`LINGER`] stays queued, with the later writes of
-/// its task, rather than going with other tasks' writes, until a write of its task that cannot wait
-/// comes: usually its `Finish` (for a `MarkStarted`, when the job is shorter than the linger), and
-/// they are then written as one (see `plan`). A `Flush` holds nothing back.
+/// A `RecordExecuted` (for up to [`LINGER`]) or `MarkStarted` (for up to [`START_HOLD`]) stays
+/// queued, with the later writes of its task, rather than going with other tasks' writes, until a
+/// write of its task that cannot wait comes: usually its `Finish` (for a `MarkStarted`, when the job
+/// is shorter than the hold), and they are then written as one (see `plan`). A task's writes are
+/// held only until the first of its held writes is due, so a `RecordExecuted` behind a `MarkStarted`
+/// keeps its own bound. A `Flush` holds nothing back.
 fn take_batch(queue: &mut Vec<Pending>, now: Instant) -> Vec<Pending> {
     let (held, mut ready) = hold_back(std::mem::take(queue), now);
     let batch = rank_and_cut(&mut ready);
@@ -350,6 +376,13 @@ fn hold_back(queue: Vec<Pending>, now: Instant) -> (Vec<Pending>, Vec<Pending>) 
         .filter(|p| !p.write.can_linger())
         .filter_map(|p| p.write.task_id().map(str::to_owned))
         .collect();
+    // For each task with writes that wait for its `Finish`: when the first of them is due.
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    for p in queue.iter().filter(|p| p.write.waits_for_finish()) {
+        let task = p.write.task_id().unwrap_or_default();
+        let first = due.entry(task.to_owned()).or_insert_with(|| p.due());
+        *first = (*first).min(p.due());
+    }
     let mut waiting: HashSet<String> = HashSet::new();
     queue.into_iter().partition(|p| {
         let task = p.write.task_id().unwrap_or_default();
@@ -357,9 +390,9 @@ fn hold_back(queue: Vec<Pending>, now: Instant) -> (Vec<Pending>, Vec<Pending>) 
             return true;
         }
         let hold = !flushing
-            && matches!(p.write, Write::RecordExecuted(_) | Write::MarkStarted(_))
+            && p.write.waits_for_finish()
             && !pressing.contains(task)
-            && now.duration_since(p.queued_at) < LINGER;
+            && due.get(task).is_some_and(|&due| now < due);
         if hold {
             waiting.insert(task.to_string());
         }
@@ -1002,14 +1035,24 @@ mod tests {
     }
 
     #[test]
-    fn the_linger_timer_is_due_when_the_oldest_write_has_lingered() {
+    fn the_linger_timer_is_due_when_the_first_write_has_waited_its_time() {
         let now = Instant::now();
-        let mut old = pending(started("t"));
+        let mut old = pending(event("t"));
         old.queued_at = now - Duration::from_millis(90);
         let queue = vec![pending(event("u")), old];
         assert_eq!(linger_wait(&queue, now), LINGER - Duration::from_millis(90));
         assert_eq!(linger_wait(&queue, now + LINGER), Duration::ZERO);
         assert_eq!(linger_wait(&[], now), LINGER);
+        // A running mark may wait longer; a younger write that may not is due first.
+        let mut start = pending(started("t"));
+        start.queued_at = now - Duration::from_millis(90);
+        assert_eq!(
+            linger_wait(std::slice::from_ref(&start), now),
+            START_HOLD - Duration::from_millis(90)
+        );
+        let mut young = pending(event("u"));
+        young.queued_at = now;
+        assert_eq!(linger_wait(&[start, young], now), LINGER);
     }
 
     #[test]
@@ -1026,10 +1069,16 @@ mod tests {
             ["t", "t", "t"]
         );
         assert!(matches!(batch[0].write, Write::MarkStarted(_)));
-        // Alone past the linger, it goes.
+        // Alone, it waits past the linger of other writes, up to its own hold.
         let mut queue = vec![pending(started("t"))];
-        let batch = take_batch(&mut queue, Instant::now() + LINGER);
+        assert!(take_batch(&mut queue, Instant::now() + LINGER).is_empty());
+        let batch = take_batch(&mut queue, Instant::now() + START_HOLD);
         assert_eq!(batch.len(), 1);
+        // Once the job's executed record is queued behind it, the record's bound is the task's.
+        let mut queue = vec![pending(started("t")), pending(executed("t"))];
+        assert!(take_batch(&mut queue, Instant::now()).is_empty());
+        let batch = take_batch(&mut queue, Instant::now() + LINGER);
+        assert_eq!(batch.len(), 2);
     }
 
     #[test]
