@@ -8,8 +8,8 @@
 //! share with, so the transaction overhead (BEGIN, COMMIT, a round trip each) is cut two more ways: a
 //! batch is taken one turn of the event loop after its first write arrived, so writes sent together
 //! (a job's end, the claim of the next) share it; and a write nobody waits on ([`Write::can_linger`])
-//! waits up to [`LINGER`] for company ([`START_HOLD`] for a job's `running` mark). If a batch fails, each of its writes is applied again on its
-//! own, so only the faulty one reports an error.
+//! waits up to [`LINGER`] for company ([`START_HOLD`] for a job's `running` mark). If a batch fails,
+//! each of its writes is applied again on its own, so only the faulty one reports an error.
 //! SQLite never sees two writers. Readers (routes, recovery) query through `crate::store` directly.
 
 use std::collections::{HashMap, HashSet};
@@ -69,8 +69,8 @@ pub struct Recorder {
     checkpoints: bool,
     queue: Vec<Pending>,
     writing: bool,
-    /// The timer that writes lingering writes if nothing else comes first.
-    linger: Option<SpawnHandle>,
+    /// The timer that writes lingering writes if nothing else comes first, and when it is due.
+    linger: Option<(SpawnHandle, Instant)>,
     /// A checkpoint is due (armed after a commit) or running.
     checkpoint_pending: bool,
     /// The shared pool checkpointed: finish it before the next batch.
@@ -130,16 +130,28 @@ impl Recorder {
     }
 
     /// Starts the next batch now if a queued write should not wait, else makes sure the linger timer
-    /// runs.
+    /// runs, due when the first queued write is (a write may be due before those queued earlier: a
+    /// webhook attempt queued after a `running` mark).
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if self.queue.iter().any(|p| !p.write.can_linger()) {
             self.start(ctx);
-        } else if !self.queue.is_empty() && self.linger.is_none() {
-            let wait = linger_wait(&self.queue, Instant::now());
-            self.linger = Some(ctx.run_later(wait, |act, ctx| {
-                act.linger = None;
-                act.start(ctx);
-            }));
+            return;
+        }
+        let now = Instant::now();
+        let due = now + linger_wait(&self.queue, now);
+        match self.linger {
+            _ if self.queue.is_empty() => {}
+            Some((_, armed)) if armed <= due => {}
+            _ => {
+                if let Some((timer, _)) = self.linger.take() {
+                    ctx.cancel_future(timer);
+                }
+                let timer = ctx.run_later(due - now, |act, ctx| {
+                    act.linger = None;
+                    act.start(ctx);
+                });
+                self.linger = Some((timer, due));
+            }
         }
     }
 
@@ -147,7 +159,7 @@ impl Recorder {
         if self.writing || self.queue.is_empty() {
             return;
         }
-        if let Some(timer) = self.linger.take() {
+        if let Some((timer, _)) = self.linger.take() {
             ctx.cancel_future(timer);
         }
         self.writing = true;

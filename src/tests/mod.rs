@@ -3,8 +3,8 @@
 
 mod chaos;
 mod pipeline;
+mod postprocess;
 mod queue;
 mod storage;
 mod support;
-mod uploader;
 mod workflows_api;

@@ -1,5 +1,5 @@
 //! The post-processing actors on their own (a real SQLite file, a simulator, a local store), for
-//! orderings the daemon cannot be made to produce on demand.
+//! orderings and timings the daemon cannot be made to produce on demand.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +10,11 @@ use comfyd::comfy::FileRef;
 use comfyd::outbound::{Outbound, OutboundSettings};
 use comfyd::postprocess::cleaner::Cleaner;
 use comfyd::postprocess::notifier::{Notifier, NotifierConfig};
-use comfyd::postprocess::recorder::{InsertTask, Recorder};
+use comfyd::postprocess::recorder::{Claim, InsertTask, MarkStarted, RecordEvent, Recorder};
 use comfyd::postprocess::uploader::{InProgress, StoreOutputs, Uploader, UploaderConfig};
 use comfyd::postprocess::Finisher;
 use comfyd::storage::Store;
-use comfyd::store::{self, NewTask};
+use comfyd::store::{self, Event, NewTask, TaskPatch};
 use comfyd::task::Status;
 use serde_json::json;
 
@@ -74,24 +74,7 @@ async fn outputs_of_a_task_cancelled_while_they_were_stored_are_removed() {
     .start();
     let sim = Sim::start(0).await;
 
-    let id = uuid::Uuid::new_v4().to_string();
-    recorder
-        .send(InsertTask(NewTask {
-            id: id.clone(),
-            client_task_id: None,
-            client_callback_url: None,
-            workflow: "solid".into(),
-            request_hash: "0".repeat(64),
-            params: json!({}),
-            graph: json!({}),
-            inputs: json!([]),
-            output_nodes: json!(["9"]),
-            priority: 0,
-            deadline_at: Utc::now() + chrono::Duration::minutes(5),
-        }))
-        .await
-        .expect("recorder")
-        .expect("task inserted");
+    let id = insert_task(&recorder).await;
     // The file ComfyUI wrote for the job, where `/view` serves it.
     let subfolder = format!("comfyd/{id}");
     let on_host = sim.data_dir().join("output").join(&subfolder);
@@ -155,4 +138,91 @@ async fn outputs_of_a_task_cancelled_while_they_were_stored_are_removed() {
         ["accepted", "cancelled", "outputs_discarded"],
         "{kinds:?}"
     );
+}
+
+/// A job's `running` mark waits up to a second for the job's end; a write that may wait only 100 ms,
+/// queued after it (another task's webhook attempt or event), must not wait with it.
+#[actix_web::test]
+async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
+    // Arrange: a task on a backend (claimed), as the supervisor leaves it.
+    let test_db = TestDb::sqlite();
+    let db = store::connect(test_db.url(), 4).await.expect("database");
+    let writer = store::connect_writer(test_db.url()).await.expect("writer");
+    let recorder = Recorder::new(writer, db.clone()).start();
+    let id = insert_task(&recorder).await;
+    let claimed = recorder
+        .send(Claim {
+            task_id: id.clone(),
+            may_wait: false,
+            patch: TaskPatch {
+                backend: Some(Some("b".into())),
+                comfyui_task_id: Some(Some("p".into())),
+                dispatched_at: Some(Utc::now()),
+                ..Default::default()
+            },
+            event: Event::new("dispatched", json!({})),
+        })
+        .await
+        .expect("recorder")
+        .expect("claim");
+    assert!(claimed.is_some());
+    let other = insert_task(&recorder).await;
+
+    // Act: the job starts (its mark is held for its end), then another task's event comes.
+    let mark = recorder.send(MarkStarted {
+        task_id: id.clone(),
+        backend: "b".into(),
+        prompt_id: "p".into(),
+        at: Utc::now(),
+    });
+    let mark = actix_rt::spawn(mark);
+    recorder
+        .send(RecordEvent {
+            task_id: other.clone(),
+            event: Event::new("note", json!({})),
+        })
+        .await
+        .expect("recorder")
+        .expect("event written");
+
+    // Assert: the event was written on its own; the mark is still waiting for the job's end.
+    let task = store::get_task(&db, &id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(task.status, "dispatched", "the event waited for the mark");
+    assert!(!mark.is_finished());
+    // With no end coming, the mark is written once its hold is over.
+    mark.await
+        .expect("join")
+        .expect("recorder")
+        .expect("mark written");
+    let task = store::get_task(&db, &id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(task.status, "running");
+}
+
+/// Records a new queued task through the Recorder; answers its id.
+async fn insert_task(recorder: &actix::Addr<Recorder>) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    recorder
+        .send(InsertTask(NewTask {
+            id: id.clone(),
+            client_task_id: None,
+            client_callback_url: None,
+            workflow: "solid".into(),
+            request_hash: "0".repeat(64),
+            params: json!({}),
+            graph: json!({}),
+            inputs: json!([]),
+            output_nodes: json!(["9"]),
+            priority: 0,
+            deadline_at: Utc::now() + chrono::Duration::minutes(5),
+        }))
+        .await
+        .expect("recorder")
+        .expect("task inserted");
+    id
 }
