@@ -167,14 +167,6 @@ struct StoreJob {
     task_id: String,
 }
 
-/// What one run of a [`StoreJob`] wrote: indices of the outputs it stored, and the files it kept in
-/// the fallback folder.
-#[derive(Debug, Default)]
-struct Written {
-    stored: Vec<usize>,
-    fallback: Vec<String>,
-}
-
 /// What went wrong with one output, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Trouble {
@@ -244,20 +236,8 @@ impl StoreJob {
         let mut worst = Trouble::None;
         let mut first_error = None;
         let mut marks = Vec::new();
-        // What this run wrote, should the task turn out to have ended meanwhile.
-        let mut written = Written::default();
-        for (i, (o, _)) in outputs
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, stored))| !stored)
-        {
+        for (o, _) in outputs.iter().filter(|(_, stored)| !stored) {
             let (mark, trouble, err) = self.store_one(o).await?;
-            if mark.stored {
-                written.stored.push(i);
-            }
-            if let Some(path) = &mark.fallback_path {
-                written.fallback.push(path.clone());
-            }
             marks.push(mark);
             if trouble > worst {
                 worst = trouble;
@@ -312,7 +292,7 @@ impl StoreJob {
                 });
             }
         } else {
-            self.discard_unrecorded(&outputs, written).await?;
+            self.discard_unrecorded(&outputs).await?;
         }
         Ok(())
     }
@@ -322,11 +302,7 @@ impl StoreJob {
     /// that record did not apply either. Nothing refers to what was just stored then, and the client
     /// asked for none of it: remove it from the store, the fallback folder and the ComfyUI host. A
     /// task whose outputs are recorded (a replay of one that had ended) keeps them.
-    async fn discard_unrecorded(
-        &self,
-        outputs: &[(NewOutput, bool)],
-        written: Written,
-    ) -> anyhow::Result<()> {
+    async fn discard_unrecorded(&self, outputs: &[(NewOutput, bool)]) -> anyhow::Result<()> {
         let id = &self.task_id;
         let Some(task) = store::find_task(&self.db, id).await? else {
             return Ok(());
@@ -337,14 +313,17 @@ impl StoreJob {
         if !ended || !store::task_outputs(&self.db, id).await?.is_empty() {
             return Ok(());
         }
-        for o in written.stored.iter().map(|&i| &outputs[i].0) {
+        // Each output this run tried is either stored under its key, kept at its fallback path, or
+        // neither; removing what is not there is no error.
+        for (o, _) in outputs.iter().filter(|(_, stored)| !stored) {
             if let Err(e) = self.store.delete(&o.storage_key).await {
                 warn!(task.id = %id, key = %o.storage_key, error = %e, "could not remove an output of a task that ended meanwhile");
             }
-        }
-        for path in &written.fallback {
-            if let Err(e) = tokio::fs::remove_file(path).await {
-                warn!(task.id = %id, path = %path, error = %e, "could not remove an output of a task that ended meanwhile");
+            let path = self.fallback_path(o);
+            if let Err(e) = tokio::fs::remove_file(&path).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(task.id = %id, path = %path.display(), error = %e, "could not remove an output of a task that ended meanwhile");
+                }
             }
         }
         self.cleaner.do_send(CleanFiles {
@@ -461,12 +440,7 @@ impl StoreJob {
                 }
             }
         }
-        // Keep the file where an operator (or `comfyd reupload`) finds it: the fallback folder, at its ComfyUI path.
-        let path = self
-            .cfg
-            .fallback_dir
-            .join(&o.folder_type)
-            .join(comfy_path(o));
+        let path = self.fallback_path(o);
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
@@ -475,6 +449,15 @@ impl StoreJob {
         warn!(task.id = %self.task_id, path = %path.display(), "{msg}; kept in the fallback folder");
         mark.fallback_path = Some(path.display().to_string());
         Ok((mark, Trouble::NotStored, Some(msg)))
+    }
+
+    /// Where an output that could not be stored is kept, for an operator (or `comfyd reupload`) to
+    /// find: the fallback folder, at its ComfyUI path.
+    fn fallback_path(&self, o: &NewOutput) -> PathBuf {
+        self.cfg
+            .fallback_dir
+            .join(&o.folder_type)
+            .join(comfy_path(o))
     }
 
     async fn event(&self, kind: &'static str, details: serde_json::Value) {

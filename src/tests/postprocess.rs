@@ -28,12 +28,27 @@ use crate::support::sim::Sim;
 /// from the ComfyUI host goes the way every other clean goes, which the daemon's tests cover.)
 #[actix_web::test]
 async fn outputs_of_a_task_cancelled_while_they_were_stored_are_removed() {
-    // Arrange: the actors as the daemon wires them, on a fresh database and a local store.
+    cancelled_while_storing(true).await;
+}
+
+/// The same when the store refused the output and it was kept in the fallback folder.
+#[actix_web::test]
+async fn outputs_kept_for_a_task_cancelled_while_they_were_stored_are_removed() {
+    cancelled_while_storing(false).await;
+}
+
+async fn cancelled_while_storing(store_works: bool) {
+    // Arrange: the actors as the daemon wires them, on a fresh database and a local store (whose
+    // root is a plain file when it must fail).
     let test_db = TestDb::sqlite();
     let db = store::connect(test_db.url(), 4).await.expect("database");
     let writer = store::connect_writer(test_db.url()).await.expect("writer");
     let dirs = tempfile::tempdir().expect("dirs");
     let store_root = dirs.path().join("store");
+    if !store_works {
+        std::fs::write(&store_root, b"not a folder").expect("store root file");
+    }
+    let fallback_dir = dirs.path().join("fallback");
     let recorder = Recorder::new(writer, db.clone()).start();
     let outbound = Outbound::new(OutboundSettings {
         fetch_max_bytes: 1 << 20,
@@ -62,7 +77,7 @@ async fn outputs_of_a_task_cancelled_while_they_were_stored_are_removed() {
     let uploader = Uploader::new(
         UploaderConfig {
             upload_attempts: 1,
-            fallback_dir: dirs.path().join("fallback"),
+            fallback_dir: fallback_dir.clone(),
             http_timeout: Duration::from_secs(5),
         },
         db.clone(),
@@ -126,12 +141,19 @@ async fn outputs_of_a_task_cancelled_while_they_were_stored_are_removed() {
         .await
         .expect("outputs")
         .is_empty());
-    let key = store_root.join(&id).join("out_00001_.png");
-    assert!(
-        !key.exists(),
-        "{} was stored and left behind without a row",
-        key.display()
-    );
+    for left in [
+        store_root.join(&id).join("out_00001_.png"),
+        fallback_dir
+            .join("output")
+            .join(&subfolder)
+            .join("out_00001_.png"),
+    ] {
+        assert!(
+            !left.exists(),
+            "{} was written and left behind without a row",
+            left.display()
+        );
+    }
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(
         kinds,
