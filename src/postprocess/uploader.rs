@@ -304,12 +304,13 @@ impl StoreJob {
     /// task whose outputs are recorded (a replay of one that had ended) keeps them.
     async fn discard_unrecorded(&self, outputs: &[(NewOutput, bool)]) -> anyhow::Result<()> {
         let id = &self.task_id;
-        let Some(task) = store::find_task(&self.db, id).await? else {
+        let Some(task) = store::get_task(&self.db, id).await? else {
             return Ok(());
         };
-        let ended = [Status::Failed, Status::Cancelled]
-            .iter()
-            .any(|s| s.as_str() == task.status);
+        let ended = matches!(
+            Status::parse(&task.status),
+            Some(Status::Failed | Status::Cancelled)
+        );
         if !ended || !store::task_outputs(&self.db, id).await?.is_empty() {
             return Ok(());
         }
