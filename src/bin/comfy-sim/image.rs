@@ -121,13 +121,15 @@ impl Image {
                 enc.add_text_chunk((*k).to_string(), v.clone())?;
             }
             let mut writer = enc.write_header()?;
-            let mut stream = writer.stream_writer()?;
-            let mut row = vec![0u8; self.width.max(1) as usize * 3];
-            for y in 0..self.height.max(1) {
-                self.row(frame, y, &mut row);
-                std::io::Write::write_all(&mut stream, &row)?;
+            // The whole image at once: png then compresses it with fdeflate, whereas its stream
+            // writer sets up a full zlib compressor for every image (most of a small image's cost).
+            let stride = self.width.max(1) as usize * 3;
+            let mut data = vec![0u8; stride * self.height.max(1) as usize];
+            for (y, row) in data.chunks_exact_mut(stride).enumerate() {
+                self.row(frame, y as u32, row);
             }
-            stream.finish()?;
+            writer.write_image_data(&data)?;
+            writer.finish()?;
         }
         Ok(buf)
     }

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::LazyLock;
 
 use serde_json::{json, Map, Value};
 
@@ -191,9 +192,13 @@ pub fn object_info(input_files: &[String]) -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// The node classes as a map, for lookups during validation and execution.
-pub fn class_map(input_files: &[String]) -> HashMap<&'static str, Value> {
-    object_info(input_files).into_iter().collect()
+/// The node classes as a map, for lookups during validation and execution. Built once: every prompt
+/// is validated against it, and nothing it holds changes (the input files' combo list is checked
+/// against the input folder itself).
+fn class_map() -> &'static HashMap<&'static str, Value> {
+    static CLASSES: LazyLock<HashMap<&'static str, Value>> =
+        LazyLock::new(|| object_info(&[]).into_iter().collect());
+    &CLASSES
 }
 
 /// The input names of a class in declaration order (required inputs only: the simulator's
@@ -235,7 +240,7 @@ pub fn error_body(kind: &str, message: &str, details: &str, node_errors: Value) 
 
 /// Validates a prompt graph; `Err` is the full 400 body.
 pub fn validate(prompt: &Map<String, Value>, input_dir: &Path) -> Result<Accepted, Value> {
-    let classes = class_map(&[]);
+    let classes = class_map();
     let mut ids: Vec<String> = prompt.keys().cloned().collect();
     sort_ids(&mut ids);
     for id in &ids {
@@ -282,7 +287,7 @@ pub fn validate(prompt: &Map<String, Value>, input_dir: &Path) -> Result<Accepte
 
     let mut v = Validator {
         prompt,
-        classes: &classes,
+        classes,
         input_dir,
         done: HashMap::new(),
         order: Vec::new(),
@@ -654,7 +659,7 @@ fn check_constant(class: &str, name: &str, spec: &Value, val: &Value) -> Option<
 
 /// The ids of every node that the given outputs need, in execution order (inputs first).
 pub fn execution_order(prompt: &Map<String, Value>, outputs: &[String]) -> Vec<String> {
-    let classes = class_map(&[]);
+    let classes = class_map();
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     fn visit(
@@ -685,7 +690,7 @@ pub fn execution_order(prompt: &Map<String, Value>, outputs: &[String]) -> Vec<S
         order.push(id.to_string());
     }
     for o in outputs {
-        visit(o, prompt, &classes, &mut seen, &mut order);
+        visit(o, prompt, classes, &mut seen, &mut order);
     }
     order
 }
