@@ -116,7 +116,7 @@ impl Target {
 }
 
 /// The runs of one scenario with one store, in the order they ran.
-pub fn groups(outcomes: &[Outcome]) -> Vec<Vec<&Outcome>> {
+fn groups(outcomes: &[Outcome]) -> Vec<Vec<&Outcome>> {
     let mut groups: Vec<Vec<&Outcome>> = Vec::new();
     for o in outcomes {
         match groups
@@ -130,7 +130,7 @@ pub fn groups(outcomes: &[Outcome]) -> Vec<Vec<&Outcome>> {
     groups
 }
 
-/// The median of the values measured (the mean of the middle two for an even count).
+/// The median of the finite values (the mean of the middle two for an even count).
 fn median(values: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     v.sort_by(f64::total_cmp);
@@ -166,10 +166,11 @@ pub fn verdicts(outcomes: &[Outcome]) -> Vec<Verdict> {
             // A run that could not measure the figure does not count as meeting it.
             let all_measured = measured.len() == runs.len();
             let value = if t.every_run {
-                let worst = measured.iter().copied().reduce(|a, b| match t.below {
-                    true => a.max(b),
-                    false => a.min(b),
-                });
+                let worst =
+                    measured
+                        .iter()
+                        .copied()
+                        .reduce(|a, b| if t.below { a.max(b) } else { a.min(b) });
                 worst.filter(|_| all_measured)
             } else {
                 median(&measured)
