@@ -347,7 +347,9 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
                     o.thread_cpu
                         .iter()
                         .take(4)
-                        .map(|(n, ms)| format!("{n} {ms:.0}"))
+                        // actix names its worker threads `actix-rt|system:...`: a bare `|`
+                        // would end the table cell.
+                        .map(|(n, ms)| format!("{} {ms:.0}", n.replace('|', "\\|")))
                         .collect::<Vec<_>>()
                         .join(", ")
                 }),
@@ -480,5 +482,24 @@ mod tests {
         let group = &groups(&runs)[0];
         assert_eq!(representative(group).cpu_ms_per_job, Some(1.9));
         assert_eq!(median(&[1.0, 3.0, 2.0, 4.0]), Some(2.5));
+    }
+
+    #[test]
+    fn a_pipe_in_a_thread_name_stays_inside_its_cell() {
+        let o = Outcome {
+            scenario: "a".into(),
+            store: "local".into(),
+            thread_cpu: vec![("actix-rt|system".into(), 10.0)],
+            ..Outcome::default()
+        };
+        let text = render("machine", &crate::scenario::all(), &[o]);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| comfyd CPU by thread"))
+            .expect("thread row");
+        assert_eq!(
+            row,
+            "| comfyd CPU by thread (ms, top 4) | actix-rt\\|system 10 |"
+        );
     }
 }
