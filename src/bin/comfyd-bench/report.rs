@@ -158,9 +158,10 @@ pub struct Verdict {
 
 /// One verdict per (target, scenario and store) it applies to, over all runs of that pair.
 pub fn verdicts(outcomes: &[Outcome]) -> Vec<Verdict> {
+    let groups = groups(outcomes);
     let mut rows = Vec::new();
     for t in TARGETS {
-        for g in groups(outcomes).into_iter().filter(|g| t.applies(g[0])) {
+        for g in groups.iter().filter(|g| t.applies(g[0])) {
             let runs: Vec<Option<f64>> = g.iter().map(|o| (t.value)(o)).collect();
             let measured: Vec<f64> = runs.iter().flatten().copied().collect();
             // A run that could not measure the figure does not count as meeting it.
@@ -218,7 +219,8 @@ fn pair(a: Option<f64>, b: Option<f64>, decimals: usize) -> String {
 pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{machine}\n");
-    let repeated = groups(outcomes).iter().any(|g| g.len() > 1);
+    let groups = groups(outcomes);
+    let repeated = groups.iter().any(|g| g.len() > 1);
     let _ = writeln!(s, "### Targets\n");
     if repeated {
         let _ = writeln!(
@@ -260,7 +262,7 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
         }
         let _ = writeln!(s);
     }
-    let shown: Vec<&Outcome> = groups(outcomes).iter().map(|g| representative(g)).collect();
+    let shown: Vec<&Outcome> = groups.iter().map(|g| representative(g)).collect();
     for sc in scenarios {
         let cols: Vec<&Outcome> = shown
             .iter()
