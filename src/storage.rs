@@ -295,10 +295,7 @@ impl Store {
                     .content_type(content_type)
                     // Content-Length comes from the in-memory body.
                     .body(ByteStream::from(bytes));
-                thread
-                    .run("PutObject", request.send())
-                    .await?
-                    .map_err(|e| StoreError::s3("PutObject", e))?;
+                thread.call("PutObject", request.send()).await?;
                 Ok(())
             }
         }
@@ -327,10 +324,7 @@ impl Store {
                     .delete_object()
                     .bucket(bucket)
                     .key(full_key(key_prefix, key));
-                thread
-                    .run("DeleteObject", request.send())
-                    .await?
-                    .map_err(|e| StoreError::s3("DeleteObject", e))?;
+                thread.call("DeleteObject", request.send()).await?;
                 Ok(())
             }
         }
@@ -359,10 +353,7 @@ impl Store {
                 ..
             } => {
                 let request = client.head_bucket().bucket(bucket);
-                thread
-                    .run("HeadBucket", request.send())
-                    .await?
-                    .map_err(|e| StoreError::s3("HeadBucket", e))?;
+                thread.call("HeadBucket", request.send()).await?;
                 Ok(())
             }
         }
@@ -424,19 +415,22 @@ impl S3Thread {
         })
     }
 
-    /// Runs `call` on the S3 thread and answers its output here. A caller that stops waiting does
-    /// not stop the call, which is harmless: every S3 write here is idempotent.
-    async fn run<F>(&self, operation: &'static str, call: F) -> Result<F::Output, StoreError>
+    /// Runs an S3 SDK call on the S3 thread and answers its outcome here, its error named after
+    /// `operation`. A caller that stops waiting does not stop the call, which is harmless: every S3
+    /// write here is idempotent.
+    async fn call<F, T, E>(&self, operation: &'static str, call: F) -> Result<T, StoreError>
     where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
+        F: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>> + Send + 'static,
+        T: Send + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        self.runtime.spawn(call).await.map_err(|e| StoreError::S3 {
+        let outcome = self.runtime.spawn(call).await.map_err(|e| StoreError::S3 {
             operation,
             message: format!("the call did not complete on the S3 thread: {e}"),
             status: None,
             transient: true,
-        })
+        })?;
+        outcome.map_err(|e| StoreError::s3(operation, e))
     }
 }
 
