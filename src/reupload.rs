@@ -94,7 +94,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         };
         let event = Event::new("reuploaded", json!({ "outputs": outputs.len() }));
         let txn = db.begin().await?;
-        let mut events = store::Events::default();
+        let mut appends = store::Appends::default();
         let updated = store::transition(
             &txn,
             &task_id,
@@ -102,11 +102,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             Status::Done,
             &patch,
             Some(&event),
-            &mut events,
+            &mut appends,
         )
         .await
         .context("updating task")?;
-        events.insert(&txn).await?;
+        appends.write(&txn).await?;
         txn.commit().await?;
         if updated {
             println!("task {task_id}: done");

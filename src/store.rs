@@ -15,9 +15,9 @@ use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    TryInsertResult,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Statement, TryInsertResult,
 };
 use serde_json::Value;
 
@@ -162,7 +162,7 @@ pub enum Inserted {
 pub async fn insert_tasks<C: ConnectionTrait>(
     db: &C,
     tasks: &[&NewTask],
-    events: &mut Events,
+    appends: &mut Appends,
 ) -> Result<Vec<Inserted>, DbErr> {
     let now = Utc::now();
     let models: Vec<task::Model> = tasks.iter().map(|t| new_task_row(t, now)).collect();
@@ -180,7 +180,7 @@ pub async fn insert_tasks<C: ConnectionTrait>(
     for (t, model) in tasks.iter().zip(models) {
         if written.contains(&t.id) {
             let event = Event::new("accepted", serde_json::json!({ "priority": t.priority }));
-            events.add(&t.id, &event);
+            appends.event(&t.id, &event);
             answers.push(Inserted::New(model));
             continue;
         }
@@ -269,14 +269,27 @@ impl Event {
     }
 }
 
-/// The events of one transaction. Each write adds its own, and [`Events::insert`] writes them all in
-/// one statement before the commit: one round trip to the database instead of one per write.
+/// What a transaction adds that nothing in it reads back: the events of its writes, the webhook of a
+/// task that ended (its outbox row), the attempts of webhooks sent. Each write adds its own, and
+/// [`Appends::write`] writes them all just before the commit, one statement per table.
+///
+/// With SQLite those statements go as one text, which sqlx runs in one go, binding the values in
+/// order: sqlx runs every statement on the connection's own thread, and each round trip there wakes
+/// that thread and then the caller's, most of what a lone job costs comfyd (BENCHMARKS.md, round 8).
+/// PostgreSQL prepares one statement at a time, so there they go one by one.
+///
+/// Nothing in the transaction may read these rows back: a webhook's attempts, say, are recorded in
+/// later transactions, once the webhook was sent, which is after its outbox row was committed.
 #[derive(Debug, Default)]
-pub struct Events(Vec<task_event::ActiveModel>);
+pub struct Appends {
+    events: Vec<task_event::ActiveModel>,
+    deliveries: Vec<delivery::ActiveModel>,
+    attempts: Vec<delivery_attempt::ActiveModel>,
+}
 
-impl Events {
-    pub fn add(&mut self, task_id: &str, e: &Event) {
-        self.0.push(task_event::ActiveModel {
+impl Appends {
+    pub fn event(&mut self, task_id: &str, e: &Event) {
+        self.events.push(task_event::ActiveModel {
             id: NotSet,
             task_id: Set(task_id.into()),
             kind: Set(e.kind.into()),
@@ -285,16 +298,57 @@ impl Events {
         });
     }
 
-    /// Writes the events added so far, in the order they were added.
-    pub async fn insert<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), DbErr> {
-        let rows = std::mem::take(&mut self.0);
-        if !rows.is_empty() {
-            task_event::Entity::insert_many(rows)
-                .exec_without_returning(db)
-                .await?;
+    fn delivery(&mut self, d: delivery::Model) {
+        self.deliveries.push(d.into());
+    }
+
+    fn attempt(&mut self, a: delivery_attempt::ActiveModel) {
+        self.attempts.push(a);
+    }
+
+    /// Writes what was added so far, each table's rows in the order they were added.
+    pub async fn write<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), DbErr> {
+        let backend = db.get_database_backend();
+        let mut statements = Vec::with_capacity(3);
+        let events = std::mem::take(&mut self.events);
+        if !events.is_empty() {
+            statements.push(task_event::Entity::insert_many(events).build(backend));
+        }
+        let deliveries = std::mem::take(&mut self.deliveries);
+        if !deliveries.is_empty() {
+            statements.push(delivery::Entity::insert_many(deliveries).build(backend));
+        }
+        let attempts = std::mem::take(&mut self.attempts);
+        if !attempts.is_empty() {
+            statements.push(delivery_attempt::Entity::insert_many(attempts).build(backend));
+        }
+        if backend == DbBackend::Sqlite {
+            if let Some(all) = one_text(backend, statements) {
+                db.execute_raw(all).await?;
+            }
+        } else {
+            for statement in statements {
+                db.execute_raw(statement).await?;
+            }
         }
         Ok(())
     }
+}
+
+/// Statements as one text, their values in the same order (SQLite's `?` placeholders are numbered
+/// by position, and sqlx binds the values of a multi-statement text in order). None when empty.
+fn one_text(backend: DbBackend, statements: Vec<Statement>) -> Option<Statement> {
+    if statements.len() <= 1 {
+        return statements.into_iter().next();
+    }
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for s in statements {
+        sql.push_str(&s.sql);
+        sql.push_str(";\n");
+        values.extend(s.values.map(|v| v.0).unwrap_or_default());
+    }
+    Some(Statement::from_sql_and_values(backend, sql, values))
 }
 
 /// Moves a task from one of `from` to `to`, sets the patch and records the event (run it in a
@@ -307,11 +361,11 @@ pub async fn transition<C: ConnectionTrait>(
     to: Status,
     patch: &TaskPatch,
     event: Option<&Event>,
-    events: &mut Events,
+    appends: &mut Appends,
 ) -> Result<bool, DbErr> {
     let applied = transition_in(db, id, from, to, patch).await?;
     if let (true, Some(e)) = (applied, event) {
-        events.add(id, e);
+        appends.event(id, e);
     }
     Ok(applied)
 }
@@ -337,14 +391,14 @@ pub async fn claim<C: ConnectionTrait>(
     id: &str,
     patch: &TaskPatch,
     event: &Event,
-    events: &mut Events,
+    appends: &mut Appends,
 ) -> Result<Option<task::Model>, DbErr> {
     let Some(task) =
         transition_returning(db, id, &[Status::Queued], Status::Dispatched, patch).await?
     else {
         return Ok(None);
     };
-    events.add(id, event);
+    appends.event(id, event);
     Ok(Some(task))
 }
 
@@ -454,7 +508,7 @@ pub async fn finish<C: ConnectionTrait>(
     marks: &[OutputMark],
     event: &Event,
     give_up_at: DateTime<Utc>,
-    events: &mut Events,
+    appends: &mut Appends,
 ) -> Result<Finished, DbErr> {
     // The conditional update answers the final row, which the webhook's payload needs.
     let Some(task) = transition_to_record(txn, id, from, to, patch).await? else {
@@ -463,8 +517,8 @@ pub async fn finish<C: ConnectionTrait>(
     for m in marks {
         mark_output(txn, id, m).await?;
     }
-    events.add(id, event);
-    let delivery = put_webhook(txn, task, None, give_up_at).await?;
+    appends.event(id, event);
+    let delivery = put_webhook(txn, task, None, give_up_at, appends).await?;
     Ok(Finished {
         applied: true,
         delivery,
@@ -516,17 +570,17 @@ pub async fn complete<C: ConnectionTrait>(
     marks: &[OutputMark],
     event: &Event,
     give_up_at: DateTime<Utc>,
-    events: &mut Events,
+    appends: &mut Appends,
 ) -> Result<Option<Finished>, DbErr> {
     let (from, patch) = with_start(from, patch, started);
     let Some(task) = transition_to_record(txn, id, from, to, &patch).await? else {
         return Ok(None);
     };
     if let Some(s) = started {
-        events.add(id, s.event);
+        appends.event(id, s.event);
     }
-    events.add(id, executed);
-    events.add(id, event);
+    appends.event(id, executed);
+    appends.event(id, event);
     let mut recorded = None;
     if !outputs.is_empty() {
         let now = Utc::now();
@@ -550,20 +604,22 @@ pub async fn complete<C: ConnectionTrait>(
             }
         }
     }
-    let delivery = put_webhook(txn, task, recorded, give_up_at).await?;
+    let delivery = put_webhook(txn, task, recorded, give_up_at, appends).await?;
     Ok(Some(Finished {
         applied: true,
         delivery,
     }))
 }
 
-/// Puts the webhook of a task that just ended in the outbox, when it has a callback URL. Its payload
-/// is the task's final record: `outputs` when the caller has them, else read in the same transaction.
+/// Puts the webhook of a task that just ended in the outbox (with the transaction's appends), when it
+/// has a callback URL. Its payload is the task's final record: `outputs` when the caller has them,
+/// else read in the same transaction.
 async fn put_webhook<C: ConnectionTrait>(
     txn: &C,
     task: RecordRow,
     outputs: Option<Vec<output::Model>>,
     give_up_at: DateTime<Utc>,
+    appends: &mut Appends,
 ) -> Result<Option<delivery::Model>, DbErr> {
     let Some(url) = task.client_callback_url.clone().filter(|u| !u.is_empty()) else {
         return Ok(None);
@@ -590,9 +646,7 @@ async fn put_webhook<C: ConnectionTrait>(
         created_at: now,
         delivered_at: None,
     };
-    delivery::Entity::insert(delivery::ActiveModel::from(model.clone()))
-        .exec_without_returning(txn)
-        .await?;
+    appends.delivery(model.clone());
     Ok(Some(model))
 }
 
@@ -767,7 +821,7 @@ pub async fn record_executed<C: ConnectionTrait>(
     from: &[Status],
     outputs: &[NewOutput],
     event: &Event,
-    events: &mut Events,
+    appends: &mut Appends,
 ) -> Result<bool, DbErr> {
     let none = TaskPatch::default();
     let (from, patch) = with_start(from, &none, started);
@@ -776,9 +830,9 @@ pub async fn record_executed<C: ConnectionTrait>(
         return Ok(false);
     }
     if let Some(s) = started {
-        events.add(task_id, s.event);
+        appends.event(task_id, s.event);
     }
-    events.add(task_id, event);
+    appends.event(task_id, event);
     if outputs.is_empty() {
         return Ok(true);
     }
@@ -903,19 +957,17 @@ pub struct AttemptOutcome {
 pub async fn record_attempt<C: ConnectionTrait>(
     txn: &C,
     a: &AttemptOutcome,
-    events: &mut Events,
+    appends: &mut Appends,
 ) -> Result<(), DbErr> {
     let now = Utc::now();
-    delivery_attempt::Entity::insert(delivery_attempt::ActiveModel {
+    appends.attempt(delivery_attempt::ActiveModel {
         id: NotSet,
         delivery_id: Set(a.delivery_id.clone()),
         status_code: Set(a.status_code),
         error: Set(a.error.clone()),
         duration_ms: Set(a.duration_ms),
         at: Set(now),
-    })
-    .exec_without_returning(txn)
-    .await?;
+    });
     let mut q = delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value(a.new_status))
         .col_expr(
@@ -942,7 +994,7 @@ pub async fn record_attempt<C: ConnectionTrait>(
         } else {
             "notify_failed"
         };
-        events.add(
+        appends.event(
             &a.task_id,
             &Event::new(
                 kind,

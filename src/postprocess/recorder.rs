@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::entity::task;
 use crate::store::{
-    self, AttemptOutcome, Event, Events, Finished, Inserted, NewOutput, NewTask, OutputMark,
+    self, Appends, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark,
     TaskPatch,
 };
 use crate::task::Status;
@@ -299,22 +299,22 @@ impl Write {
         }
     }
 
-    /// Applies this write; its events go to `ev`, which the caller writes before committing.
-    async fn apply<C: ConnectionTrait>(&self, c: &C, ev: &mut Events) -> Result<Written, DbErr> {
+    /// Applies this write; what it appends goes to `ap`, which the caller writes before committing.
+    async fn apply<C: ConnectionTrait>(&self, c: &C, ap: &mut Appends) -> Result<Written, DbErr> {
         Ok(match self {
             Write::InsertTask(t) => {
-                let mut one = store::insert_tasks(c, &[t], ev).await?;
+                let mut one = store::insert_tasks(c, &[t], ap).await?;
                 Written::Inserted(one.pop().ok_or(DbErr::RecordNotInserted)?)
             }
             Write::Transition(m) => Written::Applied(
-                store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref(), ev)
+                store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref(), ap)
                     .await?,
             ),
             Write::Claim(m) => {
-                Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event, ev).await?)
+                Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event, ap).await?)
             }
             Write::RecordExecuted(m) => Written::Applied(
-                store::record_executed(c, &m.task_id, None, &m.from, &m.outputs, &m.event, ev)
+                store::record_executed(c, &m.task_id, None, &m.from, &m.outputs, &m.event, ap)
                     .await?,
             ),
             Write::Finish(m) => Written::Finished(
@@ -327,19 +327,19 @@ impl Write {
                     &m.outputs,
                     &m.event,
                     m.give_up_at,
-                    ev,
+                    ap,
                 )
                 .await?,
             ),
             Write::RecordAttempt(a) => {
-                store::record_attempt(c, a, ev).await?;
+                store::record_attempt(c, a, ap).await?;
                 Written::Done
             }
             Write::Redeliver(m) => {
                 Written::Applied(store::redeliver(c, &m.delivery_id, m.give_up_at).await?)
             }
             Write::RecordEvent(m) => {
-                ev.add(&m.task_id, &m.event);
+                ap.event(&m.task_id, &m.event);
                 Written::Done
             }
             Write::MarkStarted(m) => {
@@ -349,7 +349,7 @@ impl Write {
                 };
                 let (id, from) = (&m.task_id, &[Status::Dispatched]);
                 let event = m.event();
-                store::transition(c, id, from, Status::Running, &patch, Some(&event), ev).await?;
+                store::transition(c, id, from, Status::Running, &patch, Some(&event), ap).await?;
                 Written::Done
             }
             Write::Flush => Written::Done,
@@ -497,7 +497,7 @@ async fn write_part(db: &DatabaseConnection, batch: Vec<Pending>) {
 
 async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Vec<Written>, DbErr> {
     let txn = db.begin().await?;
-    let mut events = Events::default();
+    let mut appends = Appends::default();
     let mut results = Vec::with_capacity(batch.len());
     // The batch's new tasks come first (see `take_batch`) and go in together.
     let new: Vec<&NewTask> = batch
@@ -508,14 +508,14 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
         })
         .collect();
     if !new.is_empty() {
-        let inserted = store::insert_tasks(&txn, &new, &mut events).await?;
+        let inserted = store::insert_tasks(&txn, &new, &mut appends).await?;
         results.extend(inserted.into_iter().map(Written::Inserted));
     }
     let mut rest: Vec<Option<Written>> = batch[new.len()..].iter().map(|_| None).collect();
     for step in plan(&batch[new.len()..]) {
         match step {
             Step::One(i) => {
-                rest[i] = Some(batch[new.len() + i].write.apply(&txn, &mut events).await?)
+                rest[i] = Some(batch[new.len() + i].write.apply(&txn, &mut appends).await?)
             }
             Step::Executed {
                 started,
@@ -528,7 +528,7 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
                     started.map(write),
                     write(executed),
                     finish.map(write),
-                    &mut events,
+                    &mut appends,
                 )
                 .await?;
                 if let Some(i) = started {
@@ -543,7 +543,7 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
     }
     // `plan` covers every write, so no slot is left empty.
     results.extend(rest.into_iter().map(|w| w.unwrap_or(Written::Done)));
-    events.insert(&txn).await?;
+    appends.write(&txn).await?;
     txn.commit().await?;
     Ok(results)
 }
@@ -627,7 +627,7 @@ async fn complete<C: ConnectionTrait>(
     started: Option<&Write>,
     executed: &Write,
     finish: Option<&Write>,
-    ev: &mut Events,
+    ap: &mut Appends,
 ) -> Result<(Option<Written>, Written, Option<Written>), DbErr> {
     let start_event = match started {
         Some(Write::MarkStarted(m)) => Some((m.at, m.event())),
@@ -649,12 +649,12 @@ async fn complete<C: ConnectionTrait>(
             &f.outputs,
             &f.event,
             f.give_up_at,
-            ev,
+            ap,
         )
         .await?
         .map(|finished| Some(Written::Finished(finished))),
         (Write::RecordExecuted(e), None) if start.is_some() => {
-            store::record_executed(c, &e.task_id, start, &e.from, &e.outputs, &e.event, ev)
+            store::record_executed(c, &e.task_id, start, &e.from, &e.outputs, &e.event, ap)
                 .await?
                 .then_some(None)
         }
@@ -671,12 +671,12 @@ async fn complete<C: ConnectionTrait>(
     // Not where the combined write takes it from (cancelled, say, or its start already written):
     // each write on its own finds out what applies.
     let s_written = match started {
-        Some(w) => Some(w.apply(c, ev).await?),
+        Some(w) => Some(w.apply(c, ap).await?),
         None => None,
     };
-    let e_written = executed.apply(c, ev).await?;
+    let e_written = executed.apply(c, ap).await?;
     let f_written = match finish {
-        Some(w) => Some(w.apply(c, ev).await?),
+        Some(w) => Some(w.apply(c, ap).await?),
         None => None,
     };
     Ok((s_written, e_written, f_written))
@@ -684,9 +684,9 @@ async fn complete<C: ConnectionTrait>(
 
 async fn write_alone(db: &DatabaseConnection, write: &Write) -> Result<Written, DbErr> {
     let txn = db.begin().await?;
-    let mut events = Events::default();
-    let written = write.apply(&txn, &mut events).await?;
-    events.insert(&txn).await?;
+    let mut appends = Appends::default();
+    let written = write.apply(&txn, &mut appends).await?;
+    appends.write(&txn).await?;
     txn.commit().await?;
     Ok(written)
 }

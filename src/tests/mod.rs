@@ -6,5 +6,6 @@ mod pipeline;
 mod postprocess;
 mod queue;
 mod storage;
+mod store;
 mod support;
 mod workflows_api;
