@@ -22,7 +22,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use crate::entity::{delivery, delivery_attempt, output, task, task_event};
-use crate::task::{RecordRow, Status, TaskRecord};
+use crate::task::{OutputInfo, RecordRow, Status, TaskRecord};
 
 /// Opens the database's shared pool (readers: routes, recovery, the outbox) and brings its schema up
 /// to date.
@@ -269,8 +269,9 @@ impl Event {
     }
 }
 
-/// What a transaction adds that nothing in it reads back: the events of its writes, the webhook of a
-/// task that ended (its outbox row), the attempts of webhooks sent. Each write adds its own, and
+/// What a transaction adds that nothing in it reads back: the events of its writes, the outputs of a
+/// job recorded as it ends, the webhook of a task that ended (its outbox row), the attempts of
+/// webhooks sent. Each write adds its own, and
 /// [`Appends::write`] writes them all just before the commit, one statement per table.
 ///
 /// With SQLite those statements go as one text, which sqlx runs in one go, binding the values in
@@ -278,11 +279,13 @@ impl Event {
 /// that thread and then the caller's, most of what a lone job costs comfyd (BENCHMARKS.md, round 8).
 /// PostgreSQL prepares one statement at a time, so there they go one by one.
 ///
-/// Nothing in the transaction may read these rows back: a webhook's attempts, say, are recorded in
-/// later transactions, once the webhook was sent, which is after its outbox row was committed.
+/// Nothing in the transaction may read these rows back: a webhook's attempts are recorded in later
+/// transactions, once the webhook was sent, which is after its outbox row was committed; the outputs
+/// [`complete`] appends belong to a task that has just ended, so no later write of it applies.
 #[derive(Debug, Default)]
 pub struct Appends {
     events: Vec<task_event::ActiveModel>,
+    outputs: Vec<output::ActiveModel>,
     deliveries: Vec<delivery::ActiveModel>,
     attempts: Vec<delivery_attempt::ActiveModel>,
 }
@@ -296,6 +299,11 @@ impl Appends {
             details: Set(e.details.to_string()),
             at: Set(e.at),
         });
+    }
+
+    /// The outputs of a task that ends from before `executed` (see [`complete`]).
+    fn outputs(&mut self, rows: Vec<output::Model>) {
+        self.outputs.extend(rows.into_iter().map(output_row));
     }
 
     fn delivery(&mut self, d: delivery::Model) {
@@ -313,6 +321,10 @@ impl Appends {
         let events = std::mem::take(&mut self.events);
         if !events.is_empty() {
             statements.push(task_event::Entity::insert_many(events).build(backend));
+        }
+        let outputs = std::mem::take(&mut self.outputs);
+        if !outputs.is_empty() {
+            statements.push(upsert_outputs(outputs).build(backend));
         }
         let deliveries = std::mem::take(&mut self.deliveries);
         if !deliveries.is_empty() {
@@ -553,7 +565,7 @@ fn with_start<'a>(
 
 /// A task's `executed` record and its terminal transition at once: the same outcome as
 /// [`record_executed`] then [`finish`] (from `executed`), in fewer statements, because the outputs are
-/// inserted with what storing them came to. Used when both writes are queued together, which is usual:
+/// inserted with what storing them came to (with the transaction's appends). Used when both writes are queued together, which is usual:
 /// the outputs were stored while the first one waited for company. With `started`, the job's start is
 /// written too. None, with nothing written, when the task was not in one of `from` (the caller then
 /// applies the writes one after the other).
@@ -581,30 +593,23 @@ pub async fn complete<C: ConnectionTrait>(
     }
     appends.event(id, executed);
     appends.event(id, event);
-    let mut recorded = None;
-    if !outputs.is_empty() {
-        let now = Utc::now();
-        let rows = outputs.iter().map(|o| {
+    // A task's outputs are recorded only with its move to `executed`, which it never leaves for an
+    // earlier status; so a task that ends from `from` (before `executed`) has none recorded yet, and
+    // its rows can go with the appends: the webhook's payload lists them as they will read.
+    let now = Utc::now();
+    let mut rows: Vec<output::Model> = outputs
+        .iter()
+        .map(|o| {
             let mark = marks
                 .iter()
                 .find(|m| m.node_id == o.node_id && m.idx == o.idx);
-            output_row(id, o, mark, now)
-        });
-        let inserted = insert_outputs(rows).exec_with_returning_many(txn).await?;
-        match inserted {
-            TryInsertResult::Inserted(mut all) if all.len() == outputs.len() => {
-                all.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
-                recorded = Some(all);
-            }
-            // Some were recorded before (a replay): they get their marks, and the webhook reads them all.
-            _ => {
-                for m in marks {
-                    mark_output(txn, id, m).await?;
-                }
-            }
-        }
-    }
-    let delivery = put_webhook(txn, task, recorded, give_up_at, appends).await?;
+            output_model(id, o, mark, now)
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
+    let recorded = rows.iter().map(OutputInfo::from).collect();
+    appends.outputs(rows);
+    let delivery = put_webhook(txn, task, Some(recorded), give_up_at, appends).await?;
     Ok(Some(Finished {
         applied: true,
         delivery,
@@ -617,7 +622,7 @@ pub async fn complete<C: ConnectionTrait>(
 async fn put_webhook<C: ConnectionTrait>(
     txn: &C,
     task: RecordRow,
-    outputs: Option<Vec<output::Model>>,
+    outputs: Option<Vec<OutputInfo>>,
     give_up_at: DateTime<Utc>,
     appends: &mut Appends,
 ) -> Result<Option<delivery::Model>, DbErr> {
@@ -626,10 +631,14 @@ async fn put_webhook<C: ConnectionTrait>(
     };
     let outputs = match outputs {
         Some(o) => o,
-        None => task_outputs(txn, &task.id).await?,
+        None => task_outputs(txn, &task.id)
+            .await?
+            .iter()
+            .map(OutputInfo::from)
+            .collect(),
     };
     let task_id = task.id.clone();
-    let payload = serde_json::to_string(&TaskRecord::from_row(task, &outputs))
+    let payload = serde_json::to_string(&TaskRecord::from_row(task, outputs))
         .map_err(|e| DbErr::Custom(format!("webhook payload: {e}")))?;
     let now = Utc::now();
     let model = delivery::Model {
@@ -759,29 +768,61 @@ pub struct NewOutput {
     pub storage_key: String,
 }
 
-/// An output's row: as ComfyUI reported it, with what storing it came to when that is known.
-fn output_row(
+/// An output's row: as ComfyUI reported it, with what storing it came to when that is known. Its `id`
+/// is 0: the database numbers the row when it is inserted (see [`output_row`]).
+fn output_model(
     task_id: &str,
     o: &NewOutput,
     mark: Option<&OutputMark>,
     now: DateTime<Utc>,
-) -> output::ActiveModel {
+) -> output::Model {
+    output::Model {
+        id: 0,
+        task_id: task_id.into(),
+        node_id: o.node_id.clone(),
+        idx: o.idx,
+        kind: o.kind.clone(),
+        filename: o.filename.clone(),
+        subfolder: o.subfolder.clone(),
+        folder_type: o.folder_type.clone(),
+        content_type: mark.map_or(&o.content_type, |m| &m.content_type).clone(),
+        size: mark.map_or(0, |m| m.size),
+        storage_key: o.storage_key.clone(),
+        stored: mark.is_some_and(|m| m.stored),
+        fallback_path: mark.and_then(|m| m.fallback_path.clone()),
+        created_at: now,
+    }
+}
+
+/// [`output_model`]'s row to insert.
+fn output_row(model: output::Model) -> output::ActiveModel {
     output::ActiveModel {
         id: NotSet,
-        task_id: Set(task_id.into()),
-        node_id: Set(o.node_id.clone()),
-        idx: Set(o.idx),
-        kind: Set(o.kind.clone()),
-        filename: Set(o.filename.clone()),
-        subfolder: Set(o.subfolder.clone()),
-        folder_type: Set(o.folder_type.clone()),
-        content_type: Set(mark.map_or(&o.content_type, |m| &m.content_type).clone()),
-        size: Set(mark.map_or(0, |m| m.size)),
-        storage_key: Set(o.storage_key.clone()),
-        stored: Set(mark.is_some_and(|m| m.stored)),
-        fallback_path: Set(mark.and_then(|m| m.fallback_path.clone())),
-        created_at: Set(now),
+        ..model.into()
     }
+}
+
+/// Output rows, each replacing what a row of the same task, node and index held: the same outcome as
+/// [`insert_outputs`] then [`mark_output`] for each, whatever was there.
+fn upsert_outputs(
+    rows: impl IntoIterator<Item = output::ActiveModel>,
+) -> sea_orm::InsertMany<output::ActiveModel> {
+    use output::Column as C;
+    output::Entity::insert_many(rows).on_conflict(
+        sea_orm::sea_query::OnConflict::columns([C::TaskId, C::NodeId, C::Idx])
+            .update_columns([
+                C::Kind,
+                C::Filename,
+                C::Subfolder,
+                C::FolderType,
+                C::ContentType,
+                C::Size,
+                C::StorageKey,
+                C::Stored,
+                C::FallbackPath,
+            ])
+            .to_owned(),
+    )
 }
 
 /// One statement for all of a task's output rows; outputs already recorded (a replay) stay as they are.
@@ -837,7 +878,9 @@ pub async fn record_executed<C: ConnectionTrait>(
         return Ok(true);
     }
     let now = Utc::now();
-    let rows = outputs.iter().map(|o| output_row(task_id, o, None, now));
+    let rows = outputs
+        .iter()
+        .map(|o| output_row(output_model(task_id, o, None, now)));
     insert_outputs(rows).exec_without_returning(txn).await?;
     Ok(true)
 }

@@ -158,10 +158,13 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     pub fn new(t: &task::Model, outputs: &[output::Model]) -> TaskRecord {
-        TaskRecord::from_row(RecordRow::from(t), outputs)
+        TaskRecord::from_row(
+            RecordRow::from(t),
+            outputs.iter().map(OutputInfo::from).collect(),
+        )
     }
 
-    pub fn from_row(t: RecordRow, outputs: &[output::Model]) -> TaskRecord {
+    pub fn from_row(t: RecordRow, outputs: Vec<OutputInfo>) -> TaskRecord {
         TaskRecord {
             id: t.id,
             client_task_id: t.client_task_id,
@@ -180,7 +183,7 @@ impl TaskRecord {
                 .error_details
                 .as_deref()
                 .and_then(|d| serde_json::from_str(d).ok()),
-            outputs: outputs.iter().map(OutputInfo::from).collect(),
+            outputs,
             created_at: t.created_at,
             finished_at: t.finished_at,
         }

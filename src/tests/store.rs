@@ -3,18 +3,18 @@
 //! several statements, with PostgreSQL one statement each.
 
 use chrono::Utc;
-use comfyd::store::{self, Appends, AttemptOutcome, Event, NewTask, TaskPatch};
+use comfyd::store::{
+    self, Appends, AttemptOutcome, Event, NewOutput, NewTask, OutputMark, TaskPatch,
+};
 use comfyd::task::Status;
 use sea_orm::TransactionTrait;
 use serde_json::json;
 
 use crate::support::db::TestDb;
 
-async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
-    let conn = store::connect(db.url(), 2).await.expect("database");
-    let id = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let task = NewTask {
-        id: id.clone(),
+fn new_task(id: &str) -> NewTask {
+    NewTask {
+        id: id.to_owned(),
         client_task_id: None,
         client_callback_url: Some("http://127.0.0.1:9/hook".into()),
         workflow: "solid".into(),
@@ -25,7 +25,13 @@ async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
         output_nodes: json!(["9"]),
         priority: 0,
         deadline_at: Utc::now() + chrono::Duration::minutes(5),
-    };
+    }
+}
+
+async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
+    let conn = store::connect(db.url(), 2).await.expect("database");
+    let id = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let task = new_task(&id);
 
     // A task accepted and failed in one transaction: two events and one webhook, appended.
     let txn = conn.begin().await.expect("begin");
@@ -122,4 +128,125 @@ async fn appends_are_written_at_the_end_of_their_transaction_with_sqlite() {
 #[actix_web::test]
 async fn appends_are_written_at_the_end_of_their_transaction_with_postgres() {
     appends_are_written_at_the_end_of_their_transaction(TestDb::postgres().await).await;
+}
+
+/// A job's outputs recorded as it ends (`store::complete`) go in with the appends: the rows read as
+/// the webhook's payload lists them, in (node, index) order, with what storing each came to.
+async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db: TestDb) {
+    let conn = store::connect(db.url(), 2).await.expect("database");
+    let id = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let txn = conn.begin().await.expect("begin");
+    let mut appends = Appends::default();
+    store::insert_tasks(&txn, &[&new_task(&id)], &mut appends)
+        .await
+        .expect("insert");
+    let claim = TaskPatch {
+        backend: Some(Some("b0".into())),
+        comfyui_task_id: Some(Some("p1".into())),
+        dispatched_at: Some(Utc::now()),
+        ..Default::default()
+    };
+    let claimed = store::claim(
+        &txn,
+        &id,
+        &claim,
+        &Event::new("dispatched", json!({})),
+        &mut appends,
+    )
+    .await
+    .expect("claim");
+    assert!(claimed.is_some());
+    appends.write(&txn).await.expect("appends written");
+    txn.commit().await.expect("commit");
+
+    // Two images of node 9, reported out of order; the second was kept in the fallback folder.
+    let output = |idx: i32| NewOutput {
+        node_id: "9".into(),
+        idx,
+        kind: "images".into(),
+        filename: format!("solid_{idx}.png"),
+        subfolder: String::new(),
+        folder_type: "output".into(),
+        content_type: "image/png".into(),
+        storage_key: format!("jobs/{id}/9_{idx}.png"),
+    };
+    let marks = [
+        OutputMark {
+            node_id: "9".into(),
+            idx: 0,
+            stored: true,
+            content_type: "image/png".into(),
+            size: 120,
+            fallback_path: None,
+        },
+        OutputMark {
+            node_id: "9".into(),
+            idx: 1,
+            stored: false,
+            content_type: "image/png".into(),
+            size: 0,
+            fallback_path: Some("/var/lib/comfyd/failed/x.png".into()),
+        },
+    ];
+    let done = TaskPatch {
+        error_code: Some(0),
+        s3_key: Some(format!("jobs/{id}/9_0.png")),
+        finished_at: Some(Utc::now()),
+        ..Default::default()
+    };
+    let txn = conn.begin().await.expect("begin");
+    let mut appends = Appends::default();
+    let finished = store::complete(
+        &txn,
+        &id,
+        None,
+        &Status::ON_BACKEND,
+        &[output(1), output(0)],
+        &Event::new("executed", json!({})),
+        Status::Done,
+        &done,
+        &marks,
+        &Event::new("done", json!({})),
+        Utc::now() + chrono::Duration::hours(1),
+        &mut appends,
+    )
+    .await
+    .expect("complete")
+    .expect("the task was dispatched");
+    appends.write(&txn).await.expect("appends written");
+    txn.commit().await.expect("commit");
+
+    let rows = store::task_outputs(&conn, &id).await.expect("outputs");
+    let listed: Vec<_> = rows
+        .iter()
+        .map(|o| (o.idx, o.stored, o.size, o.fallback_path.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (0, true, 120, None),
+            (1, false, 0, Some("/var/lib/comfyd/failed/x.png".into()))
+        ]
+    );
+    let delivery = finished.delivery.expect("a webhook");
+    let payload: serde_json::Value = serde_json::from_str(&delivery.payload).expect("JSON");
+    let expected: Vec<_> = rows.iter().map(comfyd::task::OutputInfo::from).collect();
+    assert_eq!(
+        payload["outputs"],
+        serde_json::to_value(&expected).expect("JSON")
+    );
+    assert_eq!(payload["outputs"][0]["key"], format!("jobs/{id}/9_0.png"));
+    assert_eq!(payload["outputs"][1]["key"], "");
+    assert_eq!(payload["status"], "done");
+}
+
+#[actix_web::test]
+async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them_with_sqlite() {
+    a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(TestDb::sqlite()).await;
+}
+
+#[actix_web::test]
+async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them_with_postgres() {
+    a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(TestDb::postgres().await)
+        .await;
 }
