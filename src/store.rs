@@ -271,8 +271,8 @@ impl Event {
 
 /// What a transaction adds that nothing in it reads back: the events of its writes, the outputs of a
 /// job recorded as it ends, the webhook of a task that ended (its outbox row), the attempts of
-/// webhooks sent. Each write adds its own, and
-/// [`Appends::write`] writes them all just before the commit, one statement per table.
+/// webhooks sent. Each write adds its own, and [`Appends::write`] writes them all just before the
+/// commit, one statement per table.
 ///
 /// With SQLite those statements go as one text, which sqlx runs in one go, binding the values in
 /// order: sqlx runs every statement on the connection's own thread, and each round trip there wakes
@@ -317,7 +317,7 @@ impl Appends {
     /// Writes what was added so far, each table's rows in the order they were added.
     pub async fn write<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), DbErr> {
         let backend = db.get_database_backend();
-        let mut statements = Vec::with_capacity(3);
+        let mut statements = Vec::with_capacity(4);
         let events = std::mem::take(&mut self.events);
         if !events.is_empty() {
             statements.push(task_event::Entity::insert_many(events).build(backend));
@@ -564,11 +564,11 @@ fn with_start<'a>(
 }
 
 /// A task's `executed` record and its terminal transition at once: the same outcome as
-/// [`record_executed`] then [`finish`] (from `executed`), in fewer statements, because the outputs are
-/// inserted with what storing them came to (with the transaction's appends). Used when both writes are queued together, which is usual:
-/// the outputs were stored while the first one waited for company. With `started`, the job's start is
-/// written too. None, with nothing written, when the task was not in one of `from` (the caller then
-/// applies the writes one after the other).
+/// [`record_executed`] then [`finish`] (from `executed`), in fewer statements, because the outputs
+/// are inserted with what storing them came to (with the transaction's appends). Used when both
+/// writes are queued together, which is usual: the outputs were stored while the first one waited
+/// for company. With `started`, the job's start is written too. None, with nothing written, when the
+/// task was not in one of `from` (the caller then applies the writes one after the other).
 #[allow(clippy::too_many_arguments)] // the writes' facts, each named
 pub async fn complete<C: ConnectionTrait>(
     txn: &C,
@@ -802,8 +802,8 @@ fn output_row(model: output::Model) -> output::ActiveModel {
     }
 }
 
-/// Output rows, each replacing what a row of the same task, node and index held: the same outcome as
-/// [`insert_outputs`] then [`mark_output`] for each, whatever was there.
+/// Output rows; where a row of the same task, node and index is there already, it takes the new
+/// row's values, so the rows read as given whatever was there.
 fn upsert_outputs(
     rows: impl IntoIterator<Item = output::ActiveModel>,
 ) -> sea_orm::InsertMany<output::ActiveModel> {
