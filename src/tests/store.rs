@@ -1,6 +1,6 @@
 //! The store's write functions on their own, on both databases: what a transaction appends (events,
-//! the outbox row of a webhook, a webhook's attempt) goes in at its end, with SQLite as one text of
-//! several statements, with PostgreSQL one statement each.
+//! a finished job's outputs, the outbox row of a webhook, a webhook's attempt) goes in at its end,
+//! with SQLite as one text of several statements, with PostgreSQL one statement each.
 
 use chrono::Utc;
 use comfyd::store::{
