@@ -151,6 +151,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let file_cost = procs::file_cost_us(&dir)
         .with_context(|| format!("making probe files in {}", dir.display()))?;
 
+    // Whether the client and the receiver may run ahead of the processes they measure.
+    let favoured = procs::favour_this_thread();
+    procs::unfavour_this_thread();
     let receiver = receiver::Receiver::start().context("starting the webhook receiver")?;
     // The header is taken now: the commit and load at the start are the ones that matter.
     let mut header = machine(&chrono::Utc::now());
@@ -160,6 +163,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         dir.display(),
         procs::filesystem_type(&dir),
     ));
+    header.push_str(&if favoured {
+        format!(
+            " The bench's client (while it submits) and webhook receiver ran at nice {}, so \
+             that their own waits for a core do not count as comfyd's latency.",
+            procs::OBSERVER_NICE
+        )
+    } else {
+        " The bench's client and webhook receiver ran at the normal priority (a higher one \
+         needs root or CAP_SYS_NICE): on a busy machine their own waits for a core count in \
+         the latencies."
+            .to_owned()
+    });
     let built = binary_mtime(&bins.comfyd);
     let mut outcomes: Vec<Outcome> = Vec::new();
     // With --repeat, the whole list runs again, rather than each run N times in a row: the

@@ -45,6 +45,8 @@ impl Receiver {
         let hooks: Hooks = Arc::default();
         let shared = hooks.clone();
         let server = HttpServer::new(move || {
+            // Runs on the receiver's worker thread: a webhook's arrival is timed when it is read.
+            crate::procs::favour_this_thread();
             App::new()
                 .app_data(web::Data::new(shared.clone()))
                 .app_data(web::PayloadConfig::new(1 << 20))

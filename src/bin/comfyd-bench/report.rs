@@ -296,6 +296,10 @@ pub fn render(machine: &str, scenarios: &[Scenario], outcomes: &[Outcome]) -> St
                 Box::new(|o| format!("{:.2}", o.submit_phase_s)),
             ),
             (
+                "bench client waiting for a core during it (ms)",
+                Box::new(|o| num(o.client_wait_ms, 0)),
+            ),
+            (
                 "dispatch delay p50 / p99 (ms)",
                 Box::new(|o| pair(o.dispatch_p50, o.dispatch_p99, 1)),
             ),

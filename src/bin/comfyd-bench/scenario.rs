@@ -130,6 +130,8 @@ pub struct Outcome {
     /// Accepted jobs / (last webhook - first submit).
     pub jobs_per_s: Option<f64>,
     pub submit_phase_s: f64,
+    /// How long the bench's client thread waited for a core during the submit phase.
+    pub client_wait_ms: Option<f64>,
     pub makespan_ms: Option<f64>,
     pub ideal_ms: Option<f64>,
     pub idle_ms: Option<f64>,
@@ -266,9 +268,20 @@ pub async fn run(
         v
     };
     let others_before = others(&children);
+    // The client measures comfyd's latency, not its own waits for a core (see
+    // `procs::OBSERVER_NICE`); it gives the favour back before it starts anything.
+    let favoured = procs::favour_this_thread();
+    let wait_before = procs::thread_run_queue_wait_ms();
     let submit_start = Instant::now();
     let submitted = submit_all(&client, &format!("{base}/api/v1"), &receiver.url, sc.jobs).await;
     let submit_phase_s = submit_start.elapsed().as_secs_f64();
+    let client_wait_ms = match (wait_before, procs::thread_run_queue_wait_ms()) {
+        (Ok(before), Ok(after)) => Some(after - before),
+        _ => None,
+    };
+    if favoured {
+        procs::unfavour_this_thread();
+    }
     if std::env::var_os("COMFYD_BENCH_KEEP").is_some() {
         write_submits(&scratch.path().join("submits.csv"), &submitted)?;
     }
@@ -354,6 +367,7 @@ pub async fn run(
     out.scenario = sc.key.to_owned();
     out.store = store.name().to_owned();
     out.submit_phase_s = submit_phase_s;
+    out.client_wait_ms = client_wait_ms;
     out.cpu_ms_per_job = (out.accepted > 0).then(|| (cpu_after - cpu_before) / out.accepted as f64);
     out.peak_rss_mib = peak_rss_mib;
     out.thread_cpu = thread_cpu;
