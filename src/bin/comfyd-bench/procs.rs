@@ -490,14 +490,21 @@ pub fn unfavour_this_thread() {
     set_thread_nice(0);
 }
 
+#[cfg(target_os = "linux")]
 fn set_thread_nice(nice: i32) -> bool {
     // On Linux the nice value belongs to each thread, and PRIO_PROCESS with a thread id sets it.
     // SAFETY: two system calls about this thread; no memory is passed.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) == 0 }
 }
 
+/// Elsewhere a process's threads share one nice value: the bench does not change it.
+#[cfg(not(target_os = "linux"))]
+fn set_thread_nice(_nice: i32) -> bool {
+    false
+}
+
 /// This thread's nice value.
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 fn thread_nice() -> i32 {
     // SAFETY: as above.
     unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
@@ -638,6 +645,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn favours_a_thread_and_puts_it_back() {
         // In a thread of its own: the test harness's threads keep their priority.
         std::thread::spawn(|| {
