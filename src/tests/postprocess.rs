@@ -14,7 +14,7 @@ use comfyd::postprocess::recorder::{Claim, InsertTask, MarkStarted, RecordEvent,
 use comfyd::postprocess::uploader::{InProgress, StoreOutputs, Uploader, UploaderConfig};
 use comfyd::postprocess::Finisher;
 use comfyd::storage::Store;
-use comfyd::store::{self, Event, NewTask, TaskPatch};
+use comfyd::store::{self, Event, TaskPatch};
 use comfyd::task::Status;
 use serde_json::json;
 
@@ -230,19 +230,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
 async fn insert_task(recorder: &actix::Addr<Recorder>) -> String {
     let id = uuid::Uuid::new_v4().to_string();
     recorder
-        .send(InsertTask(NewTask {
-            id: id.clone(),
-            client_task_id: None,
-            client_callback_url: None,
-            workflow: "solid".into(),
-            request_hash: "0".repeat(64),
-            params: json!({}),
-            graph: json!({}),
-            inputs: json!([]),
-            output_nodes: json!(["9"]),
-            priority: 0,
-            deadline_at: Utc::now() + chrono::Duration::minutes(5),
-        }))
+        .send(InsertTask(crate::support::new_task(&id, None)))
         .await
         .expect("recorder")
         .expect("task inserted");

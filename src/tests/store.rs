@@ -10,22 +10,11 @@ use comfyd::task::Status;
 use sea_orm::TransactionTrait;
 use serde_json::json;
 
-use crate::support::db::TestDb;
+use crate::support::{self, db::TestDb};
 
+/// A new task whose end makes a webhook.
 fn new_task(id: &str) -> NewTask {
-    NewTask {
-        id: id.to_owned(),
-        client_task_id: None,
-        client_callback_url: Some("http://127.0.0.1:9/hook".into()),
-        workflow: "solid".into(),
-        request_hash: "0".repeat(64),
-        params: json!({}),
-        graph: json!({}),
-        inputs: json!([]),
-        output_nodes: json!(["9"]),
-        priority: 0,
-        deadline_at: Utc::now() + chrono::Duration::minutes(5),
-    }
+    support::new_task(id, Some("http://127.0.0.1:9/hook"))
 }
 
 async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {

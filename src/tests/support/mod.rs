@@ -15,6 +15,10 @@ pub mod webhook;
 
 use std::net::TcpListener;
 
+use chrono::Utc;
+use comfyd::store::NewTask;
+use serde_json::json;
+
 /// A port that was free a moment ago (the caller binds it right away).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -22,6 +26,24 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("local addr")
         .port()
+}
+
+/// A new task of the `solid` workflow with an empty graph, for tests that write the store without
+/// the HTTP API; `callback` is its webhook URL.
+pub fn new_task(id: &str, callback: Option<&str>) -> NewTask {
+    NewTask {
+        id: id.to_owned(),
+        client_task_id: None,
+        client_callback_url: callback.map(str::to_owned),
+        workflow: "solid".into(),
+        request_hash: "0".repeat(64),
+        params: json!({}),
+        graph: json!({}),
+        inputs: json!([]),
+        output_nodes: json!(["9"]),
+        priority: 0,
+        deadline_at: Utc::now() + chrono::Duration::minutes(5),
+    }
 }
 
 /// Polls `check` every 50 ms until it returns Some, or panics with `what` after `secs`.
