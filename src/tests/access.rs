@@ -146,11 +146,19 @@ async fn a_loopback_listener_without_keys_is_not_warned_about() {
 }
 
 #[actix_web::test]
-async fn keys_decide_who_sees_and_cancels_which_task() {
+async fn keys_decide_who_sees_and_cancels_which_task_sqlite() {
+    keys_decide_who_sees_and_cancels_which_task(TestDb::sqlite()).await;
+}
+
+#[actix_web::test]
+async fn keys_decide_who_sees_and_cancels_which_task_postgres() {
+    keys_decide_who_sees_and_cancels_which_task(TestDb::postgres().await).await;
+}
+
+async fn keys_decide_who_sees_and_cancels_which_task(db: TestDb) {
     // Arrange: two submit keys and an admin key in the configuration (as hashes), and one more
     // submit key added to the database with the CLI. Jobs run long, so tasks can be cancelled.
     let sim = Sim::start(30_000).await;
-    let db = TestDb::sqlite();
     let (app, other, ops) = (
         "key-of-app-0123456789",
         "key-of-other-0123456789",
