@@ -26,6 +26,7 @@ pub struct Settings {
     pub cleanup: CleanupSettings,
     pub workflows: WorkflowSettings,
     pub log: LogSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +134,32 @@ pub struct InputSettings {
 #[serde(deny_unknown_fields)]
 pub struct UrlPolicySettings {
     pub allow_private_addresses: bool,
+    /// Unset: the same as `allow_private_addresses` (which alone decided both before it existed).
+    #[serde(default)]
+    pub allow_loopback: Option<bool>,
+}
+
+impl UrlPolicySettings {
+    pub fn allow_loopback(&self) -> bool {
+        self.allow_loopback.unwrap_or(self.allow_private_addresses)
+    }
+}
+
+/// API keys (`[auth]`). No keys here or in the database: every route is open.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub keys: Vec<ApiKeySetting>,
+}
+
+/// One key in the configuration: its name (recorded as the owner of the tasks it submits), its
+/// scope and the SHA-256 of the key (hex), never the key itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySetting {
+    pub name: String,
+    pub scope: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +227,9 @@ struct EnvOverrides {
     comfyd_cleanup: Option<bool>,
     comfyd_workflows_dir: Option<PathBuf>,
     comfyd_log_format: Option<String>,
+    // Access: the URL policy's loopback switch and API keys (`name:scope:sha256`, comma-separated).
+    comfyd_allow_loopback_urls: Option<bool>,
+    comfyd_api_keys: Option<String>,
 }
 
 impl Settings {
@@ -336,6 +366,25 @@ impl Settings {
         set(&mut s.cleanup.enabled, env.comfyd_cleanup);
         set(&mut s.workflows.dir, env.comfyd_workflows_dir);
         set(&mut s.log.format, env.comfyd_log_format);
+        // Access.
+        if let Some(allow) = env.comfyd_allow_loopback_urls {
+            s.url_policy.allow_loopback = Some(allow);
+        }
+        if let Some(list) = env.comfyd_api_keys {
+            s.auth.keys = list
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| {
+                    let mut parts = k.splitn(3, ':');
+                    ApiKeySetting {
+                        name: parts.next().unwrap_or_default().to_string(),
+                        scope: parts.next().unwrap_or_default().to_string(),
+                        sha256: parts.next().unwrap_or_default().to_string(),
+                    }
+                })
+                .collect();
+        }
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -389,6 +438,27 @@ impl Settings {
                 "log.format (COMFYD_LOG_FORMAT) must be \"text\" or \"json\", not {:?}",
                 self.log.format
             );
+        }
+        for (i, key) in self.auth.keys.iter_mut().enumerate() {
+            let at = format!("auth.keys[{i}] (COMFYD_API_KEYS)");
+            if key.name.trim().is_empty() || key.name.len() > 64 {
+                bail!("{at}: name must be 1 to 64 characters");
+            }
+            if !matches!(key.scope.as_str(), "submit" | "admin") {
+                bail!(
+                    "{at} {:?}: scope must be \"submit\" or \"admin\", not {:?}",
+                    key.name,
+                    key.scope
+                );
+            }
+            key.sha256 = key.sha256.to_ascii_lowercase();
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "{at} {:?}: sha256 must be the 64 hex digits of the key's SHA-256 \
+                     (`comfyd keys generate` prints one)",
+                    key.name
+                );
+            }
         }
         let url = &self.database.url;
         let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
@@ -532,6 +602,49 @@ mod tests {
             Settings::from_parts(None, env).expect_err("must fail")
         );
         assert!(err.contains("COMFYD_TASK_DEADLINE_SECS"), "{err}");
+    }
+
+    #[test]
+    fn loopback_follows_private_unless_set() {
+        let s = Settings::load_file(None).expect("valid");
+        assert!(s.url_policy.allow_private_addresses && s.url_policy.allow_loopback());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[url_policy]\nallow_private_addresses = false\n").expect("write");
+        let s = Settings::load_file(Some(&path)).expect("valid");
+        assert!(!s.url_policy.allow_loopback());
+        let env = EnvOverrides {
+            comfyd_allow_private_urls: Some(false),
+            comfyd_allow_loopback_urls: Some(true),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert!(!s.url_policy.allow_private_addresses && s.url_policy.allow_loopback());
+    }
+
+    #[test]
+    fn api_keys_from_the_environment_are_checked() {
+        let hash = "AB".repeat(32);
+        let env = EnvOverrides {
+            comfyd_api_keys: Some(format!("app:submit:{hash}, ops:admin:{}", "0".repeat(64))),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert_eq!(s.auth.keys.len(), 2);
+        assert_eq!(s.auth.keys[0].sha256, hash.to_ascii_lowercase());
+        assert_eq!(s.auth.keys[1].scope, "admin");
+        for bad in [
+            "app:root:".to_string() + &hash,
+            "app:submit:abc".into(),
+            format!(":submit:{hash}"),
+        ] {
+            let env = EnvOverrides {
+                comfyd_api_keys: Some(bad.clone()),
+                ..Default::default()
+            };
+            let err = format!("{:#}", Settings::from_parts(None, env).expect_err(&bad));
+            assert!(err.contains("COMFYD_API_KEYS"), "{err}");
+        }
     }
 
     #[test]

@@ -9,13 +9,14 @@
 //! - [`storage`]: where outputs go: S3 or a local folder.
 //! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
 //! - [`store`] and [`entity`]: the database.
-//! - [`routes`]: the HTTP API.
+//! - [`routes`]: the HTTP API (API keys: `routes::auth`); [`keys`]: the `comfyd keys` commands.
 //! - [`startup`]: builds and runs the application.
 
 pub mod comfy;
 pub mod config;
 pub mod dispatch;
 pub mod entity;
+pub mod keys;
 pub mod outbound;
 pub mod pg_nodelay;
 pub mod postprocess;

@@ -82,6 +82,7 @@ impl Application {
             fetch_timeout_ms: settings.inputs.fetch_timeout_ms,
             webhook_timeout_ms: settings.webhooks.timeout_ms,
             allow_private_addresses: settings.url_policy.allow_private_addresses,
+            allow_loopback_addresses: settings.url_policy.allow_loopback(),
         });
 
         let writer = store::connect_writer(&url)
@@ -149,6 +150,7 @@ impl Application {
             })
             .collect();
         supervisor.send(AttachBackends(backends)).await?;
+        let keys = start_api_keys(&settings, &db).await?;
 
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -158,6 +160,7 @@ impl Application {
             notifier,
             workflows: Workflows::new(workflows),
             outbound,
+            keys,
             accepting: Arc::new(AtomicBool::new(true)),
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
@@ -250,6 +253,36 @@ impl Application {
         info!("stopped");
         Ok(())
     }
+}
+
+/// The API keys in force, read from the settings and the database, then re-read from the database
+/// every few seconds (keys added or revoked by `comfyd keys`). Warns once when the API is open to
+/// whoever reaches a non-loopback listen address.
+async fn start_api_keys(
+    settings: &Settings,
+    db: &sea_orm::DatabaseConnection,
+) -> anyhow::Result<routes::auth::ApiKeys> {
+    let keys = routes::auth::ApiKeys::from_settings(&settings.auth);
+    keys.refresh(db).await.context("reading the API keys")?;
+    if keys.enabled() {
+        info!("API keys required (Authorization: Bearer)");
+    } else if !routes::auth::is_loopback_host(&settings.server.host) {
+        warn!(
+            "no API keys: anyone who reaches {}:{} can submit, cancel and read every task; \
+             add keys with `comfyd keys add` or [auth] keys (see README, API keys)",
+            settings.server.host, settings.server.port
+        );
+    }
+    let (refreshed, db) = (keys.clone(), db.clone());
+    actix_rt::spawn(async move {
+        loop {
+            actix_rt::time::sleep(routes::auth::REFRESH_EVERY).await;
+            if let Err(e) = refreshed.refresh(&db).await {
+                warn!(error = %e, "could not re-read the API keys; keeping the previous ones");
+            }
+        }
+    });
+    Ok(keys)
 }
 
 /// The output store the settings describe: S3 when a bucket is set, else the local folder.

@@ -21,7 +21,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use crate::entity::{delivery, delivery_attempt, output, task, task_event};
+use crate::entity::{api_key, delivery, delivery_attempt, output, task, task_event};
 use crate::task::{OutputInfo, RecordRow, Status, TaskRecord};
 
 /// Opens the database's shared pool (readers: routes, recovery, the outbox) and brings its schema up
@@ -144,6 +144,8 @@ pub struct NewTask {
     pub output_nodes: Value,
     pub priority: i32,
     pub deadline_at: DateTime<Utc>,
+    /// The name of the API key that submitted it (None when keys are not in use).
+    pub owner: Option<String>,
 }
 
 /// What inserting a task came to.
@@ -229,6 +231,7 @@ fn new_task_row(t: &NewTask, now: DateTime<Utc>) -> task::Model {
         dispatched_at: None,
         started_at: None,
         finished_at: None,
+        owner: t.owner.clone(),
     }
 }
 
@@ -681,6 +684,8 @@ pub struct TaskFilter {
     pub workflow: Option<String>,
     pub limit: u64,
     pub offset: u64,
+    /// Only the tasks of this API key (a submit key's listing).
+    pub owner: Option<String>,
 }
 
 pub async fn list_tasks(
@@ -693,6 +698,9 @@ pub async fn list_tasks(
     }
     if let Some(w) = &f.workflow {
         q = q.filter(task::Column::Workflow.eq(w.as_str()));
+    }
+    if let Some(owner) = &f.owner {
+        q = q.filter(task::Column::Owner.eq(owner.as_str()));
     }
     let total = q.clone().count(db).await?;
     let rows = q
@@ -1063,4 +1071,44 @@ pub async fn redeliver<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
+}
+
+/// API keys added with `comfyd keys add` that are not revoked (what the daemon accepts).
+pub async fn active_api_keys<C: ConnectionTrait>(db: &C) -> Result<Vec<api_key::Model>, DbErr> {
+    api_key::Entity::find()
+        .filter(api_key::Column::RevokedAt.is_null())
+        .order_by_asc(api_key::Column::CreatedAt)
+        .all(db)
+        .await
+}
+
+/// Every API key in the database, revoked ones too, oldest first (`comfyd keys list`).
+pub async fn all_api_keys<C: ConnectionTrait>(db: &C) -> Result<Vec<api_key::Model>, DbErr> {
+    api_key::Entity::find()
+        .order_by_asc(api_key::Column::CreatedAt)
+        .all(db)
+        .await
+}
+
+/// Stores a new API key (its hash; the key itself never reaches the database).
+pub async fn insert_api_key<C: ConnectionTrait>(db: &C, key: api_key::Model) -> Result<(), DbErr> {
+    api_key::Entity::insert(api_key::ActiveModel::from(key))
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Revokes the keys with this id, or else with this name; returns how many were revoked.
+pub async fn revoke_api_keys<C: ConnectionTrait>(db: &C, id_or_name: &str) -> Result<u64, DbErr> {
+    let revoke = |column: api_key::Column| {
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(column.eq(id_or_name))
+            .filter(api_key::Column::RevokedAt.is_null())
+    };
+    let by_id = revoke(api_key::Column::Id).exec(db).await?.rows_affected;
+    if by_id > 0 {
+        return Ok(by_id);
+    }
+    Ok(revoke(api_key::Column::Name).exec(db).await?.rows_affected)
 }

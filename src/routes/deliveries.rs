@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde_json::json;
 
+use super::auth::{self, Admin, Submitter};
 use super::{ApiError, AppState};
 use crate::postprocess::notifier::PollNow;
 use crate::postprocess::recorder::Redeliver;
@@ -12,14 +13,10 @@ use crate::store;
 /// `GET {prefix}/tasks/{id}/deliveries`
 pub async fn for_task(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = store::find_task(&state.db, &id).await?.ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no task with id or client_task_id {:?}",
-            id.as_str()
-        ))
-    })?;
+    let task = auth::visible_task(&state, &caller, &id).await?;
     let mut out = Vec::new();
     for d in store::task_deliveries(&state.db, &task.id).await? {
         let attempts: Vec<_> = store::delivery_attempts(&state.db, &d.id)
@@ -41,6 +38,7 @@ pub async fn for_task(
 /// with a fresh retry horizon, whatever its state.
 pub async fn redeliver(
     state: web::Data<AppState>,
+    _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let horizon = chrono::Duration::seconds(

@@ -20,6 +20,13 @@ pub enum ApiError {
     /// An input is too large (an image fetched by URL, say).
     #[error("{}: {}", .0.field, .0.reason)]
     TooLarge(FieldError),
+    /// No API key, or one not in force (401 with `WWW-Authenticate: Bearer`); `invalid` when a key
+    /// was given.
+    #[error("{message}")]
+    Unauthorized { message: String, invalid: bool },
+    /// The key's scope does not cover the route.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// The request contradicts the task's state (a different body for a known client_task_id,
@@ -57,6 +64,8 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::Unavailable(_) => "unavailable",
@@ -83,6 +92,8 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,7 +112,19 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized { invalid, .. } = self {
+            // RFC 6750: the scheme, and whether the token given was the trouble.
+            response.insert_header((
+                actix_web::http::header::WWW_AUTHENTICATE,
+                if *invalid {
+                    r#"Bearer realm="comfyd", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="comfyd""#
+                },
+            ));
+        }
+        response.json(body)
     }
 }
 

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::auth::Admin;
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::Snapshot;
 
@@ -26,7 +27,7 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 }
 
 /// `GET {prefix}/backends`
-pub async fn backends(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn backends(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
     let snap = state.supervisor.send(Snapshot).await?;
     Ok(HttpResponse::Ok().json(snap))
 }

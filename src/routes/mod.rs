@@ -7,7 +7,10 @@
 //!   `POST {prefix}/tasks/{id}/cancel`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
 //! - `GET {prefix}/backends`, `GET /healthz`
+//!
+//! Each handler says who may call it by taking an [`auth::Submitter`] or [`auth::Admin`] argument.
 
+pub mod auth;
 pub mod deliveries;
 pub mod error;
 pub mod health;
@@ -66,6 +69,8 @@ pub struct AppState {
     pub notifier: Addr<Notifier>,
     pub workflows: Workflows,
     pub outbound: Outbound,
+    /// The API keys in force (none: every route is open).
+    pub keys: auth::ApiKeys,
     /// False once shutdown began: submits answer 503.
     pub accepting: Arc<AtomicBool>,
 }

@@ -4,15 +4,14 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::{self, Caller, Submitter};
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::{CancelOutcome, CancelTask};
 use crate::store::{self, TaskFilter};
 use crate::task::{Status, TaskRecord};
 
-async fn record(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
-    let task = store::find_task(&state.db, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no task with id or client_task_id {id:?}")))?;
+async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecord, ApiError> {
+    let task = auth::visible_task(state, caller, id).await?;
     let outputs = store::task_outputs(&state.db, &task.id).await?;
     Ok(TaskRecord::new(&task, &outputs))
 }
@@ -20,9 +19,10 @@ async fn record(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
 /// `GET {prefix}/tasks/{id}`: by comfyd id or client_task_id.
 pub async fn get(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(record(&state, &id).await?))
+    Ok(HttpResponse::Ok().json(record(&state, &caller, &id).await?))
 }
 
 #[derive(Deserialize)]
@@ -37,6 +37,7 @@ pub struct ListQuery {
 /// `GET {prefix}/tasks?status=&workflow=&limit=50&offset=0`, newest first.
 pub async fn list(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let status = match q.status.as_deref() {
@@ -55,6 +56,7 @@ pub async fn list(
         workflow: q.workflow.clone(),
         limit,
         offset: q.offset.unwrap_or(0),
+        owner: caller.listing_owner(),
     };
     let (rows, total) = store::list_tasks(&state.db, &filter).await?;
     let mut tasks = Vec::with_capacity(rows.len());
@@ -69,9 +71,10 @@ pub async fn list(
 /// `GET {prefix}/tasks/{id}/events`: the task's flow, step by step.
 pub async fn events(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = record(&state, &id).await?;
+    let task = record(&state, &caller, &id).await?;
     let events: Vec<_> = store::task_events(&state.db, &task.id)
         .await?
         .into_iter()
@@ -86,9 +89,10 @@ pub async fn events(
 /// `POST {prefix}/tasks/{id}/cancel`: 200 with the cancelled task, 409 if it had already ended.
 pub async fn cancel(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = record(&state, &id).await?;
+    let task = record(&state, &caller, &id).await?;
     match state
         .supervisor
         .send(CancelTask {
@@ -96,9 +100,11 @@ pub async fn cancel(
         })
         .await??
     {
-        CancelOutcome::Cancelled => Ok(HttpResponse::Ok().json(record(&state, &task.id).await?)),
+        CancelOutcome::Cancelled => {
+            Ok(HttpResponse::Ok().json(record(&state, &caller, &task.id).await?))
+        }
         CancelOutcome::AlreadyFinished => {
-            let now = record(&state, &task.id).await?;
+            let now = record(&state, &caller, &task.id).await?;
             Err(ApiError::Conflict {
                 message: format!("task already ended: {}", now.status),
                 task: Some(Box::new(now)),

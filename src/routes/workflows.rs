@@ -3,10 +3,11 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::auth::Submitter;
 use super::{ApiError, AppState};
 
 /// `GET {prefix}/workflows`
-pub async fn list(state: web::Data<AppState>) -> HttpResponse {
+pub async fn list(state: web::Data<AppState>, _: Submitter) -> HttpResponse {
     let set = state.workflows.current();
     let all: Vec<_> = set.iter().map(|w| w.describe()).collect();
     HttpResponse::Ok().json(json!({ "workflows": all }))
@@ -15,6 +16,7 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
 /// `GET {prefix}/workflows/{name}`
 pub async fn get(
     state: web::Data<AppState>,
+    _: Submitter,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let set = state.workflows.current();
