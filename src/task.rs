@@ -11,7 +11,7 @@ use crate::entity::{output, task};
 use crate::workflow::Target;
 
 /// A task's status, stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Accepted and waiting in comfyd's queue.
@@ -94,7 +94,7 @@ pub struct InputFile {
 }
 
 /// One output of a task, as the API and the webhook describe it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct OutputInfo {
     pub node_id: String,
     pub kind: String,
@@ -134,7 +134,7 @@ impl From<&output::Model> for OutputInfo {
 
 /// The record a submit answers with and a webhook carries: the original service's fields first
 /// (`id … error_code`), then comfyd's additions.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TaskRecord {
     pub id: String,
     pub client_task_id: Option<String>,
@@ -142,6 +142,8 @@ pub struct TaskRecord {
     pub comfyui_task_id: Option<String>,
     pub comfyui_filepath: Option<String>,
     pub s3_key: Option<String>,
+    /// 0 ok, 1 queueing failed, 2 storing an output failed (it is in the fallback folder), 3 fetching
+    /// an output from ComfyUI failed, 10 other (an execution error, an interrupt, a deadline).
     pub error_code: i32,
     pub status: Status,
     pub workflow: String,

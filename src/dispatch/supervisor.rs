@@ -746,7 +746,7 @@ impl Handler<CancelTask> for Supervisor {
 }
 
 /// One backend as `/healthz` and `/backends` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BackendView {
     pub name: String,
     pub up: bool,
@@ -755,7 +755,7 @@ pub struct BackendView {
 }
 
 /// The supervisor's view of things.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     pub queued: usize,
     pub accepting: bool,

@@ -11,6 +11,19 @@ use crate::postprocess::recorder::Redeliver;
 use crate::store;
 
 /// `GET {prefix}/tasks/{id}/deliveries`
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/deliveries",
+    tag = "Deliveries",
+    operation_id = "task_deliveries",
+    summary = "A task's webhooks, each with every attempt",
+    params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    responses(
+        (status = 200, description = "The task's deliveries", body = crate::routes::openapi::schemas::TaskDeliveries),
+        (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn for_task(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,
@@ -36,6 +49,21 @@ pub async fn for_task(
 
 /// `POST {prefix}/deliveries/{id}/redeliver`: sends the same message (same webhook-id) again now,
 /// with a fresh retry horizon, whatever its state.
+#[utoipa::path(
+    post,
+    path = "/deliveries/{id}/redeliver",
+    tag = "Deliveries",
+    operation_id = "redeliver",
+    summary = "Send a webhook again now",
+    description = "The same message with the same `webhook-id`, with a fresh retry horizon, whatever \
+the delivery's state.",
+    params(("id" = String, Path, description = "The delivery's id (its `webhook-id`)")),
+    responses(
+        (status = 202, description = "Queued for sending now", body = crate::routes::openapi::schemas::Redelivery),
+        (status = 404, description = "No delivery has that id", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn redeliver(
     state: web::Data<AppState>,
     _: Admin,

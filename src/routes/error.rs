@@ -155,3 +155,33 @@ pub fn query_error(
     let api = ApiError::BadRequest(format!("invalid query string: {err}"));
     actix_web::error::InternalError::from_response(err, api.error_response()).into()
 }
+
+/// The body of every error answer, as [`ApiError::error_response`] writes it; described for the
+/// OpenAPI document (`routes/openapi`), whose unit tests check it against what each variant renders.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorKind,
+    /// Readable by the client's developer; for 422, every field's problem in one line.
+    pub message: String,
+    /// Every rejected field (422), or the one that is too large (413).
+    pub fields: Option<Vec<FieldError>>,
+    /// The task in question, for a 409 (a known `client_task_id` with a different body, or a
+    /// cancel of a task that had already ended).
+    pub task: Option<TaskRecord>,
+}
+
+/// The `error` of an [`ErrorBody`], one per status: 400 `bad_request` (the body or query is not
+/// what it should be), 422 `invalid_request` (fields are wrong; all are listed), 413 `too_large`,
+/// 404 `not_found`, 409 `conflict`, 503 `unavailable` (shutting down), 500 `internal` (nothing
+/// said about the cause; it is logged).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    InvalidRequest,
+    TooLarge,
+    NotFound,
+    Conflict,
+    Unavailable,
+    Internal,
+}

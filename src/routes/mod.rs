@@ -7,13 +7,17 @@
 //!   `POST {prefix}/tasks/{id}/cancel`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
 //! - `GET {prefix}/backends`, `GET /healthz`
+//! - `GET /openapi.json` (the OpenAPI document), `GET /docs` (it as a page), `GET /docs/ui.js`: at the
+//!   root like the original's, and the same under the prefix
 //!
 //! Each handler says who may call it by taking an [`auth::Submitter`] or [`auth::Admin`] argument.
 
 pub mod auth;
 pub mod deliveries;
+pub mod docs;
 pub mod error;
 pub mod health;
+pub mod openapi;
 pub mod submit;
 pub mod tasks;
 pub mod workflows;
@@ -84,6 +88,9 @@ impl AppState {
 /// Mounts every route.
 pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
     cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/openapi.json", web::get().to(openapi::openapi_json))
+        .route("/docs", web::get().to(docs::page))
+        .route("/docs/ui.js", web::get().to(docs::script))
         .service(
             web::scope(prefix)
                 .route("", web::post().to(submit::submit_original))
@@ -106,6 +113,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
                     "/deliveries/{id}/redeliver",
                     web::post().to(deliveries::redeliver),
                 )
-                .route("/backends", web::get().to(health::backends)),
+                .route("/backends", web::get().to(health::backends))
+                .route("/openapi.json", web::get().to(openapi::openapi_json))
+                .route("/docs", web::get().to(docs::page))
+                .route("/docs/ui.js", web::get().to(docs::script)),
         );
 }

@@ -28,6 +28,27 @@ struct Submit {
 }
 
 /// `POST {prefix}`: `{service_type, client_task_id, client_callback_url, params, priority?}`.
+#[utoipa::path(
+    post,
+    path = "/",
+    tag = "Submit",
+    operation_id = "submit",
+    summary = "Submit a task (the original service's format)",
+    description = "Validates the parameters against the workflow named by `service_type`, records the \
+task and answers as soon as it is recorded, with status 200 whether the task is new or the same submit \
+was already accepted. Image parameters take base64, a `data:image/...;base64,` URL, or an http(s) URL \
+that comfyd fetches.",
+    request_body(content = crate::routes::openapi::schemas::OriginalSubmit, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task, recorded (new, or the one this submit already made)", body = crate::task::TaskRecord),
+        (status = 400, description = "The body is not a JSON object (or not JSON)", body = crate::routes::error::ErrorBody),
+        (status = 409, description = "`client_task_id` is already used by a task with a different request; `task` holds it", body = crate::routes::error::ErrorBody),
+        (status = 413, description = "The body, or an image fetched by URL, is too large", body = crate::routes::error::ErrorBody),
+        (status = 422, description = "Fields are wrong (an unknown workflow, a parameter out of range, ...); `fields` lists every one", body = crate::routes::error::ErrorBody),
+        (status = 503, description = "comfyd is shutting down", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn submit_original(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,
@@ -74,6 +95,28 @@ pub async fn submit_original(
 }
 
 /// `POST {prefix}/workflows/{name}/tasks`: `{params, client_task_id?, client_callback_url?, priority?}`.
+#[utoipa::path(
+    post,
+    path = "/workflows/{name}/tasks",
+    tag = "Submit",
+    operation_id = "submit_typed",
+    summary = "Submit a task to a named workflow",
+    description = "Like the original submit, with the workflow named in the path. Each loaded \
+workflow also has its own route in this document, with its parameters spelled out.",
+    params(("name" = String, Path, description = "The workflow's name")),
+    request_body(content = crate::routes::openapi::schemas::TypedSubmit, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the task is recorded and queued", body = crate::task::TaskRecord),
+        (status = 200, description = "The same submit was already accepted: that task", body = crate::task::TaskRecord),
+        (status = 400, description = "The body is not a JSON object (or not JSON)", body = crate::routes::error::ErrorBody),
+        (status = 404, description = "No workflow has that name", body = crate::routes::error::ErrorBody),
+        (status = 409, description = "`client_task_id` is already used by a task with a different request; `task` holds it", body = crate::routes::error::ErrorBody),
+        (status = 413, description = "The body, or an image fetched by URL, is too large", body = crate::routes::error::ErrorBody),
+        (status = 422, description = "Fields are wrong; `fields` lists every one", body = crate::routes::error::ErrorBody),
+        (status = 503, description = "comfyd is shutting down", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn submit_typed(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,

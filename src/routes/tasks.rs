@@ -17,6 +17,19 @@ async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecor
 }
 
 /// `GET {prefix}/tasks/{id}`: by comfyd id or client_task_id.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "Tasks",
+    operation_id = "get_task",
+    summary = "A task's status and outputs",
+    params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    responses(
+        (status = 200, description = "The task", body = crate::task::TaskRecord),
+        (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,
@@ -25,16 +38,40 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(record(&state, &caller, &id).await?))
 }
 
+/// Filters and paging of `GET {prefix}/tasks`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only tasks in this status.
+    #[param(value_type = Option<crate::task::Status>)]
     status: Option<String>,
+    /// Only tasks of this workflow.
     workflow: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<u64>,
+    /// Tasks to skip, newest first.
+    #[param(default = 0)]
     offset: Option<u64>,
 }
 
 /// `GET {prefix}/tasks?status=&workflow=&limit=50&offset=0`, newest first.
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    tag = "Tasks",
+    operation_id = "list_tasks",
+    summary = "Tasks, newest first, with the total count",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of tasks", body = crate::routes::openapi::schemas::TaskList),
+        (status = 400, description = "The query string is malformed (an unknown parameter, a non-number)", body = crate::routes::error::ErrorBody),
+        (status = 422, description = "`status` is not a status, or `limit` is out of range", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,
@@ -69,6 +106,19 @@ pub async fn list(
 }
 
 /// `GET {prefix}/tasks/{id}/events`: the task's flow, step by step.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/events",
+    tag = "Tasks",
+    operation_id = "task_events",
+    summary = "A task's flow, step by step",
+    params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    responses(
+        (status = 200, description = "The task's events, oldest first", body = crate::routes::openapi::schemas::TaskEvents),
+        (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn events(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,
@@ -87,6 +137,22 @@ pub async fn events(
 }
 
 /// `POST {prefix}/tasks/{id}/cancel`: 200 with the cancelled task, 409 if it had already ended.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/cancel",
+    tag = "Tasks",
+    operation_id = "cancel_task",
+    summary = "Cancel a task",
+    description = "A queued task is removed, a dispatched one deleted from the ComfyUI queue, a running \
+one interrupted. A cancel that lands just as ComfyUI finishes wins: what was stored meanwhile is removed.",
+    params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    responses(
+        (status = 200, description = "The cancelled task", body = crate::task::TaskRecord),
+        (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
+        (status = 409, description = "The task had already ended (or its outputs are being stored); `task` holds it", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn cancel(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,

@@ -7,6 +7,14 @@ use super::auth::Submitter;
 use super::{ApiError, AppState};
 
 /// `GET {prefix}/workflows`
+#[utoipa::path(
+    get,
+    path = "/workflows",
+    tag = "Workflows",
+    operation_id = "list_workflows",
+    summary = "Every loaded workflow with its parameters as a JSON Schema",
+    responses((status = 200, description = "The workflows, sorted by name", body = crate::routes::openapi::schemas::WorkflowList))
+)]
 pub async fn list(state: web::Data<AppState>, _: Submitter) -> HttpResponse {
     let set = state.workflows.current();
     let all: Vec<_> = set.iter().map(|w| w.describe()).collect();
@@ -14,6 +22,18 @@ pub async fn list(state: web::Data<AppState>, _: Submitter) -> HttpResponse {
 }
 
 /// `GET {prefix}/workflows/{name}`
+#[utoipa::path(
+    get,
+    path = "/workflows/{name}",
+    tag = "Workflows",
+    operation_id = "get_workflow",
+    summary = "One workflow with its parameters as a JSON Schema",
+    params(("name" = String, Path, description = "The workflow's name")),
+    responses(
+        (status = 200, description = "The workflow", body = crate::routes::openapi::schemas::WorkflowDescription),
+        (status = 404, description = "No workflow has that name", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn get(
     state: web::Data<AppState>,
     _: Submitter,

@@ -97,7 +97,7 @@ pub struct Resolved {
 }
 
 /// One rejected field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Path of the field, like `params.steps` (or `params` for the object itself).
     pub field: String,
