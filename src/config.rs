@@ -26,6 +26,7 @@ pub struct Settings {
     pub cleanup: CleanupSettings,
     pub workflows: WorkflowSettings,
     pub log: LogSettings,
+    pub database_outage: DatabaseOutageSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +154,14 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// How the API behaves while the database cannot be reached (see `crate::db_health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseOutageSettings {
+    /// Longest a submit waits for its task to be recorded before it answers 503.
+    pub submit_wait_ms: u64,
+}
+
 /// Environment overrides: one flat field per variable (envy lowercases the names).
 #[derive(Debug, Default, Deserialize)]
 struct EnvOverrides {
@@ -200,6 +209,8 @@ struct EnvOverrides {
     comfyd_cleanup: Option<bool>,
     comfyd_workflows_dir: Option<PathBuf>,
     comfyd_log_format: Option<String>,
+    // Database outages.
+    comfyd_db_submit_wait_ms: Option<u64>,
 }
 
 impl Settings {
@@ -336,6 +347,11 @@ impl Settings {
         set(&mut s.cleanup.enabled, env.comfyd_cleanup);
         set(&mut s.workflows.dir, env.comfyd_workflows_dir);
         set(&mut s.log.format, env.comfyd_log_format);
+        // Database outages.
+        set(
+            &mut s.database_outage.submit_wait_ms,
+            env.comfyd_db_submit_wait_ms,
+        );
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -394,6 +410,13 @@ impl Settings {
         let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
         if !url.is_empty() && !known_scheme {
             bail!("database.url (DATABASE_URL) must be a sqlite: or postgres:// URL");
+        }
+        // Database outages.
+        if !(1..=60_000).contains(&self.database_outage.submit_wait_ms) {
+            bail!(
+                "database_outage.submit_wait_ms (COMFYD_DB_SUBMIT_WAIT_MS) must be from 1 to 60000, not {}",
+                self.database_outage.submit_wait_ms
+            );
         }
         Ok(())
     }

@@ -87,7 +87,9 @@ impl Application {
         let writer = store::connect_writer(&url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
-        let recorder = Recorder::new(writer, db.clone()).start();
+        let recorder = Recorder::new(writer, db.clone());
+        let db_health = recorder.health();
+        let recorder = recorder.start();
         let notifier = Notifier::new(
             NotifierConfig {
                 secret: settings.webhooks.secret.clone(),
@@ -125,6 +127,7 @@ impl Application {
             recorder: recorder.clone(),
             uploader: uploader.clone(),
             cleaner,
+            health: db_health.clone(),
         };
         let supervisor = Supervisor::new(
             SupervisorConfig {
@@ -159,6 +162,7 @@ impl Application {
             workflows: Workflows::new(workflows),
             outbound,
             accepting: Arc::new(AtomicBool::new(true)),
+            db_health,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {

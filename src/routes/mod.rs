@@ -6,11 +6,12 @@
 //! - `GET {prefix}/tasks`, `GET {prefix}/tasks/{id}`, `GET {prefix}/tasks/{id}/events`,
 //!   `POST {prefix}/tasks/{id}/cancel`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
-//! - `GET {prefix}/backends`, `GET /healthz`
+//! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`
 
 pub mod deliveries;
 pub mod error;
 pub mod health;
+pub mod outage;
 pub mod submit;
 pub mod tasks;
 pub mod workflows;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub outbound: Outbound,
     /// False once shutdown began: submits answer 503.
     pub accepting: Arc<AtomicBool>,
+    /// Whether the database takes writes: while not, submits answer 503 at once.
+    pub db_health: crate::db_health::DbHealth,
 }
 
 impl AppState {
@@ -79,6 +82,7 @@ impl AppState {
 /// Mounts every route.
 pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
     cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
         .service(
             web::scope(prefix)
                 .route("", web::post().to(submit::submit_original))

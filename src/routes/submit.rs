@@ -13,7 +13,6 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::Enqueue;
 use crate::outbound::OutboundError;
-use crate::postprocess::recorder::InsertTask;
 use crate::store::{self, Inserted, NewTask};
 use crate::task::{InputFile, TaskRecord};
 use crate::workflow::{sniff_image, FieldError, ImageSource, Workflow};
@@ -315,7 +314,7 @@ async fn accept(
         priority: s.priority,
         deadline_at: deadline,
     };
-    let inserted = state.recorder.send(InsertTask(new)).await??;
+    let inserted = super::outage::insert_task(state, new).await?;
     match inserted {
         Inserted::New(task) => {
             state.supervisor.do_send(Enqueue {

@@ -89,6 +89,8 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let task = record(&state, &id).await?;
+    // Not queued behind a database outage: the client retries.
+    super::outage::check(&state)?;
     match state
         .supervisor
         .send(CancelTask {
