@@ -249,8 +249,16 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server_task.await;
-        // Writes that were lingering for company (see `Recorder`) are written now.
-        let _ = state.recorder.send(Flush).await;
+        // Writes that were lingering for company (see `Recorder`) are written now; during a
+        // database outage the Recorder holds them until it is back, so this waits only so long
+        // (what is lost is replayed by the next start's recovery).
+        let flush_wait = Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+        if actix_rt::time::timeout(flush_wait, state.recorder.send(Flush))
+            .await
+            .is_err()
+        {
+            warn!("database unreachable at shutdown: held writes left for the next start");
+        }
         info!("stopped");
         Ok(())
     }
