@@ -27,6 +27,7 @@ pub struct Settings {
     pub workflows: WorkflowSettings,
     pub log: LogSettings,
     pub auth: AuthSettings,
+    pub database_outage: DatabaseOutageSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +181,14 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// How the API behaves while the database cannot be reached (see `crate::db_health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseOutageSettings {
+    /// Longest a submit waits for its task to be recorded before it answers 503.
+    pub submit_wait_ms: u64,
+}
+
 /// Environment overrides: one flat field per variable (envy lowercases the names).
 #[derive(Debug, Default, Deserialize)]
 struct EnvOverrides {
@@ -230,6 +239,8 @@ struct EnvOverrides {
     // Access: the URL policy's loopback switch and API keys (`name:scope:sha256`, comma-separated).
     comfyd_allow_loopback_urls: Option<bool>,
     comfyd_api_keys: Option<String>,
+    // Database outages.
+    comfyd_db_submit_wait_ms: Option<u64>,
 }
 
 impl Settings {
@@ -385,6 +396,11 @@ impl Settings {
                 })
                 .collect();
         }
+        // Database outages.
+        set(
+            &mut s.database_outage.submit_wait_ms,
+            env.comfyd_db_submit_wait_ms,
+        );
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -464,6 +480,13 @@ impl Settings {
         let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
         if !url.is_empty() && !known_scheme {
             bail!("database.url (DATABASE_URL) must be a sqlite: or postgres:// URL");
+        }
+        // Database outages.
+        if !(1..=60_000).contains(&self.database_outage.submit_wait_ms) {
+            bail!(
+                "database_outage.submit_wait_ms (COMFYD_DB_SUBMIT_WAIT_MS) must be from 1 to 60000, not {}",
+                self.database_outage.submit_wait_ms
+            );
         }
         Ok(())
     }

@@ -8,12 +8,13 @@
 //! - [`postprocess`]: actors after execution: `Uploader`, `Recorder`, `Cleaner`, `Notifier`.
 //! - [`storage`]: where outputs go: S3 or a local folder.
 //! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
-//! - [`store`] and [`entity`]: the database.
+//! - [`store`] and [`entity`]: the database; [`db_health`]: whether it takes writes right now.
 //! - [`routes`]: the HTTP API (API keys: `routes::auth`); [`keys`]: the `comfyd keys` commands.
 //! - [`startup`]: builds and runs the application.
 
 pub mod comfy;
 pub mod config;
+pub mod db_health;
 pub mod dispatch;
 pub mod entity;
 pub mod keys;

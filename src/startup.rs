@@ -88,7 +88,9 @@ impl Application {
         let writer = store::connect_writer(&url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
-        let recorder = Recorder::new(writer, db.clone()).start();
+        let recorder = Recorder::new(writer, db.clone());
+        let db_health = recorder.health();
+        let recorder = recorder.start();
         let notifier = Notifier::new(
             NotifierConfig {
                 secret: settings.webhooks.secret.clone(),
@@ -126,6 +128,7 @@ impl Application {
             recorder: recorder.clone(),
             uploader: uploader.clone(),
             cleaner,
+            health: db_health.clone(),
         };
         let supervisor = Supervisor::new(
             SupervisorConfig {
@@ -162,6 +165,7 @@ impl Application {
             outbound,
             keys,
             accepting: Arc::new(AtomicBool::new(true)),
+            db_health,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -248,8 +252,16 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server_task.await;
-        // Writes that were lingering for company (see `Recorder`) are written now.
-        let _ = state.recorder.send(Flush).await;
+        // Writes that were lingering for company (see `Recorder`) are written now; during a
+        // database outage the Recorder holds them until it is back, so this waits only so long
+        // (what is lost is replayed by the next start's recovery).
+        let flush_wait = Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+        if actix_rt::time::timeout(flush_wait, state.recorder.send(Flush))
+            .await
+            .is_err()
+        {
+            warn!("database unreachable at shutdown: held writes left for the next start");
+        }
         info!("stopped");
         Ok(())
     }

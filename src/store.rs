@@ -69,6 +69,53 @@ pub async fn checkpoint(db: &DatabaseConnection) -> Result<(), DbErr> {
     Ok(())
 }
 
+/// Whether the database takes a write now, without changing anything (the Recorder's probe during
+/// an outage with no write of its own to retry). SQLite rewrites `user_version` (nothing else uses
+/// it) with its own value: a real write, which fails while the file cannot be written, where a read
+/// would succeed. PostgreSQL: a round trip (an unwritable PostgreSQL fails the next real write,
+/// which starts the outage again).
+pub async fn probe_write(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        db.execute_unprepared("SELECT 1").await?;
+        return Ok(());
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA user_version",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("PRAGMA user_version answered nothing".into()))?;
+    let version: i32 = row.try_get_by_index(0)?;
+    db.execute_unprepared(&format!("PRAGMA user_version = {version}"))
+        .await?;
+    Ok(())
+}
+
+/// Closes the pool's idle connections, so that the next use connects afresh. After a write failed
+/// for want of the database, a connection's idea of its transaction cannot be trusted: SQLite
+/// rolls a transaction back by itself on an I/O error, sqlx's ROLLBACK then fails and sqlx still
+/// counts the transaction as open, so every later "transaction" on that connection would be a
+/// savepoint inside one that never commits (writes that seem to commit and are lost). The
+/// Recorder calls this before each attempt during an outage.
+pub async fn renew_connections(db: &DatabaseConnection) {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            while let Some(mut c) = pool.try_acquire() {
+                c.close_on_drop();
+            }
+        }
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            while let Some(mut c) = pool.try_acquire() {
+                c.close_on_drop();
+            }
+        }
+        _ => {}
+    }
+}
+
 fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
@@ -79,6 +126,13 @@ fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
 }
+
+/// Longest a caller waits for a connection, a connect to the server included (sqlx retries a
+/// refused connect until then). Past it the database counts as unreachable for that call: a route
+/// answers 503 (submits must answer within 2 s while the database is down) and the Recorder holds
+/// its writes and retries (see `Recorder`). A pool connection is had in microseconds when the
+/// database is up, and a connect to a server takes milliseconds.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pool options; `sqlite_pragmas` are set on each SQLite connection besides the common ones.
 fn options(
@@ -93,7 +147,7 @@ fn options(
     opts.sqlx_logging(log_statements)
         .sqlx_logging_level(log::LevelFilter::Debug)
         .max_connections(max_connections)
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(ACQUIRE_TIMEOUT);
     if is_sqlite(url) {
         // A file cannot hang up: no ping before handing out a connection (a round trip to sqlx's
         // SQLite thread, on every transaction).

@@ -76,6 +76,8 @@ pub async fn redeliver(
             .retry_horizon_secs
             .min(i64::MAX as u64) as i64,
     );
+    // Not queued behind a database outage: the client retries.
+    super::outage::check(&state)?;
     let found = state
         .recorder
         .send(Redeliver {

@@ -36,7 +36,7 @@ pub enum ApiError {
         message: String,
         task: Option<Box<TaskRecord>>,
     },
-    /// Shutting down.
+    /// Shutting down, or the database is unreachable: answered with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -74,8 +74,23 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is told to wait (`Retry-After`) before it tries a 503 again: long enough not
+/// to hammer a database that is coming back, short enough that clients resume soon after it is.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+impl ApiError {
+    /// The database cannot be reached now (see [`crate::db_health`]).
+    pub fn database_unreachable() -> ApiError {
+        ApiError::Unavailable("the database is unreachable; retry later".into())
+    }
+}
+
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
+        if crate::db_health::is_unreachable(&e) {
+            tracing::debug!(error = %e, "request failed: database unreachable");
+            return ApiError::database_unreachable();
+        }
         ApiError::Internal(e.into())
     }
 }
@@ -122,6 +137,12 @@ impl ResponseError for ApiError {
                 } else {
                     r#"Bearer realm="comfyd""#
                 },
+            ));
+        }
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                RETRY_AFTER_SECS.to_string(),
             ));
         }
         response.json(body)

@@ -14,7 +14,6 @@ use super::auth::{Caller, Submitter};
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::Enqueue;
 use crate::outbound::OutboundError;
-use crate::postprocess::recorder::InsertTask;
 use crate::store::{self, Inserted, NewTask};
 use crate::task::{InputFile, TaskRecord};
 use crate::workflow::{sniff_image, FieldError, ImageSource, Workflow};
@@ -370,7 +369,7 @@ async fn accept(
         deadline_at: deadline,
         owner: caller.owner(),
     };
-    let inserted = state.recorder.send(InsertTask(new)).await??;
+    let inserted = super::outage::insert_task(state, new).await?;
     match inserted {
         Inserted::New(task) => {
             state.supervisor.do_send(Enqueue {

@@ -159,6 +159,8 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let task = record(&state, &caller, &id).await?;
+    // Not queued behind a database outage: the client retries.
+    super::outage::check(&state)?;
     match state
         .supervisor
         .send(CancelTask {

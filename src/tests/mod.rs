@@ -3,6 +3,7 @@
 
 mod access;
 mod chaos;
+mod db_outage;
 mod pipeline;
 mod postprocess;
 mod queue;
