@@ -26,6 +26,7 @@ pub struct Settings {
     pub cleanup: CleanupSettings,
     pub workflows: WorkflowSettings,
     pub log: LogSettings,
+    pub comfyui_limits: ComfyuiLimitsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +154,29 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// How much comfyd reads from a ComfyUI server at most (a server is untrusted input).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComfyuiLimitsSettings {
+    /// Largest websocket frame, in bytes; a larger one drops the connection (comfyd reconnects).
+    pub max_frame_bytes: usize,
+    /// Largest JSON answer (`/history`, `/object_info`, `/queue`), in bytes.
+    pub max_json_bytes: usize,
+    /// Largest output downloaded from `/view`, in bytes (it is held in memory while stored).
+    pub max_view_bytes: usize,
+}
+
+impl ComfyuiLimitsSettings {
+    /// The limits as the ComfyUI client takes them.
+    pub fn limits(&self) -> crate::comfy::Limits {
+        crate::comfy::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_json_bytes: self.max_json_bytes,
+            max_view_bytes: self.max_view_bytes,
+        }
+    }
+}
+
 /// Environment overrides: one flat field per variable (envy lowercases the names).
 #[derive(Debug, Default, Deserialize)]
 struct EnvOverrides {
@@ -200,6 +224,10 @@ struct EnvOverrides {
     comfyd_cleanup: Option<bool>,
     comfyd_workflows_dir: Option<PathBuf>,
     comfyd_log_format: Option<String>,
+    // Limits on what a ComfyUI server sends (hostile backends).
+    comfyd_ws_max_frame_bytes: Option<usize>,
+    comfyd_comfyui_max_json_bytes: Option<usize>,
+    comfyd_view_max_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -336,6 +364,19 @@ impl Settings {
         set(&mut s.cleanup.enabled, env.comfyd_cleanup);
         set(&mut s.workflows.dir, env.comfyd_workflows_dir);
         set(&mut s.log.format, env.comfyd_log_format);
+        // Limits on what a ComfyUI server sends (hostile backends).
+        set(
+            &mut s.comfyui_limits.max_frame_bytes,
+            env.comfyd_ws_max_frame_bytes,
+        );
+        set(
+            &mut s.comfyui_limits.max_json_bytes,
+            env.comfyd_comfyui_max_json_bytes,
+        );
+        set(
+            &mut s.comfyui_limits.max_view_bytes,
+            env.comfyd_view_max_bytes,
+        );
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -389,6 +430,25 @@ impl Settings {
                 "log.format (COMFYD_LOG_FORMAT) must be \"text\" or \"json\", not {:?}",
                 self.log.format
             );
+        }
+        for (value, name) in [
+            (
+                self.comfyui_limits.max_frame_bytes,
+                "comfyui_limits.max_frame_bytes (COMFYD_WS_MAX_FRAME_BYTES)",
+            ),
+            (
+                self.comfyui_limits.max_json_bytes,
+                "comfyui_limits.max_json_bytes (COMFYD_COMFYUI_MAX_JSON_BYTES)",
+            ),
+            (
+                self.comfyui_limits.max_view_bytes,
+                "comfyui_limits.max_view_bytes (COMFYD_VIEW_MAX_BYTES)",
+            ),
+        ] {
+            // Below 64 KiB even ComfyUI's ordinary frames and answers would be refused.
+            if value < 65_536 {
+                bail!("{name} must be at least 65536 bytes, not {value}");
+            }
         }
         let url = &self.database.url;
         let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
