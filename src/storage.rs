@@ -649,6 +649,26 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn local_put_refuses_a_key_through_a_symlink_out_of_the_folder() {
+        // Arrange: a valid key whose first folder is a symlink to somewhere else.
+        let outside = tempfile::tempdir().expect("outside");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("task")).expect("symlink");
+        let store = Store::local(dir.path().to_path_buf());
+
+        // Act
+        let err = store
+            .put("task/x.png", Bytes::from_static(b"x"), "image/png")
+            .await
+            .expect_err("must refuse");
+
+        // Assert
+        assert!(matches!(err, StoreError::Escapes(_)), "{err}");
+        assert!(!err.is_transient());
+        assert_eq!(std::fs::read_dir(outside.path()).expect("dir").count(), 0);
+    }
+
+    #[actix_rt::test]
     async fn local_check_passes_on_a_writable_folder_and_fails_on_a_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::local(dir.path().join("new/folder"));
