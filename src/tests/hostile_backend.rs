@@ -63,13 +63,10 @@ struct Setup {
     fallback: PathBuf,
 }
 
-async fn setup(exec_ms: u64, extra: &[(&str, &str)]) -> Setup {
+async fn setup(exec_ms: u64, postgres: bool) -> Setup {
     let canary = tempfile::tempdir().expect("canary dir");
     let fallback = canary.path().join("d1/d2/d3/d4/failed");
-    let mut vars: HashMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut vars = HashMap::new();
     vars.insert(
         "DEFAULT_FAILED_IMAGE_PATH".into(),
         fallback.display().to_string(),
@@ -77,6 +74,7 @@ async fn setup(exec_ms: u64, extra: &[(&str, &str)]) -> Setup {
     let env = env(EnvOpts {
         backends: 1,
         exec_ms,
+        postgres,
         env: vars,
         ..Default::default()
     })
@@ -160,8 +158,18 @@ fn assert_each_form_named(messages: &[String]) {
 
 #[actix_web::test]
 async fn unsafe_output_names_fail_their_task_with_error_code_3_and_write_nothing_outside() {
+    unsafe_output_names(false).await;
+}
+
+/// PostgreSQL refuses NUL in text: the refused output's record must be escaped for it too.
+#[actix_web::test]
+async fn unsafe_output_names_are_recorded_escaped_on_postgres() {
+    unsafe_output_names(true).await;
+}
+
+async fn unsafe_output_names(postgres: bool) {
     // Arrange: one unsafe form for each of the next prompts, then an ordinary one.
-    let s = setup(30, &[]).await;
+    let s = setup(30, postgres).await;
     let forms: Vec<Value> = traversal_forms().into_iter().map(|(f, _)| f).collect();
     s.env.sims[0].hostile(json!({ "names_next": forms })).await;
 
@@ -203,7 +211,7 @@ async fn unsafe_output_names_fail_their_task_with_error_code_3_and_write_nothing
 #[actix_web::test]
 async fn unsafe_upload_answers_fail_their_task_with_error_code_3() {
     // Arrange: the next uploads are answered with unsafe names (`filename` is the answer's `name`).
-    let s = setup(30, &[]).await;
+    let s = setup(30, false).await;
     let forms: Vec<Value> = traversal_forms().into_iter().map(|(f, _)| f).collect();
     s.env.sims[0]
         .hostile(json!({ "uploads_next": forms }))
@@ -246,7 +254,7 @@ async fn unsafe_upload_answers_fail_their_task_with_error_code_3() {
 #[actix_web::test]
 async fn garbage_frames_and_foreign_events_leave_the_backends_tasks_succeeding() {
     // Arrange
-    let s = setup(100, &[]).await;
+    let s = setup(100, false).await;
     s.env.sims[0]
         .hostile(json!({ "garbage_next": 3, "foreign_next": 3 }))
         .await;
@@ -292,7 +300,7 @@ async fn garbage_frames_and_foreign_events_leave_the_backends_tasks_succeeding()
 #[actix_web::test]
 async fn an_oversized_frame_makes_comfyd_reconnect_and_the_task_still_ends() {
     // Arrange: a 64 MiB text frame at the start of the first prompt (the limit is 16 MiB).
-    let s = setup(600, &[]).await;
+    let s = setup(600, false).await;
     s.env.sims[0].hostile(json!({ "oversized_next": 1 })).await;
 
     // Act
