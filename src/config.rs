@@ -28,6 +28,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub database_outage: DatabaseOutageSettings,
+    pub comfyui_limits: ComfyuiLimitsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +190,29 @@ pub struct DatabaseOutageSettings {
     pub submit_wait_ms: u64,
 }
 
+/// How much comfyd reads from a ComfyUI server at most (a server is untrusted input).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComfyuiLimitsSettings {
+    /// Largest websocket frame, in bytes; a larger one drops the connection (comfyd reconnects).
+    pub max_frame_bytes: usize,
+    /// Largest JSON answer (`/history`, `/object_info`, `/queue`), in bytes.
+    pub max_json_bytes: usize,
+    /// Largest output downloaded from `/view`, in bytes (it is held in memory while stored).
+    pub max_view_bytes: usize,
+}
+
+impl ComfyuiLimitsSettings {
+    /// The limits as the ComfyUI client takes them.
+    pub fn limits(&self) -> crate::comfy::Limits {
+        crate::comfy::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_json_bytes: self.max_json_bytes,
+            max_view_bytes: self.max_view_bytes,
+        }
+    }
+}
+
 /// Environment overrides: one flat field per variable (envy lowercases the names).
 #[derive(Debug, Default, Deserialize)]
 struct EnvOverrides {
@@ -241,6 +265,10 @@ struct EnvOverrides {
     comfyd_api_keys: Option<String>,
     // Database outages.
     comfyd_db_submit_wait_ms: Option<u64>,
+    // Limits on what a ComfyUI server sends (hostile backends).
+    comfyd_ws_max_frame_bytes: Option<usize>,
+    comfyd_comfyui_max_json_bytes: Option<usize>,
+    comfyd_view_max_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -401,6 +429,19 @@ impl Settings {
             &mut s.database_outage.submit_wait_ms,
             env.comfyd_db_submit_wait_ms,
         );
+        // Limits on what a ComfyUI server sends (hostile backends).
+        set(
+            &mut s.comfyui_limits.max_frame_bytes,
+            env.comfyd_ws_max_frame_bytes,
+        );
+        set(
+            &mut s.comfyui_limits.max_json_bytes,
+            env.comfyd_comfyui_max_json_bytes,
+        );
+        set(
+            &mut s.comfyui_limits.max_view_bytes,
+            env.comfyd_view_max_bytes,
+        );
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -474,6 +515,25 @@ impl Settings {
                      (`comfyd keys generate` prints one)",
                     key.name
                 );
+            }
+        }
+        for (value, name) in [
+            (
+                self.comfyui_limits.max_frame_bytes,
+                "comfyui_limits.max_frame_bytes (COMFYD_WS_MAX_FRAME_BYTES)",
+            ),
+            (
+                self.comfyui_limits.max_json_bytes,
+                "comfyui_limits.max_json_bytes (COMFYD_COMFYUI_MAX_JSON_BYTES)",
+            ),
+            (
+                self.comfyui_limits.max_view_bytes,
+                "comfyui_limits.max_view_bytes (COMFYD_VIEW_MAX_BYTES)",
+            ),
+        ] {
+            // Below 64 KiB even ComfyUI's ordinary frames and answers would be refused.
+            if value < 65_536 {
+                bail!("{name} must be at least 65536 bytes, not {value}");
             }
         }
         let url = &self.database.url;

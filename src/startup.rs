@@ -115,6 +115,7 @@ impl Application {
                 upload_attempts: settings.storage.upload_attempts,
                 fallback_dir: settings.fallback_dir(),
                 http_timeout,
+                limits: settings.comfyui_limits.limits(),
             },
             db.clone(),
             storage,
@@ -150,6 +151,7 @@ impl Application {
                 http_timeout,
                 reconnect_max: Duration::from_millis(settings.comfyui.reconnect_max_ms),
                 lost_after: Duration::from_secs(settings.comfyui.lost_after_secs),
+                limits: settings.comfyui_limits.limits(),
             })
             .collect();
         supervisor.send(AttachBackends(backends)).await?;

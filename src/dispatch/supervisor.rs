@@ -709,6 +709,8 @@ pub enum JobOutcome {
     Unavailable(String),
     /// It vanished from the backend (restart, or unreachable too long).
     Lost(String),
+    /// The backend answered with a name comfyd refuses to use (see `comfy::names`): error_code 3.
+    UnsafeName(String),
 }
 
 /// A job left its backend, one way or another.
@@ -755,6 +757,16 @@ impl Handler<JobEnded> for Supervisor {
                     &Status::ON_BACKEND,
                     error_code::OTHER,
                     "interrupted on ComfyUI".into(),
+                    Value::Null,
+                    ctx,
+                );
+            }
+            JobOutcome::UnsafeName(message) => {
+                self.fail(
+                    task_id.clone(),
+                    &Status::ON_BACKEND,
+                    error_code::RETRIEVAL_FAILED,
+                    message,
                     Value::Null,
                     ctx,
                 );

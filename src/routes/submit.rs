@@ -331,7 +331,11 @@ async fn accept(
     }
     for (img, bytes, ext) in &images {
         let file = format!("{}.{ext}", img.param);
-        tokio::fs::write(dir.join(&file), bytes)
+        // Through the one path helper, like every file comfyd writes (src/paths.rs).
+        let path =
+            crate::paths::join_under(&state.settings.inputs_dir(), &format!("{task_id}/{file}"))
+                .map_err(anyhow::Error::from)?;
+        tokio::fs::write(path, bytes)
             .await
             .map_err(anyhow::Error::from)?;
         inputs.push(InputFile {

@@ -4,6 +4,7 @@
 mod access;
 mod chaos;
 mod db_outage;
+mod hostile_backend;
 mod pipeline;
 mod postprocess;
 mod queue;
