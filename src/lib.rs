@@ -15,6 +15,7 @@
 pub mod comfy;
 pub mod config;
 pub mod dispatch;
+pub mod dotenv;
 pub mod entity;
 pub mod outbound;
 pub mod pg_nodelay;

@@ -871,6 +871,7 @@ mod tests {
             output_nodes: serde_json::Value::Null,
             priority: 0,
             deadline_at: Utc::now(),
+            prompt_id: None,
         })
     }
 

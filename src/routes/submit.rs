@@ -314,6 +314,8 @@ async fn accept(
         output_nodes: json!(workflow.output_nodes),
         priority: s.priority,
         deadline_at: deadline,
+        // Chosen now, so the answer carries the id the task runs under (the original's answer did).
+        prompt_id: Some(uuid::Uuid::new_v4().to_string()),
     };
     let inserted = state.recorder.send(InsertTask(new)).await??;
     match inserted {
@@ -321,6 +323,7 @@ async fn accept(
             state.supervisor.do_send(Enqueue {
                 task_id: task.id.clone(),
                 priority: task.priority,
+                prompt_id: task.comfyui_task_id.clone(),
             });
             tracing::info!(task.id = %task.id, workflow = %task.workflow, "task {} accepted", task.id);
             Ok((TaskRecord::new(&task, &[]), true))
