@@ -274,12 +274,9 @@ struct EnvOverrides {
 impl Settings {
     /// Loads the settings the daemon runs with: defaults, `$COMFYD_CONFIG`, `.env`, environment.
     pub fn load() -> anyhow::Result<Settings> {
-        // A missing .env is normal; a malformed one is an operator error worth stopping for.
-        match dotenvy::dotenv() {
-            Ok(_) => {}
-            Err(e) if e.not_found() => {}
-            Err(e) => return Err(e).context("reading .env"),
-        }
+        // A missing .env is normal; a malformed one is an operator error worth stopping for. It is
+        // read as python-dotenv reads it, so the original service's `.env` works unchanged.
+        crate::dotenv::load(Path::new(".env"))?;
         let file = std::env::var_os("COMFYD_CONFIG").map(PathBuf::from);
         let env: EnvOverrides = envy::from_env().context("reading environment variables")?;
         Self::from_parts(file.as_deref(), env)
@@ -336,16 +333,29 @@ impl Settings {
         set(&mut s.storage.fallback_dir, env.default_failed_image_path);
         set(&mut s.server.port, env.service_port);
         set(&mut s.server.route_prefix, env.route_prefix);
-        if let Some(host) = env.rdb_host {
-            let user = env.rdb_username.unwrap_or_else(|| "postgres".into());
+        // The original always used PostgreSQL: any RDB_* variable selects it, and the ones left out
+        // take the original's defaults (there is no default password). Empty text counts as left out.
+        let rdb = [
+            &env.rdb_username,
+            &env.rdb_password,
+            &env.rdb_host,
+            &env.rdb_name,
+        ];
+        if env.rdb_port.is_some() || rdb.iter().any(|v| v.is_some()) {
+            let given = |v: Option<String>, default: &str| {
+                v.filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| default.to_string())
+            };
+            let user = given(env.rdb_username, "root");
             let auth = match env.rdb_password {
                 Some(p) if !p.is_empty() => format!("{}:{}", pct(&user), pct(&p)),
                 _ => pct(&user),
             };
             s.database.url = format!(
-                "postgres://{auth}@{host}:{}/{}",
+                "postgres://{auth}@{}:{}/{}",
+                given(env.rdb_host, "localhost"),
                 env.rdb_port.unwrap_or(5432),
-                env.rdb_name.unwrap_or_else(|| "comfyd".into())
+                given(env.rdb_name, "comfyui")
             );
         }
         // DATABASE_URL is the more specific setting and wins over RDB_*.
@@ -453,13 +463,8 @@ impl Settings {
         if self.comfyui.endpoints.is_empty() {
             bail!("comfyui.endpoints (COMFYUI_ENDPOINTS) lists no ComfyUI server");
         }
-        for e in &self.comfyui.endpoints {
-            let url = url::Url::parse(e).with_context(|| {
-                format!("comfyui.endpoints (COMFYUI_ENDPOINTS): {e:?} is not a URL")
-            })?;
-            if !matches!(url.scheme(), "http" | "https") {
-                bail!("comfyui.endpoints (COMFYUI_ENDPOINTS): {e:?} must be http or https");
-            }
+        for e in &mut self.comfyui.endpoints {
+            *e = endpoint_url(e)?;
         }
         if self.comfyui.max_in_flight == 0 {
             bail!("comfyui.max_in_flight (COMFYD_MAX_IN_FLIGHT) must be at least 1");
@@ -577,6 +582,26 @@ impl Settings {
     pub fn inputs_dir(&self) -> PathBuf {
         self.data.dir.join("inputs")
     }
+}
+
+/// A ComfyUI endpoint as a base URL: `host:port` (the original's form) means `http://host:port`;
+/// `http://` and `https://` URLs are kept as written.
+fn endpoint_url(e: &str) -> anyhow::Result<String> {
+    let full = if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    };
+    let url = url::Url::parse(&full).with_context(|| {
+        format!("comfyui.endpoints (COMFYUI_ENDPOINTS): {e:?} is not a URL or host:port")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("comfyui.endpoints (COMFYUI_ENDPOINTS): {e:?} must be http or https");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("comfyui.endpoints (COMFYUI_ENDPOINTS): {e:?} names no host");
+    }
+    Ok(full)
 }
 
 fn or_data(value: &str, data: &Path, default: &str) -> PathBuf {
@@ -728,6 +753,102 @@ mod tests {
             let err = format!("{:#}", Settings::from_parts(None, env).expect_err(&bad));
             assert!(err.contains("COMFYD_API_KEYS"), "{err}");
         }
+    }
+
+    #[test]
+    fn host_port_endpoints_mean_http_and_urls_are_kept() {
+        let env = EnvOverrides {
+            comfyui_endpoints: Some(
+                "localhost:8188,localhost:8189, 10.0.0.2:8190 ,https://gpu.example:443/comfy/,http://[::1]:8188"
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert_eq!(
+            s.comfyui.endpoints,
+            vec![
+                "http://localhost:8188",
+                "http://localhost:8189",
+                "http://10.0.0.2:8190",
+                "https://gpu.example:443/comfy/",
+                "http://[::1]:8188",
+            ]
+        );
+        for bad in ["ftp://x:21", "localhost:notaport", "http://"] {
+            let env = EnvOverrides {
+                comfyui_endpoints: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = format!("{:#}", Settings::from_parts(None, env).expect_err(bad));
+            assert!(
+                err.contains("COMFYUI_ENDPOINTS") && err.contains(bad),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_rdb_variable_selects_postgres_with_the_original_defaults() {
+        let env = EnvOverrides {
+            rdb_password: Some("123456".into()),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert_eq!(
+            s.database_url(),
+            "postgres://root:123456@localhost:5432/comfyui"
+        );
+        let env = EnvOverrides {
+            rdb_name: Some("comfy".into()),
+            rdb_port: Some(6543),
+            rdb_host: Some("".into()),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        // No password unless one is given.
+        assert_eq!(s.database_url(), "postgres://root@localhost:6543/comfy");
+        // DATABASE_URL is more specific and wins.
+        let env = EnvOverrides {
+            rdb_host: Some("db".into()),
+            database_url: Some("sqlite://x.db?mode=rwc".into()),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert_eq!(s.database_url(), "sqlite://x.db?mode=rwc");
+        // None at all: SQLite in the data folder.
+        let s = Settings::from_parts(None, EnvOverrides::default()).expect("valid");
+        assert!(s.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn the_original_env_file_gives_the_original_settings() {
+        let text = include_str!("tests/fixtures/original.env");
+        let vars: std::collections::HashMap<String, String> =
+            crate::dotenv::resolve(&crate::dotenv::parse(text).expect("parses"), |_| None)
+                .into_iter()
+                .collect();
+        let env: EnvOverrides = envy::from_iter(vars).expect("every value has its type");
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert_eq!(
+            s.comfyui.endpoints,
+            vec![
+                "http://localhost:8188",
+                "http://localhost:8189",
+                "http://localhost:8190"
+            ]
+        );
+        assert_eq!(s.storage.s3_access_key_id, "access_key_id");
+        assert_eq!(s.storage.s3_secret_access_key, "secret_access_key");
+        assert_eq!(s.storage.s3_bucket, "comfyui-server");
+        assert_eq!(s.storage.s3_region, "us-west-1");
+        assert_eq!(
+            s.database_url(),
+            "postgres://root:123456@localhost:5432/comfy"
+        );
+        assert_eq!(s.fallback_dir(), PathBuf::from("../tmp/failed_images"));
+        assert_eq!(s.server.port, 8000);
+        assert_eq!(s.server.route_prefix, "/api/v1");
     }
 
     #[test]

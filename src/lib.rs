@@ -17,6 +17,7 @@ pub mod comfy;
 pub mod config;
 pub mod db_health;
 pub mod dispatch;
+pub mod dotenv;
 pub mod entity;
 pub mod keys;
 pub mod outbound;

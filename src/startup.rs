@@ -152,6 +152,7 @@ impl Application {
                 reconnect_max: Duration::from_millis(settings.comfyui.reconnect_max_ms),
                 lost_after: Duration::from_secs(settings.comfyui.lost_after_secs),
                 limits: settings.comfyui_limits.limits(),
+                cleanup: settings.cleanup.enabled,
             })
             .collect();
         supervisor.send(AttachBackends(backends)).await?;
@@ -186,6 +187,7 @@ impl Application {
                         .error_handler(routes::error::json_error),
                 )
                 .app_data(web::QueryConfig::default().error_handler(routes::error::query_error))
+                .wrap(actix_web::middleware::from_fn(routes::error::log_errors))
                 .wrap(tracing_actix_web::TracingLogger::default())
                 .configure(|cfg| routes::configure(cfg, &prefix))
         })

@@ -200,6 +200,8 @@ pub struct NewTask {
     pub deadline_at: DateTime<Utc>,
     /// The name of the API key that submitted it (None when keys are not in use).
     pub owner: Option<String>,
+    /// The prompt id its first attempt runs under, chosen at submit so the answer can carry it.
+    pub prompt_id: Option<String>,
 }
 
 /// What inserting a task came to.
@@ -272,7 +274,7 @@ fn new_task_row(t: &NewTask, now: DateTime<Utc>) -> task::Model {
         priority: t.priority,
         status: Status::Queued.as_str().into(),
         backend: None,
-        comfyui_task_id: None,
+        comfyui_task_id: t.prompt_id.clone(),
         comfyui_filepath: None,
         s3_key: None,
         error_code: 0,
@@ -767,12 +769,16 @@ pub async fn list_tasks(
     Ok((rows, total))
 }
 
-/// Queued tasks in dispatch order (priority first, then age): how the Supervisor rebuilds its queue.
-pub async fn queued_tasks(db: &DatabaseConnection) -> Result<Vec<(String, i32)>, DbErr> {
-    let rows: Vec<(String, i32)> = task::Entity::find()
+/// Queued tasks in dispatch order (priority first, then age), with the prompt id each will run
+/// under: how the Supervisor rebuilds its queue.
+pub async fn queued_tasks(
+    db: &DatabaseConnection,
+) -> Result<Vec<(String, i32, Option<String>)>, DbErr> {
+    let rows: Vec<(String, i32, Option<String>)> = task::Entity::find()
         .select_only()
         .column(task::Column::Id)
         .column(task::Column::Priority)
+        .column(task::Column::ComfyuiTaskId)
         .filter(task::Column::Status.eq(Status::Queued.as_str()))
         .order_by_desc(task::Column::Priority)
         .order_by_asc(task::Column::CreatedAt)

@@ -241,6 +241,21 @@ impl ComfyClient {
         .await
     }
 
+    /// Whether the server has the node class `class` (`GET /object_info/{class}` answers `{}` when not).
+    pub async fn has_node_class(&self, class: &str) -> Result<bool, ComfyError> {
+        let path: String = url::form_urlencoded::byte_serialize(class.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20");
+        let v = self
+            .json(
+                "GET /object_info/{class}",
+                self.http.get(format!("{}/object_info/{path}", self.base)),
+                None,
+            )
+            .await?;
+        Ok(v.get(class).is_some())
+    }
+
     /// Uploads an input image under `name` (overwriting: the name is unique to the task, so a retry
     /// replaces its own earlier upload). Returns the value a LoadImage input takes.
     pub async fn upload_image(

@@ -52,7 +52,12 @@ pub struct BackendConfig {
     pub lost_after: Duration,
     /// How much is read from the server at most.
     pub limits: Limits,
+    /// Files are cleaned off this server (where it has the cleaner node, checked at each connect).
+    pub cleanup: bool,
 }
+
+/// The node class that deletes files on a ComfyUI host (a custom node of the service comfyd replaces).
+pub const CLEANER_CLASS: &str = "Clean input and output file";
 
 /// Runs a task's graph: uploads its input images, then queues the prompt under `prompt_id`.
 #[derive(Message, Debug)]
@@ -138,6 +143,8 @@ pub struct Backend {
     cleaning: HashSet<String>,
     /// A reconciliation is under way (they must not overlap).
     reconciling: bool,
+    /// Whether the server has [`CLEANER_CLASS`], as last checked; None before the first answer.
+    has_cleaner: Option<bool>,
 }
 
 impl Backend {
@@ -160,6 +167,7 @@ impl Backend {
             jobs: HashMap::new(),
             cleaning: HashSet::new(),
             reconciling: false,
+            has_cleaner: None,
             cfg,
         }
     }
@@ -229,7 +237,38 @@ impl Backend {
         for job in self.jobs.values_mut() {
             job.stale = true;
         }
-        self.reconcile(ctx, true);
+        if self.cfg.cleanup {
+            // Checked before the backend is marked up, so no job ends before the answer is known;
+            // again at every connect, since a restarted ComfyUI may have gained or lost the node.
+            self.check_cleaner(ctx);
+        } else {
+            self.reconcile(ctx, true);
+        }
+    }
+
+    fn check_cleaner(&mut self, ctx: &mut Context<Self>) {
+        let client = self.client.clone();
+        async move { client.has_node_class(CLEANER_CLASS).await }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                match res {
+                    Ok(has) => {
+                        if !has && act.has_cleaner != Some(false) {
+                            warn!(backend = %act.cfg.name, "ComfyUI {} lacks the node `{CLEANER_CLASS}`: its input and output files are NOT cleaned up (install the node, or set COMFYD_CLEANUP=false to silence this)", act.cfg.url);
+                        } else if has && act.has_cleaner == Some(false) {
+                            info!(backend = %act.cfg.name, "ComfyUI {} now has the node `{CLEANER_CLASS}`: files are cleaned up again", act.cfg.url);
+                        }
+                        act.has_cleaner = Some(has);
+                    }
+                    // Unknown: no cleanup until a later connect answers.
+                    Err(e) => {
+                        warn!(backend = %act.cfg.name, error = %e, "could not check for the cleaner node; no cleanup there until the next connect");
+                        act.has_cleaner = None;
+                    }
+                }
+                act.reconcile(ctx, true);
+            })
+            .spawn(ctx);
     }
 
     /// Asks the server about every queued prompt that may have been missed; marks the backend up
@@ -671,13 +710,17 @@ impl Handler<Clean> for Backend {
     type Result = ();
 
     fn handle(&mut self, msg: Clean, ctx: &mut Context<Self>) {
+        if self.has_cleaner != Some(true) {
+            debug!(backend = %self.cfg.name, files = msg.files.len(), "no cleaner node there; files left");
+            return;
+        }
         for (folder_type, path) in msg.files {
             let prompt_id = uuid::Uuid::new_v4().to_string();
             let mut graph = Map::new();
             graph.insert(
                 "1".into(),
                 serde_json::json!({
-                    "class_type": "Clean input and output file",
+                    "class_type": CLEANER_CLASS,
                     "inputs": { "type": folder_type, "path": path }
                 }),
             );

@@ -95,6 +95,9 @@ pub struct Supervisor {
     rr: usize,
     /// The backend each re-queued task last failed on: it goes elsewhere when it can.
     avoid: HashMap<String, usize>,
+    /// The prompt id each queued task will run under, as recorded in its row (chosen at submit for
+    /// the first attempt, at requeue for a later one); a task without one gets a fresh id.
+    next_prompt: HashMap<String, String>,
     accepting: bool,
     /// A reconciliation is under way; `reconcile_again`: another outage ended meanwhile.
     reconciling: bool,
@@ -104,7 +107,8 @@ pub struct Supervisor {
 /// What the database holds of unfinished tasks: queued ones (id, priority), ones on a backend, and
 /// executed ones (outputs being stored).
 struct Unfinished {
-    queued: Vec<(String, i32)>,
+    /// (id, priority, the prompt id its next attempt runs under)
+    queued: Vec<(String, i32, Option<String>)>,
     on_backend: Vec<crate::entity::task::Model>,
     executed: Vec<crate::entity::task::Model>,
 }
@@ -131,6 +135,7 @@ impl Supervisor {
             seq: 0,
             rr: 0,
             avoid: HashMap::new(),
+            next_prompt: HashMap::new(),
             accepting: true,
             reconciling: false,
             reconcile_again: false,
@@ -138,9 +143,12 @@ impl Supervisor {
     }
 
     /// Queues a task unless it is queued or held already; answers whether it was queued now.
-    fn push(&mut self, task_id: String, priority: i32) -> bool {
+    fn push(&mut self, task_id: String, priority: i32, prompt_id: Option<String>) -> bool {
         if self.queued.contains_key(&task_id) || self.holds(&task_id) {
             return false;
+        }
+        if let Some(p) = prompt_id {
+            self.next_prompt.insert(task_id.clone(), p);
         }
         self.seq += 1;
         let key = QueueKey {
@@ -195,7 +203,10 @@ impl Supervisor {
             self.queue.remove(&key);
             self.queued.remove(&key.task_id);
             self.avoid.remove(&key.task_id);
-            let prompt_id = uuid::Uuid::new_v4().to_string();
+            let prompt_id = self
+                .next_prompt
+                .remove(&key.task_id)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             self.slots[i].held.insert(
                 key.task_id.clone(),
                 Held {
@@ -275,7 +286,9 @@ impl Supervisor {
                 }
                 Err(e) => {
                     error!(task.id = %task_id, error = %e, "claim failed; will retry");
-                    act.slots[i].held.remove(&task_id);
+                    if let Some(h) = act.slots[i].held.remove(&task_id) {
+                        act.next_prompt.insert(task_id.clone(), h.prompt_id);
+                    }
                     act.queued.insert(task_id, key.clone());
                     act.queue.insert(key);
                     ctx.run_later(Duration::from_secs(1), |act, ctx| act.dispatch(ctx));
@@ -340,8 +353,11 @@ impl Supervisor {
                 return Ok(None);
             };
             if task.attempts >= max {
-                return Ok(Some((task, false)));
+                return Ok(Some((task, false, None)));
             }
+            // A new id for the next attempt: the old one may still come back from the backend that
+            // lost it. Recorded now, so the task shows the id it will run under.
+            let next = uuid::Uuid::new_v4().to_string();
             let requeued = recorder
                 .send(Transition {
                     task_id: task_id.clone(),
@@ -349,22 +365,25 @@ impl Supervisor {
                     to: Status::Queued,
                     patch: TaskPatch {
                         backend: Some(None),
-                        comfyui_task_id: Some(None),
+                        comfyui_task_id: Some(Some(next.clone())),
                         ..Default::default()
                     },
-                    event: Some(Event::new("requeued", json!({ "reason": reason }))),
+                    event: Some(Event::new(
+                        "requeued",
+                        json!({ "reason": reason, "next_prompt_id": next }),
+                    )),
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!(e))??;
-            Ok::<_, anyhow::Error>(requeued.then_some((task, true)))
+            Ok::<_, anyhow::Error>(requeued.then_some((task, true, Some(next))))
         }
         .into_actor(self)
         .map(|res, act, ctx| match res {
-            Ok(Some((task, true))) => {
-                act.push(task.id, task.priority);
+            Ok(Some((task, true, next))) => {
+                act.push(task.id, task.priority, next);
                 act.dispatch(ctx);
             }
-            Ok(Some((task, false))) => {
+            Ok(Some((task, false, _))) => {
                 act.avoid.remove(&task.id);
                 let msg = format!("no backend ran it in {} attempts", task.attempts);
                 act.fail(
@@ -446,8 +465,8 @@ impl Supervisor {
     /// (the Uploader skips tasks it is storing).
     fn resume(&mut self, unfinished: Unfinished, what: &str, ctx: &mut Context<Self>) {
         let (mut nq, mut nb, ne) = (0, 0, unfinished.executed.len());
-        for (id, priority) in unfinished.queued {
-            nq += usize::from(self.push(id, priority));
+        for (id, priority, prompt_id) in unfinished.queued {
+            nq += usize::from(self.push(id, priority, prompt_id));
         }
         for t in unfinished.on_backend {
             if self.holds(&t.id) {
@@ -532,6 +551,7 @@ impl Supervisor {
             self.queue.remove(&key);
         }
         self.avoid.remove(task_id);
+        self.next_prompt.remove(task_id);
         let Some(i) = self.slots.iter().position(|s| s.held.contains_key(task_id)) else {
             return;
         };
@@ -539,12 +559,12 @@ impl Supervisor {
             self.slots[i].addr.do_send(backend::Cancel {
                 prompt_id: held.prompt_id,
             });
-            self.clean_uploads(i, held.uploads);
+            self.clean_uploads(i, task_id, held.uploads);
         }
     }
 
     /// Input images of a job that ended are no longer needed on its backend.
-    fn clean_uploads(&self, i: usize, uploads: Vec<String>) {
+    fn clean_uploads(&self, i: usize, task_id: &str, uploads: Vec<String>) {
         if !uploads.is_empty() {
             let files = uploads
                 .into_iter()
@@ -552,6 +572,7 @@ impl Supervisor {
                 .collect();
             self.pipeline.cleaner.do_send(CleanFiles {
                 backend: self.slots[i].name.clone(),
+                task_id: task_id.to_string(),
                 files,
             });
         }
@@ -628,13 +649,15 @@ impl Handler<AttachBackends> for Supervisor {
 pub struct Enqueue {
     pub task_id: String,
     pub priority: i32,
+    /// The prompt id recorded with the task at submit.
+    pub prompt_id: Option<String>,
 }
 
 impl Handler<Enqueue> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
-        self.push(msg.task_id, msg.priority);
+        self.push(msg.task_id, msg.priority, msg.prompt_id);
         self.dispatch(ctx);
     }
 }
@@ -799,7 +822,7 @@ impl Handler<JobEnded> for Supervisor {
             }
         }
         if let Some((i, held)) = held {
-            self.clean_uploads(i, held.uploads);
+            self.clean_uploads(i, &task_id, held.uploads);
         }
         self.dispatch(ctx);
     }

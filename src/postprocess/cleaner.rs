@@ -2,7 +2,9 @@
 //! after its job ended (not merely queued), its outputs after they were stored. It goes through the
 //! `Clean input and output file` node of the service comfyd replaces, which must be installed on the
 //! ComfyUI host; the prompt is sent by the backend actor with comfyd's client id so its outcome is seen.
-//! Off unless `cleanup.enabled`.
+//! On by default (`cleanup.enabled`); a backend without the node is warned about and skipped. Only
+//! comfyd's own files are ever removed: a task's outputs under `comfyd/<task_id>/` and the inputs it
+//! uploaded for that task (`comfyd_<task id without dashes>_...`).
 
 use std::collections::HashMap;
 
@@ -51,6 +53,8 @@ impl Handler<RegisterBackend> for Cleaner {
 #[rtype(result = "()")]
 pub struct CleanFiles {
     pub backend: String,
+    /// The task the files belong to: only paths it owns are removed.
+    pub task_id: String,
     pub files: Vec<(String, String)>,
 }
 
@@ -68,16 +72,74 @@ impl Handler<CleanFiles> for Cleaner {
             .files
             .into_iter()
             .filter(|(kind, path)| {
+                // The shared name rule first (what may be a path at all), then ownership.
                 let checked = names::check_folder_type(kind)
                     .and_then(|()| names::check_relative_path(path));
                 if let Err(e) = &checked {
                     warn!(backend.name = %msg.backend, error = %e, "refusing to clean an unsafe path");
+                    return false;
                 }
-                checked.is_ok()
+                let ok = owned_by_task(&msg.task_id, kind, path);
+                if !ok {
+                    warn!(backend.name = %msg.backend, task.id = %msg.task_id, %kind, %path, "refusing to clean a path that is not this task's own");
+                }
+                ok
             })
             .collect();
         if !files.is_empty() {
             addr.do_send(Clean { files });
         }
+    }
+}
+
+/// True for files comfyd made for `task_id`: outputs under `comfyd/<task_id>/`, and inputs it uploaded
+/// as `comfyd_<task id without dashes>_<param>.<ext>`. Never `temp` (cached prompts share those).
+pub fn owned_by_task(task_id: &str, kind: &str, path: &str) -> bool {
+    if task_id.is_empty() || names::check_relative_path(path).is_err() {
+        return false;
+    }
+    match kind {
+        "output" => path
+            .strip_prefix(&format!("comfyd/{task_id}/"))
+            .is_some_and(|rest| !rest.is_empty()),
+        "input" => {
+            let prefix = format!("comfyd_{}_", task_id.replace('-', ""));
+            !path.contains(['/', '\\'])
+                && path
+                    .strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.is_empty())
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owned_by_task;
+
+    #[test]
+    fn cleans_only_the_tasks_own_files() {
+        let t = "6f1c0e2a-1b2c-4d5e-8f90-0123456789ab";
+        let upload = "comfyd_6f1c0e2a1b2c4d5e8f900123456789ab_image.png";
+        assert!(owned_by_task(
+            t,
+            "output",
+            &format!("comfyd/{t}/ComfyUI_00001_.png")
+        ));
+        assert!(owned_by_task(t, "input", upload));
+        for (kind, path) in [
+            ("output", "ComfyUI_00001_.png".to_string()),
+            ("output", format!("comfyd/{t}/")),
+            ("output", "comfyd/other-task/x.png".to_string()),
+            ("output", format!("comfyd/{t}/../x.png")),
+            ("input", "example.png".to_string()),
+            ("input", "comfyd_ffff_image.png".to_string()),
+            ("input", format!("sub/{upload}")),
+            ("temp", format!("comfyd/{t}/x.png")),
+            ("models", format!("comfyd/{t}/x.png")),
+        ] {
+            assert!(!owned_by_task(t, kind, &path), "{kind} {path}");
+        }
+        assert!(!owned_by_task("", "output", "comfyd//x.png"));
     }
 }

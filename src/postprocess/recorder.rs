@@ -1034,6 +1034,7 @@ mod tests {
             priority: 0,
             deadline_at: Utc::now(),
             owner: None,
+            prompt_id: None,
         })
     }
 

@@ -296,6 +296,7 @@ impl StoreJob {
             if code == error_code::OK {
                 self.cleaner.do_send(CleanFiles {
                     backend: self.backend.clone(),
+                    task_id: id.clone(),
                     files: output_files(&outputs),
                 });
             }
@@ -342,6 +343,7 @@ impl StoreJob {
         }
         self.cleaner.do_send(CleanFiles {
             backend: self.backend.clone(),
+            task_id: id.to_string(),
             files: output_files(outputs),
         });
         info!(task.id = %id, status = %task.status, outputs = outputs.len(), "task {id} ended while its outputs were stored; removed them");

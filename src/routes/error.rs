@@ -52,6 +52,20 @@ fn summary(fields: &[FieldError]) -> String {
 }
 
 impl ApiError {
+    /// The first thing wrong, for a one-line log: `field: reason`, or the message.
+    fn first_problem(&self) -> String {
+        match self {
+            ApiError::Invalid(fields) => match fields.first() {
+                Some(f) if fields.len() > 1 => {
+                    format!("{}: {} (and {} more)", f.field, f.reason, fields.len() - 1)
+                }
+                Some(f) => format!("{}: {}", f.field, f.reason),
+                None => self.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
     pub fn field(field: &str, reason: impl Into<String>) -> ApiError {
         ApiError::Invalid(vec![FieldError {
             field: field.into(),
@@ -146,6 +160,48 @@ impl ResponseError for ApiError {
             ));
         }
         response.json(body)
+    }
+}
+
+/// Logs every failed request as one short line: method, route, status and the first problem
+/// (`POST /api/v1 422 params.prompt: required parameter is missing`). A 500 of ours is logged in
+/// full where it is rendered (above); the request body is never logged.
+pub async fn log_errors(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let method = req.method().clone();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| req.path().to_string());
+    let res = next.call(req).await?;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let (problem, ours_500) = match res.response().error() {
+            Some(e) => match e.as_error::<ApiError>() {
+                Some(api) => (api.first_problem(), matches!(api, ApiError::Internal(_))),
+                None => (e.to_string(), false),
+            },
+            None => (String::new(), false),
+        };
+        let problem = one_line(&problem);
+        let code = status.as_u16();
+        if status.is_client_error() {
+            tracing::warn!(http.method = %method, http.route = %route, http.status_code = code, "{method} {route} {code} {problem}");
+        } else if !ours_500 {
+            tracing::error!(http.method = %method, http.route = %route, http.status_code = code, "{method} {route} {code} {problem}");
+        }
+    }
+    Ok(res)
+}
+
+/// The first line of `s`, at most 200 characters.
+fn one_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() > 200 {
+        format!("{}...", line.chars().take(200).collect::<String>())
+    } else {
+        line.to_string()
     }
 }
 

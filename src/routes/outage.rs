@@ -38,6 +38,7 @@ pub async fn insert_task(state: &AppState, new: NewTask) -> Result<Inserted, Api
         if let Err(Ok(Ok(Inserted::New(task)))) = tx.send(written) {
             tracing::warn!(task.id = %task.id, "task {} was recorded after its submit was answered 503; running it", task.id);
             supervisor.do_send(Enqueue {
+                prompt_id: task.comfyui_task_id.clone(),
                 task_id: task.id,
                 priority: task.priority,
             });

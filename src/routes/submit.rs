@@ -372,6 +372,8 @@ async fn accept(
         priority: s.priority,
         deadline_at: deadline,
         owner: caller.owner(),
+        // Chosen now, so the answer carries the id the task runs under (the original's answer did).
+        prompt_id: Some(uuid::Uuid::new_v4().to_string()),
     };
     let inserted = super::outage::insert_task(state, new).await?;
     match inserted {
@@ -379,6 +381,7 @@ async fn accept(
             state.supervisor.do_send(Enqueue {
                 task_id: task.id.clone(),
                 priority: task.priority,
+                prompt_id: task.comfyui_task_id.clone(),
             });
             tracing::info!(task.id = %task.id, workflow = %task.workflow, "task {} accepted", task.id);
             Ok((TaskRecord::new(&task, &[]), true))

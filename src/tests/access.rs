@@ -88,7 +88,7 @@ async fn daemon(sim: &Sim, db: &TestDb, env: &[(&str, String)]) -> Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect::<HashMap<_, _>>(),
-        workflows_dir: None,
+        ..Default::default()
     })
     .await
 }

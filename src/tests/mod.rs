@@ -5,6 +5,7 @@ mod access;
 mod chaos;
 mod db_outage;
 mod hostile_backend;
+mod original;
 mod pipeline;
 mod postprocess;
 mod queue;

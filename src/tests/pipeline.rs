@@ -59,6 +59,10 @@ pub async fn env(opts: EnvOpts) -> Env {
     let mut endpoints: Vec<String> = sims.iter().map(|s| s.url.clone()).collect();
     endpoints.extend(opts.extra_endpoints);
     let mut env = opts.env;
+    // Cleanup is on by default, and its prompts would mix into the simulators' prompt lists that
+    // these tests count; the tests of cleanup turn it on (and `original::` runs with the default).
+    env.entry("COMFYD_CLEANUP".into())
+        .or_insert_with(|| "false".into());
     if let Some(s3) = &s3 {
         env.insert("S3_BUCKET".into(), BUCKET.into());
         env.insert("S3_REGION_NAME".into(), "us-east-1".into());
@@ -71,6 +75,7 @@ pub async fn env(opts: EnvOpts) -> Env {
         database_url: db.url().to_string(),
         env,
         workflows_dir: opts.workflows_dir,
+        dotenv: None,
     })
     .await;
     Env {
@@ -641,6 +646,7 @@ async fn cleanup_removes_the_input_after_the_job_and_the_outputs_after_storing()
 async fn without_cleanup_files_stay_on_the_comfyui_host() {
     let env = env(EnvOpts {
         backends: 1,
+        env: HashMap::from([("COMFYD_CLEANUP".to_string(), "false".to_string())]),
         ..Default::default()
     })
     .await;

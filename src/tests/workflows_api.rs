@@ -201,7 +201,16 @@ async fn the_listing_describes_every_shipped_workflow_with_a_json_schema() {
     assert_eq!(status, 200);
     assert_eq!(t2i["name"], "text2img");
     let schema = &t2i["params"];
-    assert_eq!(schema["required"], json!(["prompt"]), "{schema}");
+    // `prompt` may also come as `text` (the original's name): exactly one of the two is required.
+    assert_eq!(schema["required"], json!([]), "{schema}");
+    assert_eq!(
+        schema["allOf"],
+        json!([{ "oneOf": [{ "required": ["prompt"] }, { "required": ["text"] }] }]),
+        "{schema}"
+    );
+    assert_eq!(schema["properties"]["prompt"]["x-aliases"], json!(["text"]));
+    assert_eq!(schema["properties"]["text"]["x-alias-of"], "prompt");
+    assert_eq!(schema["properties"]["text"]["maxLength"], 4000);
     let props = &schema["properties"];
     assert_eq!(props["prompt"]["type"], "string");
     assert_eq!(props["prompt"]["maxLength"], 4000);
@@ -227,7 +236,11 @@ async fn the_listing_describes_every_shipped_workflow_with_a_json_schema() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(required, BTreeSet::from(["image", "prompt"]));
+    assert_eq!(required, BTreeSet::from(["image"]));
+    assert_eq!(
+        i2i["params"]["allOf"][0]["oneOf"][1],
+        json!({ "required": ["text"] })
+    );
 
     for path in ["/workflows/nope", "/workflows/TEXT2IMG"] {
         let (status, body) = env.daemon.get(path).await;

@@ -48,6 +48,9 @@ struct RawParam {
     min: Option<Value>,
     max: Option<Value>,
     values: Option<Vec<String>>,
+    /// Other names clients may send the param under (an older name kept when it was renamed).
+    #[serde(default)]
+    aliases: Vec<String>,
     targets: Vec<Target>,
 }
 
@@ -185,6 +188,34 @@ fn build(
     let mut params = Vec::new();
     // Which param already sets each input, to catch two params (or one, twice) on the same input.
     let mut setters: HashMap<(String, String), String> = HashMap::new();
+    // Which param each name or alias belongs to, so that a body's field names one param only.
+    let mut names: HashMap<String, String> = raw
+        .params
+        .0
+        .iter()
+        .map(|(name, _)| (name.clone(), name.clone()))
+        .collect();
+    for (name, raw_param) in &raw.params.0 {
+        let mut alias_problems = Vec::new();
+        for (i, alias) in raw_param.aliases.iter().enumerate() {
+            if !is_param_name(alias) {
+                alias_problems.push(format!("alias `{alias}` must match [A-Za-z_][A-Za-z0-9_]*"));
+            } else if alias == name || raw_param.aliases[..i].contains(alias) {
+                alias_problems.push(format!("alias `{alias}` is listed twice"));
+            } else if let Some(owner) = names.insert(alias.clone(), name.clone()) {
+                if owner == *name {
+                    alias_problems.push(format!("alias `{alias}` is listed twice"));
+                } else {
+                    alias_problems.push(format!(
+                        "alias `{alias}` is already the name or an alias of param `{owner}`"
+                    ));
+                }
+            }
+        }
+        for problem in alias_problems {
+            problems.push(format!("{file}: param `{name}`: {problem}"));
+        }
+    }
     for (name, raw_param) in raw.params.0 {
         let mut param_problems = Vec::new();
         let param = build_param(&name, raw_param, &mut param_problems);
@@ -398,6 +429,7 @@ fn build_param(name: &str, raw: RawParam, problems: &mut Vec<String>) -> Option<
 
     Some(Param {
         name: name.to_owned(),
+        aliases: raw.aliases,
         description: raw.description,
         kind,
         required,

@@ -24,6 +24,8 @@ const ECHO_MAX_CHARS: usize = 40;
 pub struct Param {
     /// Name of the field in the client's params object.
     pub name: String,
+    /// Other names the client may use instead (never more than one of them and `name` at once).
+    pub aliases: Vec<String>,
     /// Human description (may be empty).
     pub description: String,
     /// Type and type-specific limits.
@@ -308,21 +310,38 @@ pub(crate) fn validate(params: &[Param], input: &Value) -> Result<Resolved, Vec<
     let mut resolved = Resolved::default();
     let mut errors = Vec::new();
     for param in params {
-        let given = object.get(&param.name).filter(|v| !v.is_null());
+        // The param under its name or one of its aliases; errors name the field as the client sent it.
+        let mut given_as = std::iter::once(&param.name)
+            .chain(&param.aliases)
+            .filter_map(|n| object.get(n).filter(|v| !v.is_null()).map(|v| (n, v)));
+        let given = given_as.next();
+        if let Some((first, _)) = given {
+            let others: Vec<String> = given_as.map(|(n, _)| format!("`{n}`")).collect();
+            if !others.is_empty() {
+                errors.push(FieldError::new(
+                    first,
+                    format!(
+                        "`{first}` and {} name the same parameter; send only one of them",
+                        others.join(" and ")
+                    ),
+                ));
+                continue;
+            }
+        }
         match (given, &param.kind) {
-            (Some(value), ParamKind::Image) => match image::parse_image(value) {
+            (Some((field, value)), ParamKind::Image) => match image::parse_image(value) {
                 Ok(source) => resolved.images.push(ImageParam {
                     param: param.name.clone(),
                     source,
                     targets: param.targets.clone(),
                 }),
-                Err(reason) => errors.push(FieldError::new(&param.name, reason)),
+                Err(reason) => errors.push(FieldError::new(field, reason)),
             },
-            (Some(value), kind) => match check_value(kind, value) {
+            (Some((field, value)), kind) => match check_value(kind, value) {
                 Ok(value) => {
                     resolved.values.insert(param.name.clone(), value);
                 }
-                Err(problem) => errors.push(FieldError::new(&param.name, problem.to_string())),
+                Err(problem) => errors.push(FieldError::new(field, problem.to_string())),
             },
             (None, kind) => {
                 if let Some(default) = &param.default {
@@ -345,7 +364,10 @@ pub(crate) fn validate(params: &[Param], input: &Value) -> Result<Resolved, Vec<
 
     // Unknown names are reported even when null: they are most likely typos of a real name.
     for name in object.keys() {
-        if !params.iter().any(|p| &p.name == name) {
+        if !params
+            .iter()
+            .any(|p| &p.name == name || p.aliases.contains(name))
+        {
             errors.push(FieldError::new(name, "unknown parameter"));
         }
     }

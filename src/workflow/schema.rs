@@ -11,13 +11,41 @@ const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
 pub(crate) fn json_schema(workflow: &Workflow) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
+    // A param with aliases is given under exactly one of its names (required) or at most one.
+    let mut one_name = Vec::new();
     for param in &workflow.params {
-        properties.insert(param.name.clone(), param_schema(param));
-        if param.required {
-            required.push(Value::String(param.name.clone()));
+        let mut schema = param_schema(param);
+        if !param.aliases.is_empty() {
+            schema["x-aliases"] = json!(param.aliases);
+        }
+        properties.insert(param.name.clone(), schema.clone());
+        for alias in &param.aliases {
+            let mut alias_schema = schema.clone();
+            if let Some(obj) = alias_schema.as_object_mut() {
+                obj.remove("x-aliases");
+                obj.insert("x-alias-of".into(), param.name.clone().into());
+                obj.insert(
+                    "description".into(),
+                    format!("Another name for `{}`; send one of them.", param.name).into(),
+                );
+            }
+            properties.insert(alias.clone(), alias_schema);
+        }
+        let names: Vec<Value> = std::iter::once(&param.name)
+            .chain(&param.aliases)
+            .map(|n| json!({ "required": [n] }))
+            .collect();
+        if param.aliases.is_empty() {
+            if param.required {
+                required.push(Value::String(param.name.clone()));
+            }
+        } else if param.required {
+            one_name.push(json!({ "oneOf": names }));
+        } else {
+            one_name.push(json!({ "not": { "anyOf": pairs(param) } }));
         }
     }
-    json!({
+    let mut schema = json!({
         "$schema": DRAFT_2020_12,
         "title": workflow.name,
         "description": workflow.description,
@@ -25,7 +53,23 @@ pub(crate) fn json_schema(workflow: &Workflow) -> Value {
         "properties": properties,
         "required": required,
         "additionalProperties": false,
-    })
+    });
+    if !one_name.is_empty() {
+        schema["allOf"] = Value::Array(one_name);
+    }
+    schema
+}
+
+/// `{"required": [a, b]}` for every two names of a param: none may hold.
+fn pairs(param: &Param) -> Vec<Value> {
+    let names: Vec<&String> = std::iter::once(&param.name).chain(&param.aliases).collect();
+    let mut out = Vec::new();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            out.push(json!({ "required": [a, b] }));
+        }
+    }
+    out
 }
 
 /// See [`Workflow::describe`].

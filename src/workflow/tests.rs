@@ -1555,3 +1555,114 @@ fn an_output_node_that_is_not_an_output_class_is_reported() {
         ["o: output node `1` (LoadImage) is not an output node on the backend, so it produces no files"]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Aliases
+
+const ALIASED: &str = r#"
+name = "t"
+[outputs]
+nodes = ["2"]
+[params.prompt]
+type = "string"
+required = true
+aliases = ["text", "caption"]
+targets = [{ node = "3", input = "text" }]
+[params.negative]
+type = "string"
+default = ""
+aliases = ["neg"]
+targets = [{ node = "6", input = "text" }]
+"#;
+
+fn aliased() -> Workflow {
+    Workflow::from_sources("t", ALIASED, GRAPH).expect("loads")
+}
+
+#[test]
+fn an_alias_sets_its_param_and_errors_name_the_field_as_sent() {
+    let r = aliased()
+        .validate(&json!({ "text": "a lighthouse", "neg": "fog" }))
+        .expect("valid");
+    assert_eq!(r.values["prompt"], json!("a lighthouse"));
+    assert_eq!(r.values["negative"], json!("fog"));
+    let errors = aliased()
+        .validate(&json!({ "caption": 3 }))
+        .expect_err("wrong type");
+    assert_eq!(errors[0].field, "params.caption");
+    // Null counts as absent under an alias too.
+    let r = aliased()
+        .validate(&json!({ "prompt": "x", "text": null }))
+        .expect("valid");
+    assert_eq!(r.values["prompt"], json!("x"));
+}
+
+#[test]
+fn a_name_and_its_alias_together_are_refused_naming_both() {
+    let errors = aliased()
+        .validate(&json!({ "prompt": "a", "text": "b", "neg": "c", "negative": "d" }))
+        .expect_err("both");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].field, "params.prompt");
+    assert!(
+        errors[0].reason.contains("`prompt` and `text`"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].reason.contains("`negative` and `neg`"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn aliases_must_be_names_unique_across_the_workflow() {
+    let bad = ALIASED.replace(
+        r#"aliases = ["neg"]"#,
+        r#"aliases = ["text", "negative", "bad-name"]"#,
+    );
+    let err = Workflow::from_sources("t", &bad, GRAPH).expect_err("clashes");
+    let text = err.to_string();
+    assert!(
+        text.contains("alias `text` is already the name or an alias of param `prompt`"),
+        "{text}"
+    );
+    assert!(text.contains("alias `negative` is listed twice"), "{text}");
+    assert!(text.contains("alias `bad-name` must match"), "{text}");
+}
+
+#[test]
+fn the_schema_lists_aliases_and_requires_exactly_one_name() {
+    let schema = aliased().json_schema();
+    assert_eq!(schema["required"], json!([]));
+    assert_eq!(
+        schema["properties"]["prompt"]["x-aliases"],
+        json!(["text", "caption"])
+    );
+    assert_eq!(schema["properties"]["caption"]["x-alias-of"], "prompt");
+    assert_eq!(schema["properties"]["neg"]["type"], "string");
+    assert_eq!(
+        schema["allOf"],
+        json!([
+            {"oneOf": [{"required": ["prompt"]}, {"required": ["text"]}, {"required": ["caption"]}]},
+            {"not": {"anyOf": [{"required": ["negative", "neg"]}]}}
+        ])
+    );
+}
+
+#[test]
+fn the_shipped_workflows_take_the_originals_names() {
+    let set = WorkflowSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows"))
+        .expect("shipped workflows load");
+    let t2i = set.get("text2img").expect("text2img");
+    let r = t2i
+        .validate(&json!({ "text": "2capys" }))
+        .expect("only text");
+    assert_eq!(r.values["prompt"], json!("2capys"));
+    let i2i = set.get("img2img").expect("img2img");
+    let png = STANDARD.encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0");
+    let r = i2i
+        .validate(&json!({ "text": "2capys", "image": png }))
+        .expect("text and image");
+    assert_eq!(r.values["prompt"], json!("2capys"));
+    assert_eq!(r.images.len(), 1);
+}

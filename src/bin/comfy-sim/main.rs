@@ -64,6 +64,9 @@ struct Cli {
     /// scripts the same per prompt).
     #[arg(long, value_parser = hostile::Hostile::parse)]
     hostile: Option<hostile::Hostile>,
+    /// Run without the `Clean input and output file` node (as a ComfyUI lacking that custom node).
+    #[arg(long)]
+    without_cleaner: bool,
 }
 
 /// A fresh directory under the system temp dir.
@@ -93,6 +96,8 @@ async fn exit_on_signal() {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before anything reads the node classes (they are built once).
+    nodes::WITHOUT_CLEANER.store(cli.without_cleaner, std::sync::atomic::Ordering::Relaxed);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

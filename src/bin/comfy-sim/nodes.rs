@@ -18,6 +18,10 @@ pub const CHECKPOINTS: [&str; 2] = [
 ];
 /// The class name of the cleaner node of the service comfyd replaces.
 pub const CLEAN_CLASS: &str = "Clean input and output file";
+/// Set once at start by `--without-cleaner`: the cleaner node is not installed (absent from
+/// `/object_info`, refused in prompts), as on a ComfyUI without that custom node.
+pub static WITHOUT_CLEANER: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 const MAX_RES: i64 = 16384;
 /// KSampler's sampler and scheduler lists as ComfyUI 0.3.64 offers them (comfy/samplers.py).
@@ -110,6 +114,14 @@ fn combo(items: &[&str]) -> Value {
 
 /// Every node class, in a fixed order; `input_files` fills LoadImage's combo.
 pub fn object_info(input_files: &[String]) -> Vec<(&'static str, Value)> {
+    let mut all = all_classes(input_files);
+    if WITHOUT_CLEANER.load(std::sync::atomic::Ordering::Relaxed) {
+        all.retain(|(class, _)| *class != CLEAN_CLASS);
+    }
+    all
+}
+
+fn all_classes(input_files: &[String]) -> Vec<(&'static str, Value)> {
     let images = json!(["IMAGE", {"tooltip": "The images to save."}]);
     vec![
         ("EmptyImage", entry("EmptyImage", "EmptyImage", "image", "nodes", "", vec![

@@ -20,6 +20,9 @@ pub struct DaemonConfig {
     pub env: HashMap<String, String>,
     /// Workflows folder; default: the repository's `workflows/`.
     pub workflows_dir: Option<PathBuf>,
+    /// A `.env` written into the daemon's working folder (`{port}` becomes its port). With one, the
+    /// endpoints, port and database come from that file instead of environment variables.
+    pub dotenv: Option<String>,
 }
 
 pub struct Daemon {
@@ -73,11 +76,20 @@ impl Daemon {
             .env(
                 "RUST_LOG",
                 std::env::var("COMFYD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        match &self.cfg.dotenv {
+            Some(text) => std::fs::write(
+                self.data.path().join(".env"),
+                text.replace("{port}", &self.port.to_string()),
             )
-            .env("SERVICE_PORT", self.port.to_string())
-            .env("COMFYD_HOST", "127.0.0.1")
-            .env("COMFYUI_ENDPOINTS", self.cfg.endpoints.join(","))
-            .env("DATABASE_URL", &self.cfg.database_url)
+            .expect("write .env"),
+            None => {
+                cmd.env("SERVICE_PORT", self.port.to_string())
+                    .env("COMFYUI_ENDPOINTS", self.cfg.endpoints.join(","))
+                    .env("DATABASE_URL", &self.cfg.database_url);
+            }
+        }
+        cmd.env("COMFYD_HOST", "127.0.0.1")
             .env("COMFYD_DATA_DIR", self.data.path())
             .env("COMFYD_WORKFLOWS_DIR", workflows)
             .env("COMFYD_HTTP_WORKERS", "2")

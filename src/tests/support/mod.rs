@@ -44,6 +44,7 @@ pub fn new_task(id: &str, callback: Option<&str>) -> NewTask {
         priority: 0,
         deadline_at: Utc::now() + chrono::Duration::minutes(5),
         owner: None,
+        prompt_id: None,
     }
 }
 

@@ -14,18 +14,26 @@ pub struct Sim {
     pub url: String,
     data: TempDir,
     exec_ms: u64,
+    /// Extra command-line flags (kept for restarts).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Sim {
     /// Starts a simulator whose prompts take `exec_ms` each.
     pub async fn start(exec_ms: u64) -> Sim {
+        Sim::start_with(exec_ms, &[]).await
+    }
+
+    /// Same, with extra flags (e.g. `--without-cleaner`).
+    pub async fn start_with(exec_ms: u64, args: &[&str]) -> Sim {
         let data = tempfile::tempdir().expect("sim data dir");
         let mut sim = Sim {
             port: 0,
             url: String::new(),
             data,
             exec_ms,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         sim.spawn(0);
@@ -42,6 +50,7 @@ impl Sim {
             ])
             .arg("--data-dir")
             .arg(self.data.path())
+            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
