@@ -10,8 +10,10 @@
 //! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
 //! - [`store`] and [`entity`]: the database.
 //! - [`routes`]: the HTTP API.
+//! - [`budget`]: the memory requests may hold at once (request bodies, input images).
 //! - [`startup`]: builds and runs the application.
 
+pub mod budget;
 pub mod comfy;
 pub mod config;
 pub mod dispatch;

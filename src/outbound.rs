@@ -23,6 +23,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 use tokio::time::{timeout_at, Instant};
 
+use crate::budget::{BudgetError, Reservation};
+
 /// Longest URL accepted from a client; longer ones are refused before any parsing work.
 const MAX_URL_LEN: usize = 8 * 1024;
 /// Redirects followed by [`Outbound::fetch_image`]; every hop passes [`Outbound::check_url`] again.
@@ -88,6 +90,9 @@ pub enum OutboundError {
     /// A header given by the caller is not a valid HTTP header.
     #[error("invalid header {0:?}")]
     BadHeader(String),
+    /// The request's share of the memory budget could not hold the image.
+    #[error("{0}")]
+    Budget(#[from] BudgetError),
 }
 
 impl OutboundError {
@@ -101,6 +106,7 @@ impl OutboundError {
             | OutboundError::BadContentType(_)
             | OutboundError::TooManyRedirects
             | OutboundError::BadHeader(_) => false,
+            OutboundError::Budget(e) => *e == BudgetError::Busy,
         }
     }
 }
@@ -220,14 +226,28 @@ impl Outbound {
     /// content type must be `image/*` (the caller still sniffs the bytes). Returns the bytes and
     /// the content type without parameters (`image/png`).
     pub async fn fetch_image(&self, url: &str) -> Result<(Bytes, String), OutboundError> {
+        self.fetch_image_within(url, None).await
+    }
+
+    /// [`Self::fetch_image`], with the bytes buffered counted in `held` (grown as they arrive, to
+    /// the announced length at once when there is one): a request's share of the memory budget.
+    pub async fn fetch_image_within(
+        &self,
+        url: &str,
+        held: Option<&mut Reservation>,
+    ) -> Result<(Bytes, String), OutboundError> {
         let url = self.check_url(url)?;
         let deadline = Instant::now() + Duration::from_millis(self.settings.fetch_timeout_ms);
-        timeout_at(deadline, self.fetch_image_from(url))
+        timeout_at(deadline, self.fetch_image_from(url, held))
             .await
             .map_err(|_| OutboundError::Timeout)?
     }
 
-    async fn fetch_image_from(&self, mut url: url::Url) -> Result<(Bytes, String), OutboundError> {
+    async fn fetch_image_from(
+        &self,
+        mut url: url::Url,
+        mut held: Option<&mut Reservation>,
+    ) -> Result<(Bytes, String), OutboundError> {
         let limit = self.settings.fetch_max_bytes;
         let client = client();
         for _ in 0..=MAX_REDIRECTS {
@@ -261,11 +281,24 @@ impl Outbound {
             if declared.is_some_and(|length| length > limit) {
                 return Err(OutboundError::TooLarge { limit });
             }
+            let start = held.as_ref().map_or(0, |r| r.bytes());
+            if let (Some(held), Some(length)) = (held.as_deref_mut(), declared) {
+                held.grow(length).await?;
+            }
             let mut body = BytesMut::new();
             while let Some(chunk) = response.next().await {
                 let chunk = chunk.map_err(|e| OutboundError::Connect(e.to_string()))?;
-                if (body.len() + chunk.len()) as u64 > limit {
+                let len = (body.len() + chunk.len()) as u64;
+                if len > limit {
                     return Err(OutboundError::TooLarge { limit });
+                }
+                if let Some(held) = held.as_deref_mut() {
+                    let reserved = held.bytes() - start;
+                    if len > reserved {
+                        // Doubling keeps the number of waits for the budget logarithmic.
+                        let target = (2 * reserved).min(limit).max(len);
+                        held.grow(target - reserved).await?;
+                    }
                 }
                 body.extend_from_slice(&chunk);
             }

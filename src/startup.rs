@@ -25,6 +25,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use tracing::{error, info, warn};
 
+use crate::budget::MemoryBudget;
 use crate::config::{redact_url, Settings};
 use crate::dispatch::backend::BackendConfig;
 use crate::dispatch::supervisor::{
@@ -159,6 +160,10 @@ impl Application {
             workflows: Workflows::new(workflows),
             outbound,
             accepting: Arc::new(AtomicBool::new(true)),
+            budget: MemoryBudget::new(
+                settings.limits.in_flight_bytes,
+                Duration::from_millis(settings.limits.in_flight_wait_ms),
+            ),
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -177,6 +182,7 @@ impl Application {
                         .error_handler(routes::error::json_error),
                 )
                 .app_data(web::QueryConfig::default().error_handler(routes::error::query_error))
+                .app_data(web::PathConfig::default().error_handler(routes::error::path_error))
                 .wrap(tracing_actix_web::TracingLogger::default())
                 .configure(|cfg| routes::configure(cfg, &prefix))
         })

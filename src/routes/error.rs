@@ -9,6 +9,9 @@ use serde_json::json;
 use crate::task::TaskRecord;
 use crate::workflow::FieldError;
 
+/// Retry-After of a [`ApiError::Busy`] answer: a burst of large submits drains in about that.
+const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not the JSON it should be.
@@ -32,6 +35,9 @@ pub enum ApiError {
     /// Shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// Other requests hold the memory budget for request bodies and images (503 with Retry-After).
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -60,6 +66,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy(_) => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -85,7 +92,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,7 +108,11 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Busy(_) = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS));
+        }
+        response.json(body)
     }
 }
 
@@ -130,5 +141,15 @@ pub fn query_error(
     _req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
     let api = ApiError::BadRequest(format!("invalid query string: {err}"));
+    actix_web::error::InternalError::from_response(err, api.error_response()).into()
+}
+
+/// Same for path segments that do not decode (a `%FF` where text is expected): nothing can have
+/// that id, so 404, in the same JSON shape.
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    let api = ApiError::NotFound(format!("invalid path: {err}"));
     actix_web::error::InternalError::from_response(err, api.error_response()).into()
 }

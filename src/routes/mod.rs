@@ -11,6 +11,7 @@
 pub mod deliveries;
 pub mod error;
 pub mod health;
+pub mod input;
 pub mod submit;
 pub mod tasks;
 pub mod workflows;
@@ -22,6 +23,7 @@ use actix::Addr;
 use actix_web::web;
 use sea_orm::DatabaseConnection;
 
+use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::dispatch::supervisor::Supervisor;
 use crate::outbound::Outbound;
@@ -68,6 +70,8 @@ pub struct AppState {
     pub outbound: Outbound,
     /// False once shutdown began: submits answer 503.
     pub accepting: Arc<AtomicBool>,
+    /// What request bodies and input images may hold at once ([limits]).
+    pub budget: MemoryBudget,
 }
 
 impl AppState {

@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::input::{check_storable, query_int};
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::{CancelOutcome, CancelTask};
 use crate::store::{self, TaskFilter};
@@ -30,9 +31,14 @@ pub async fn get(
 pub struct ListQuery {
     status: Option<String>,
     workflow: Option<String>,
-    limit: Option<u64>,
-    offset: Option<u64>,
+    // Integers as text, range-checked by `query_int`: a 422 naming them, whatever they hold.
+    limit: Option<String>,
+    offset: Option<String>,
 }
+
+/// Largest `offset`: the databases take a signed 64-bit integer (sea-query's SQLite binding would
+/// panic on a larger one).
+const MAX_OFFSET: u64 = i64::MAX as u64;
 
 /// `GET {prefix}/tasks?status=&workflow=&limit=50&offset=0`, newest first.
 pub async fn list(
@@ -46,15 +52,16 @@ pub async fn list(
             ApiError::field("status", format!("must be one of {}", all.join(", ")))
         })?),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be from 1 to 500"));
+    let limit = query_int("limit", q.limit.as_deref(), 50, 1..=500)?;
+    let offset = query_int("offset", q.offset.as_deref(), 0, 0..=MAX_OFFSET)?;
+    if let Some(w) = &q.workflow {
+        check_storable("workflow", w).map_err(|e| ApiError::Invalid(vec![e]))?;
     }
     let filter = TaskFilter {
         status,
         workflow: q.workflow.clone(),
         limit,
-        offset: q.offset.unwrap_or(0),
+        offset,
     };
     let (rows, total) = store::list_tasks(&state.db, &filter).await?;
     let mut tasks = Vec::with_capacity(rows.len());

@@ -1,6 +1,7 @@
 //! Integration tests: the real `comfyd` binary against real servers (see `support`).
 //! One test target (`cargo test --test integration`), one module per area.
 
+mod battery;
 mod chaos;
 mod pipeline;
 mod postprocess;
