@@ -29,6 +29,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub database_outage: DatabaseOutageSettings,
     pub comfyui_limits: ComfyuiLimitsSettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +214,22 @@ impl ComfyuiLimitsSettings {
     }
 }
 
+/// Bounds on what hostile or careless clients can make comfyd hold (section `[limits]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Bytes that request bodies, the images decoded from them and fetched images may hold at once
+    /// across all requests; a request that cannot get its share within `in_flight_wait_ms` is
+    /// answered 503 with Retry-After.
+    pub in_flight_bytes: u64,
+    /// How long a request waits for its share of `in_flight_bytes` before the 503.
+    pub in_flight_wait_ms: u64,
+    /// Longest side of an input image, in pixels (larger: 413, read from the header).
+    pub max_image_side: u32,
+    /// Most pixels of an input image (larger: 413).
+    pub max_image_pixels: u64,
+}
+
 /// Environment overrides: one flat field per variable (envy lowercases the names).
 #[derive(Debug, Default, Deserialize)]
 struct EnvOverrides {
@@ -269,6 +286,11 @@ struct EnvOverrides {
     comfyd_ws_max_frame_bytes: Option<usize>,
     comfyd_comfyui_max_json_bytes: Option<usize>,
     comfyd_view_max_bytes: Option<usize>,
+    // Request limits ([limits]).
+    comfyd_in_flight_bytes: Option<u64>,
+    comfyd_in_flight_wait_ms: Option<u64>,
+    comfyd_max_image_side: Option<u32>,
+    comfyd_max_image_pixels: Option<u64>,
 }
 
 impl Settings {
@@ -452,6 +474,14 @@ impl Settings {
             &mut s.comfyui_limits.max_view_bytes,
             env.comfyd_view_max_bytes,
         );
+        // Request limits ([limits]).
+        set(&mut s.limits.in_flight_bytes, env.comfyd_in_flight_bytes);
+        set(
+            &mut s.limits.in_flight_wait_ms,
+            env.comfyd_in_flight_wait_ms,
+        );
+        set(&mut s.limits.max_image_side, env.comfyd_max_image_side);
+        set(&mut s.limits.max_image_pixels, env.comfyd_max_image_pixels);
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -540,6 +570,21 @@ impl Settings {
             if value < 65_536 {
                 bail!("{name} must be at least 65536 bytes, not {value}");
             }
+        }
+        // A body is held twice while it is parsed (its bytes and their JSON), see routes/input.rs.
+        let largest_body = 2 * self.server.max_body_bytes as u64;
+        if self.limits.in_flight_bytes < largest_body {
+            bail!(
+                "limits.in_flight_bytes (COMFYD_IN_FLIGHT_BYTES) must be at least twice \
+                 server.max_body_bytes (COMFYD_MAX_BODY_BYTES), {largest_body}, so that the \
+                 largest body accepted can be read"
+            );
+        }
+        if self.limits.max_image_side == 0 || self.limits.max_image_pixels == 0 {
+            bail!(
+                "limits.max_image_side (COMFYD_MAX_IMAGE_SIDE) and limits.max_image_pixels \
+                 (COMFYD_MAX_IMAGE_PIXELS) must be at least 1"
+            );
         }
         let url = &self.database.url;
         let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
@@ -849,6 +894,22 @@ mod tests {
         assert_eq!(s.fallback_dir(), PathBuf::from("../tmp/failed_images"));
         assert_eq!(s.server.port, 8000);
         assert_eq!(s.server.route_prefix, "/api/v1");
+    }
+
+    #[test]
+    fn a_budget_too_small_for_the_largest_body_is_refused() {
+        let env = EnvOverrides {
+            comfyd_max_body_bytes: Some(64 << 20),
+            comfyd_in_flight_bytes: Some(100 << 20),
+            ..Default::default()
+        };
+        let err = format!(
+            "{:#}",
+            Settings::from_parts(None, env).expect_err("must fail")
+        );
+        assert!(err.contains("COMFYD_IN_FLIGHT_BYTES"), "{err}");
+        let s = Settings::load_file(None).expect("defaults");
+        assert!(s.limits.in_flight_bytes >= 2 * s.server.max_body_bytes as u64);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
 //! - [`store`] and [`entity`]: the database; [`db_health`]: whether it takes writes right now.
 //! - [`routes`]: the HTTP API (API keys: `routes::auth`); [`keys`]: the `comfyd keys` commands.
+//! - [`budget`]: the memory requests may hold at once (request bodies, input images).
 //! - [`startup`]: builds and runs the application.
 
+pub mod budget;
 pub mod comfy;
 pub mod config;
 pub mod db_health;

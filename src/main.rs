@@ -73,6 +73,8 @@ enum WorkflowCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: glibc reads these settings once per arena.
+    comfyd::budget::tune_allocator();
     let cli = Cli::parse();
     // One TLS crypto library for every client (awc to ComfyUI and webhooks, the S3 SDK): without a
     // process-wide default, awc's rustls setup panics on the first https:// URL.

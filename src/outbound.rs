@@ -30,6 +30,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use tokio::time::{timeout_at, Instant};
 
+use crate::budget::{BudgetError, Reservation};
 pub use address::{classify, AddressClass, AddressPolicy, LookupError};
 use address::{Lookup, PolicyResolver};
 
@@ -112,6 +113,9 @@ pub enum OutboundError {
     /// A header given by the caller is not a valid HTTP header.
     #[error("invalid header {0:?}")]
     BadHeader(String),
+    /// The request's share of the memory budget could not hold the image.
+    #[error("{0}")]
+    Budget(#[from] BudgetError),
 }
 
 impl OutboundError {
@@ -126,6 +130,7 @@ impl OutboundError {
             | OutboundError::BadContentType(_)
             | OutboundError::TooManyRedirects
             | OutboundError::BadHeader(_) => false,
+            OutboundError::Budget(e) => *e == BudgetError::Busy,
         }
     }
 }
@@ -312,14 +317,28 @@ impl Outbound {
     /// content type must be `image/*` (the caller still sniffs the bytes). Returns the bytes and
     /// the content type without parameters (`image/png`).
     pub async fn fetch_image(&self, url: &str) -> Result<(Bytes, String), OutboundError> {
+        self.fetch_image_within(url, None).await
+    }
+
+    /// [`Self::fetch_image`], with the bytes buffered counted in `held` (grown as they arrive, to
+    /// the announced length at once when there is one): a request's share of the memory budget.
+    pub async fn fetch_image_within(
+        &self,
+        url: &str,
+        held: Option<&mut Reservation>,
+    ) -> Result<(Bytes, String), OutboundError> {
         let url = self.check_url(url)?;
         let deadline = Instant::now() + Duration::from_millis(self.settings.fetch_timeout_ms);
-        timeout_at(deadline, self.fetch_image_from(url))
+        timeout_at(deadline, self.fetch_image_from(url, held))
             .await
             .map_err(|_| OutboundError::Timeout)?
     }
 
-    async fn fetch_image_from(&self, mut url: url::Url) -> Result<(Bytes, String), OutboundError> {
+    async fn fetch_image_from(
+        &self,
+        mut url: url::Url,
+        mut held: Option<&mut Reservation>,
+    ) -> Result<(Bytes, String), OutboundError> {
         let limit = self.settings.fetch_max_bytes;
         let client = self.client();
         for _ in 0..=MAX_REDIRECTS {
@@ -353,11 +372,24 @@ impl Outbound {
             if declared.is_some_and(|length| length > limit) {
                 return Err(OutboundError::TooLarge { limit });
             }
+            let start = held.as_ref().map_or(0, |r| r.bytes());
+            if let (Some(held), Some(length)) = (held.as_deref_mut(), declared) {
+                held.grow(length).await?;
+            }
             let mut body = BytesMut::new();
             while let Some(chunk) = response.next().await {
                 let chunk = chunk.map_err(|e| OutboundError::Connect(e.to_string()))?;
-                if (body.len() + chunk.len()) as u64 > limit {
+                let len = (body.len() + chunk.len()) as u64;
+                if len > limit {
                     return Err(OutboundError::TooLarge { limit });
+                }
+                if let Some(held) = held.as_deref_mut() {
+                    let reserved = held.bytes() - start;
+                    if len > reserved {
+                        // Doubling keeps the number of waits for the budget logarithmic.
+                        let target = (2 * reserved).min(limit).max(len);
+                        held.grow(target - reserved).await?;
+                    }
                 }
                 body.extend_from_slice(&chunk);
             }

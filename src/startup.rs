@@ -25,6 +25,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use tracing::{error, info, warn};
 
+use crate::budget::MemoryBudget;
 use crate::config::{redact_url, Settings};
 use crate::dispatch::backend::BackendConfig;
 use crate::dispatch::supervisor::{
@@ -169,6 +170,10 @@ impl Application {
             keys,
             accepting: Arc::new(AtomicBool::new(true)),
             db_health,
+            budget: MemoryBudget::new(
+                settings.limits.in_flight_bytes,
+                Duration::from_millis(settings.limits.in_flight_wait_ms),
+            ),
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -188,6 +193,7 @@ impl Application {
                 )
                 .app_data(web::QueryConfig::default().error_handler(routes::error::query_error))
                 .wrap(actix_web::middleware::from_fn(routes::error::log_errors))
+                .app_data(web::PathConfig::default().error_handler(routes::error::path_error))
                 .wrap(tracing_actix_web::TracingLogger::default())
                 .configure(|cfg| routes::configure(cfg, &prefix))
         })

@@ -720,6 +720,10 @@ async fn put_webhook<C: ConnectionTrait>(
 
 /// Finds a task by comfyd id, or else by the client's task id.
 pub async fn find_task(db: &DatabaseConnection, id: &str) -> Result<Option<task::Model>, DbErr> {
+    // No id holds a NUL (submits refuse them), and PostgreSQL would fail the query on one.
+    if id.contains('\0') {
+        return Ok(None);
+    }
     if let Some(t) = task::Entity::find_by_id(id.to_string()).one(db).await? {
         return Ok(Some(t));
     }

@@ -69,6 +69,10 @@ pub async fn redeliver(
     _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    // No delivery id holds a NUL, and PostgreSQL would fail the query on one.
+    if id.contains('\0') {
+        return Err(ApiError::NotFound(format!("no delivery {:?}", id.as_str())));
+    }
     let horizon = chrono::Duration::seconds(
         state
             .settings

@@ -9,6 +9,9 @@ use serde_json::json;
 use crate::task::TaskRecord;
 use crate::workflow::FieldError;
 
+/// Retry-After of a [`ApiError::Busy`] answer: a burst of large submits drains in about that.
+const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not the JSON it should be.
@@ -39,6 +42,9 @@ pub enum ApiError {
     /// Shutting down, or the database is unreachable: answered with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
+    /// Other requests hold the memory budget for request bodies and images (503 with Retry-After).
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -83,6 +89,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy(_) => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -125,7 +132,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -152,6 +159,9 @@ impl ResponseError for ApiError {
                     r#"Bearer realm="comfyd""#
                 },
             ));
+        }
+        if let ApiError::Busy(_) = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS));
         }
         if matches!(self, ApiError::Unavailable(_)) {
             response.insert_header((
@@ -261,4 +271,14 @@ pub enum ErrorKind {
     Conflict,
     Unavailable,
     Internal,
+}
+
+/// Same for path segments that do not decode (a `%FF` where text is expected): nothing can have
+/// that id, so 404, in the same JSON shape.
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    let api = ApiError::NotFound(format!("invalid path: {err}"));
+    actix_web::error::InternalError::from_response(err, api.error_response()).into()
 }

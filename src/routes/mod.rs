@@ -17,6 +17,7 @@ pub mod deliveries;
 pub mod docs;
 pub mod error;
 pub mod health;
+pub mod input;
 pub mod openapi;
 pub mod outage;
 pub mod submit;
@@ -30,6 +31,7 @@ use actix::Addr;
 use actix_web::web;
 use sea_orm::DatabaseConnection;
 
+use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::dispatch::supervisor::Supervisor;
 use crate::outbound::Outbound;
@@ -80,6 +82,8 @@ pub struct AppState {
     pub accepting: Arc<AtomicBool>,
     /// Whether the database takes writes: while not, submits answer 503 at once.
     pub db_health: crate::db_health::DbHealth,
+    /// What request bodies and input images may hold at once ([limits]).
+    pub budget: MemoryBudget,
 }
 
 impl AppState {

@@ -11,12 +11,14 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::auth::{Caller, Submitter};
+use super::input::{budget_error, check_storable, JsonBody};
 use super::{ApiError, AppState};
+use crate::budget::Reservation;
 use crate::dispatch::supervisor::Enqueue;
 use crate::outbound::OutboundError;
 use crate::store::{self, Inserted, NewTask};
 use crate::task::{InputFile, TaskRecord};
-use crate::workflow::{sniff_image, FieldError, ImageSource, Workflow};
+use crate::workflow::{list_unknown, probe, FieldError, ImageLimits, ImageSource, Workflow};
 
 /// The fields of a submit, once their JSON types are checked.
 struct Submit {
@@ -51,11 +53,15 @@ that comfyd fetches.",
 pub async fn submit_original(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,
-    body: web::Json<Value>,
+    body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    // The reservation is held until the answer: it covers the images decoded from the body.
+    let JsonBody {
+        value: mut body,
+        reservation: mut held,
+    } = body;
     let obj = body
-        .as_object()
+        .as_object_mut()
         .ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
     let mut errors = Vec::new();
     let workflow = match obj.get("service_type") {
@@ -68,9 +74,11 @@ pub async fn submit_original(
                     .iter()
                     .map(|w| w.name.clone())
                     .collect();
+                // The name is the client's text, perhaps megabytes of it: echoed cut short.
+                let shown: String = s.chars().take(64).collect();
                 errors.push(field_err(
                     "service_type",
-                    format!("unknown workflow {s:?}; known: {}", known.join(", ")),
+                    format!("unknown workflow {shown:?}; known: {}", known.join(", ")),
                 ));
             }
             found
@@ -89,7 +97,7 @@ pub async fn submit_original(
         return Err(ApiError::Invalid(errors));
     };
     // The original answered 200 with the record whether or not the task was new.
-    let (record, _created) = accept(&state, &caller, &workflow, submit, errors).await?;
+    let (record, _created) = accept(&state, &caller, &workflow, submit, errors, &mut held).await?;
     Ok(HttpResponse::Ok().json(record))
 }
 
@@ -120,7 +128,7 @@ pub async fn submit_typed(
     state: web::Data<AppState>,
     Submitter(caller): Submitter,
     name: web::Path<String>,
-    body: web::Json<Value>,
+    body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let workflow = state
         .workflows
@@ -128,15 +136,19 @@ pub async fn submit_typed(
         .get(name.as_str())
         .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("no workflow named {:?}", name.as_str())))?;
-    let body = body.into_inner();
+    // The reservation is held until the answer: it covers the images decoded from the body.
+    let JsonBody {
+        value: mut body,
+        reservation: mut held,
+    } = body;
     let obj = body
-        .as_object()
+        .as_object_mut()
         .ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
     let mut errors = Vec::new();
     let Some(submit) = read_common(&state, obj, &[], &mut errors) else {
         return Err(ApiError::Invalid(errors));
     };
-    let (record, created) = accept(&state, &caller, &workflow, submit, errors).await?;
+    let (record, created) = accept(&state, &caller, &workflow, submit, errors, &mut held).await?;
     Ok(if created {
         HttpResponse::Accepted()
     } else {
@@ -152,10 +164,11 @@ fn field_err(field: &str, reason: impl Into<String>) -> FieldError {
     }
 }
 
-/// Checks the fields both submit routes share; collects every problem in `errors`.
+/// Checks the fields both submit routes share; collects every problem in `errors`. Takes `params`
+/// out of `obj` (it may hold megabytes of base64, not worth a copy).
 fn read_common(
     state: &AppState,
-    obj: &Map<String, Value>,
+    obj: &mut Map<String, Value>,
     extra: &[&str],
     errors: &mut Vec<FieldError>,
 ) -> Option<Submit> {
@@ -165,14 +178,17 @@ fn read_common(
         "params",
         "priority",
     ];
-    for key in obj.keys() {
-        if !KNOWN.contains(&key.as_str()) && !extra.contains(&key.as_str()) {
-            errors.push(field_err(key, "unknown field"));
-        }
-    }
+    let unknown = obj
+        .keys()
+        .filter(|key| !KNOWN.contains(&key.as_str()) && !extra.contains(&key.as_str()));
+    list_unknown(unknown, "body", "unknown field", errors);
     let client_task_id = match obj.get("client_task_id") {
         None | Some(Value::Null) => None,
         // The original's clients sent numbers as well as strings.
+        Some(Value::String(s)) if s.contains('\0') => {
+            errors.extend(check_storable("client_task_id", s).err());
+            None
+        }
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(_) => {
@@ -186,6 +202,10 @@ fn read_common(
     let client_callback_url = match obj.get("client_callback_url") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) if s.contains('\0') => {
+            errors.extend(check_storable("client_callback_url", s).err());
+            None
+        }
         Some(Value::String(s)) => match state.outbound.check_url(s) {
             Ok(_) => Some(s.clone()),
             Err(e) => {
@@ -201,9 +221,9 @@ fn read_common(
             None
         }
     };
-    let params = match obj.get("params") {
+    let params = match obj.get_mut("params") {
         None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(v @ Value::Object(_)) => v.clone(),
+        Some(v @ Value::Object(_)) => v.take(),
         Some(_) => {
             errors.push(field_err("params", "must be an object"));
             Value::Object(Map::new())
@@ -239,12 +259,14 @@ fn read_common(
 
 /// Validates the params, fetches images, records the task and hands it to the supervisor.
 /// Returns the record and whether it is new (false: the same submit was already accepted).
+/// Fetched images are counted in `held`, the request's share of the memory budget.
 async fn accept(
     state: &AppState,
     caller: &Caller,
     workflow: &Workflow,
     s: Submit,
     mut errors: Vec<FieldError>,
+    held: &mut Reservation,
 ) -> Result<(TaskRecord, bool), ApiError> {
     if !state.accepting() {
         return Err(ApiError::Unavailable(
@@ -258,7 +280,7 @@ async fn accept(
             errors.push(field_err("client_callback_url", e.to_string()));
         }
     }
-    let resolved = match workflow.validate(&s.params) {
+    let mut resolved = match workflow.validate(&s.params) {
         Ok(r) if errors.is_empty() => r,
         Ok(_) => return Err(ApiError::Invalid(errors)),
         Err(mut e) => {
@@ -266,13 +288,10 @@ async fn accept(
             return Err(ApiError::Invalid(errors));
         }
     };
-    let request_hash = {
-        let canonical = json!({
-            "workflow": workflow.name, "params": s.params,
-            "callback": s.client_callback_url, "priority": s.priority,
-        });
-        hex(&Sha256::digest(canonical.to_string().as_bytes()))
-    };
+    let request_hash = request_hash(&workflow.name, &s);
+    // The params' base64 text is decoded in `resolved` now: free it before any image is fetched.
+    let mut s = s;
+    s.params = Value::Null;
     // A retried submit is answered before any image is fetched again. (Without URL images the insert
     // below finds the earlier task just as well, so the extra read is saved.)
     let fetches = resolved
@@ -289,18 +308,24 @@ async fn accept(
     }
 
     let task_id = uuid::Uuid::new_v4().to_string();
+    let limits = ImageLimits {
+        max_side: state.settings.limits.max_image_side,
+        max_pixels: state.settings.limits.max_image_pixels,
+    };
     let mut images = Vec::new();
-    for img in &resolved.images {
+    for img in &mut resolved.images {
         let field = format!("params.{}", img.param);
-        let (bytes, ext) = match &img.source {
-            ImageSource::Bytes { bytes, ext } => (bytes::Bytes::from(bytes.clone()), *ext),
-            ImageSource::Url(url) => match state.outbound.fetch_image(url).await {
-                Ok((bytes, _content_type)) => match sniff_image(&bytes) {
-                    Some(ext) => (bytes, ext),
-                    None => {
+        let (bytes, ext) = match &mut img.source {
+            // Taken, not copied: the graph is rendered from the values alone.
+            ImageSource::Bytes { bytes, ext } => (bytes::Bytes::from(std::mem::take(bytes)), *ext),
+            ImageSource::Url(url) => match state.outbound.fetch_image_within(url, Some(held)).await
+            {
+                Ok((bytes, _content_type)) => match probe(&bytes) {
+                    Ok(info) => (bytes, info.ext),
+                    Err(e) => {
                         return Err(ApiError::field(
                             &field,
-                            "the URL did not serve a PNG, JPEG, WEBP or GIF image",
+                            format!("the URL did not serve an image comfyd accepts: {e}"),
                         ))
                     }
                 },
@@ -310,6 +335,7 @@ async fn accept(
                         format!("the image at the URL is larger than {limit} bytes"),
                     )))
                 }
+                Err(OutboundError::Budget(e)) => return Err(budget_error(e)),
                 Err(e) => {
                     return Err(ApiError::field(
                         &field,
@@ -318,7 +344,14 @@ async fn accept(
                 }
             },
         };
-        images.push((img, bytes, ext));
+        // Checked from the header before anything decodes it: a small file can claim a huge
+        // size (a decompression bomb), which a backend would try to allocate.
+        match probe(&bytes).map(|info| info.too_large(&limits)) {
+            Ok(None) => {}
+            Ok(Some(reason)) => return Err(ApiError::TooLarge(field_err(&field, reason))),
+            Err(e) => return Err(ApiError::field(&field, e.to_string())),
+        }
+        images.push((&*img, bytes, ext));
     }
 
     // Input images wait in the data folder until their task has run (they survive a restart).
@@ -329,12 +362,13 @@ async fn accept(
             .await
             .map_err(anyhow::Error::from)?;
     }
-    for (img, bytes, ext) in &images {
+    for (img, bytes, ext) in images {
         let file = format!("{}.{ext}", img.param);
         // Through the one path helper, like every file comfyd writes (src/paths.rs).
         let path =
             crate::paths::join_under(&state.settings.inputs_dir(), &format!("{task_id}/{file}"))
                 .map_err(anyhow::Error::from)?;
+        // Owned `Bytes`: tokio writes them without a copy (a borrowed slice would be copied).
         tokio::fs::write(path, bytes)
             .await
             .map_err(anyhow::Error::from)?;
@@ -419,6 +453,64 @@ async fn same_or_conflict(
     }
 }
 
+/// The hash that tells a retried submit (same `client_task_id`, same request) from a conflicting
+/// one: SHA-256 of the canonical JSON `{"callback", "params", "priority", "workflow"}` (keys in
+/// serde_json's map order, so hashes recorded before stay valid), written straight into the
+/// hasher rather than built as a copy of params that may hold megabytes of base64.
+fn request_hash(workflow: &str, s: &Submit) -> String {
+    #[derive(serde::Serialize)]
+    struct Canonical<'a> {
+        callback: &'a Option<String>,
+        params: &'a Value,
+        priority: i32,
+        workflow: &'a str,
+    }
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hasher = HashWriter(Sha256::new());
+    let canonical = Canonical {
+        callback: &s.client_callback_url,
+        params: &s.params,
+        priority: s.priority,
+        workflow,
+    };
+    // Serializing a Value into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut hasher, &canonical);
+    hex(&hasher.0.finalize())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_hash_is_the_one_recorded_before() {
+        let s = Submit {
+            client_task_id: Some("t".into()),
+            client_callback_url: Some("http://h/x".into()),
+            params: json!({"prompt": "a \"cat\"", "steps": 20, "cfg": 7.5, "z": null, "a": [1]}),
+            priority: -3,
+        };
+        // How it was computed up to now: a JSON copy of the request, then its text.
+        let before = json!({
+            "workflow": "text2img", "params": s.params,
+            "callback": s.client_callback_url, "priority": s.priority,
+        });
+        assert_eq!(
+            request_hash("text2img", &s),
+            hex(&Sha256::digest(before.to_string().as_bytes()))
+        );
+    }
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{self, Caller, Submitter};
+use super::input::{check_storable, query_int};
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::{CancelOutcome, CancelTask};
 use crate::store::{self, TaskFilter};
@@ -50,12 +51,17 @@ pub struct ListQuery {
     /// Only tasks of this workflow.
     workflow: Option<String>,
     /// Page size.
-    #[param(minimum = 1, maximum = 500, default = 50)]
-    limit: Option<u64>,
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 500, default = 50)]
+    // Integers as text, range-checked by `query_int`: a 422 naming them, whatever they hold.
+    limit: Option<String>,
     /// Tasks to skip, newest first.
-    #[param(default = 0)]
-    offset: Option<u64>,
+    #[param(value_type = Option<u64>, default = 0)]
+    offset: Option<String>,
 }
+
+/// Largest `offset`: the databases take a signed 64-bit integer (sea-query's SQLite binding would
+/// panic on a larger one).
+const MAX_OFFSET: u64 = i64::MAX as u64;
 
 /// `GET {prefix}/tasks?status=&workflow=&limit=50&offset=0`, newest first.
 #[utoipa::path(
@@ -84,15 +90,16 @@ pub async fn list(
             ApiError::field("status", format!("must be one of {}", all.join(", ")))
         })?),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be from 1 to 500"));
+    let limit = query_int("limit", q.limit.as_deref(), 50, 1..=500)?;
+    let offset = query_int("offset", q.offset.as_deref(), 0, 0..=MAX_OFFSET)?;
+    if let Some(w) = &q.workflow {
+        check_storable("workflow", w).map_err(|e| ApiError::Invalid(vec![e]))?;
     }
     let filter = TaskFilter {
         status,
         workflow: q.workflow.clone(),
         limit,
-        offset: q.offset.unwrap_or(0),
+        offset,
         owner: caller.listing_owner(),
     };
     let (rows, total) = store::list_tasks(&state.db, &filter).await?;

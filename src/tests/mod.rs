@@ -2,6 +2,7 @@
 //! One test target (`cargo test --test integration`), one module per area.
 
 mod access;
+mod battery;
 mod chaos;
 mod db_outage;
 mod hostile_backend;

@@ -1,5 +1,6 @@
 //! Image parameters: decoding what a client sends (base64, a `data:` URL, or an http(s) URL),
-//! recognising image formats by their magic bytes, and setting an uploaded image's name in a graph.
+//! recognising image formats by their headers ([`super::probe`]), and setting an uploaded image's
+//! name in a graph.
 //!
 //! Fetching URLs is not done here: the caller does it through `outbound`, with its limits.
 
@@ -12,12 +13,11 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::params::json_type_name;
+use super::probe::probe;
 use super::{Graph, Target};
 
 /// Reason given for undecodable base64.
 pub(crate) const INVALID_BASE64: &str = "invalid base64";
-/// Reason given for bytes that are not an image comfyd accepts.
-pub(crate) const NOT_AN_IMAGE: &str = "not a PNG, JPEG, WEBP or GIF image";
 
 /// Clients pad or not, so padding is optional; both alphabets are tried (standard first).
 const PADDING_INDIFFERENT: GeneralPurposeConfig =
@@ -28,7 +28,7 @@ const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, PADDIN
 /// Where an image param's image comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ImageSource {
-    /// Decoded from base64 and recognised by its magic bytes.
+    /// Decoded from base64, with a valid image header.
     Bytes {
         /// The image file's bytes.
         bytes: Vec<u8>,
@@ -94,7 +94,8 @@ pub fn set_image(graph: &mut Graph, targets: &[Target], name: &str) {
     }
 }
 
-/// Reads an image param's value: base64 (plain or `data:...;base64,` URL) is decoded and sniffed;
+/// Reads an image param's value: base64 (plain or `data:...;base64,` URL) is decoded and its header
+/// checked;
 /// an http(s) URL is passed on. The error is the reason for the client.
 pub(crate) fn parse_image(value: &Value) -> Result<ImageSource, String> {
     let Value::String(text) = value else {
@@ -127,7 +128,8 @@ pub(crate) fn parse_image(value: &Value) -> Result<ImageSource, String> {
     };
 
     let bytes = decode_base64(payload).ok_or_else(|| INVALID_BASE64.to_string())?;
-    let ext = sniff_image(&bytes).ok_or_else(|| NOT_AN_IMAGE.to_string())?;
+    // The header only: whether the image is too large for the limits is the caller's check (413).
+    let ext = probe(&bytes).map_err(|e| e.to_string())?.ext;
     Ok(ImageSource::Bytes { bytes, ext })
 }
 
@@ -139,12 +141,19 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
 
 /// Decodes base64 that may be wrapped in lines (as MIME encoders do) and may lack padding.
 fn decode_base64(payload: &str) -> Option<Vec<u8>> {
-    let compact: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    // A copy without the line breaks only when there are some: payloads are tens of megabytes.
+    let compact: Vec<u8>;
+    let text = if payload.bytes().any(|b| b.is_ascii_whitespace()) {
+        compact = payload
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        &compact[..]
+    } else {
+        payload.as_bytes()
+    };
     STANDARD
-        .decode(&compact)
-        .or_else(|_| URL_SAFE.decode(&compact))
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
         .ok()
 }

@@ -5,7 +5,7 @@
 //! - [`WorkflowSet::load_dir`] reads every manifest at boot and checks it against its graph
 //!   ([`manifest`]); one broken workflow fails the whole directory, with every problem listed.
 //! - [`Workflow::validate`] checks a client's `params` object and resolves defaults and random seeds
-//!   ([`params`], [`image`] for image inputs).
+//!   ([`params`], [`image`] for image inputs, [`probe`] for their headers and sizes).
 //! - [`Workflow::render`] produces the graph for one task ([`render`]); the caller uploads image inputs
 //!   and sets their names with [`set_image`].
 //! - [`Workflow::json_schema`] / [`Workflow::describe`] document the endpoint ([`schema`]).
@@ -17,6 +17,7 @@ mod check;
 mod image;
 mod manifest;
 mod params;
+mod probe;
 mod render;
 mod schema;
 
@@ -33,7 +34,10 @@ use serde_json::Value;
 
 pub use check::check_against_object_info;
 pub use image::{set_image, sniff_image, ImageParam, ImageSource};
-pub use params::{FieldError, Param, ParamKind, Resolved, MAX_SEED};
+pub use params::{
+    list_unknown, FieldError, Param, ParamKind, Resolved, MAX_LISTED_ERRORS, MAX_SEED,
+};
+pub use probe::{probe, ImageInfo, ImageLimits, ProbeError};
 
 /// A graph in ComfyUI API format: node id → `{class_type, inputs, _meta?}`.
 pub type Graph = serde_json::Map<String, Value>;

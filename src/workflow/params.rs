@@ -19,6 +19,10 @@ pub const MAX_SEED: u64 = (1 << 53) - 1;
 /// Longest piece of a client's value echoed back in an error reason.
 const ECHO_MAX_CHARS: usize = 40;
 
+/// Most unknown names listed one by one in an answer; the rest are counted in one more entry,
+/// so that a body with a million made-up keys gets a short answer (and a short list to build).
+pub const MAX_LISTED_ERRORS: usize = 20;
+
 /// One parameter of a workflow, as declared in its manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
@@ -293,6 +297,46 @@ fn echo(s: &str) -> String {
     }
 }
 
+/// Adds an error for each of the `unknown` names of the object at `object` (`params`, or `body`
+/// for the top level), the first [`MAX_LISTED_ERRORS`] by name, then one entry on `object` that
+/// counts the rest.
+pub fn list_unknown<'a>(
+    unknown: impl Iterator<Item = &'a String>,
+    object: &str,
+    reason: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let mut rest = 0usize;
+    for (i, name) in unknown.enumerate() {
+        if i < MAX_LISTED_ERRORS {
+            // Names are the client's text: a long one is cut like any echoed value.
+            let name = if name.chars().count() > ECHO_MAX_CHARS {
+                let head: String = name.chars().take(ECHO_MAX_CHARS).collect();
+                format!("{head}...")
+            } else {
+                name.clone()
+            };
+            let field = if object == "body" {
+                name
+            } else {
+                format!("{object}.{name}")
+            };
+            errors.push(FieldError {
+                field,
+                reason: reason.to_owned(),
+            });
+        } else {
+            rest += 1;
+        }
+    }
+    if rest > 0 {
+        errors.push(FieldError {
+            field: object.to_owned(),
+            reason: format!("{rest} more unknown names, not listed"),
+        });
+    }
+}
+
 /// Checks the client's params object against `params`; see [`super::Workflow::validate`].
 pub(crate) fn validate(params: &[Param], input: &Value) -> Result<Resolved, Vec<FieldError>> {
     let empty = Map::new();
@@ -363,14 +407,12 @@ pub(crate) fn validate(params: &[Param], input: &Value) -> Result<Resolved, Vec<
     }
 
     // Unknown names are reported even when null: they are most likely typos of a real name.
-    for name in object.keys() {
-        if !params
+    let unknown = object.keys().filter(|name| {
+        !params
             .iter()
-            .any(|p| &p.name == name || p.aliases.contains(name))
-        {
-            errors.push(FieldError::new(name, "unknown parameter"));
-        }
-    }
+            .any(|p| &p.name == *name || p.aliases.contains(*name))
+    });
+    list_unknown(unknown, "params", "unknown parameter", &mut errors);
 
     if errors.is_empty() {
         Ok(resolved)

@@ -484,8 +484,8 @@ fn base64_without_padding_in_lines_or_url_safe_is_decoded() {
 
 #[test]
 fn data_url_is_decoded_and_sniffed_whatever_type_it_claims() {
-    let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 4];
-    let url = format!("data:image/png;base64,{}", STANDARD.encode(jpeg));
+    let jpeg = super::probe::tests::jpeg_header(8, 8);
+    let url = format!("data:image/png;base64,{}", STANDARD.encode(&jpeg));
     assert_eq!(
         image_source(json!(url)),
         ImageSource::Bytes {
@@ -521,6 +521,12 @@ fn bad_images_are_rejected_with_a_reason() {
     assert_eq!(
         reasons(with("image", json!(text)), "image"),
         ["not a PNG, JPEG, WEBP or GIF image"]
+    );
+    // A PNG signature followed by anything but a valid IHDR is not a PNG.
+    let fake = STANDARD.encode(b"\x89PNG\r\n\x1a\nrandom bytes, not a header at all");
+    assert_eq!(
+        reasons(with("image", json!(fake)), "image"),
+        ["not a valid PNG image: the first chunk is not a 13-byte IHDR"]
     );
     assert_eq!(
         reasons(with("image", json!("data:image/png,rawbytes")), "image"),

@@ -225,8 +225,57 @@ impl Daemon {
     }
 }
 
+/// What a Rust process writes to stderr when it panics or aborts: any of these in a daemon's log
+/// fails the test that ran it.
+const PANIC_MARKS: [&str; 4] = [
+    "panicked at",
+    "fatal runtime error",
+    "has overflowed its stack",
+    "RUST_BACKTRACE",
+];
+
+impl Daemon {
+    /// Every line of the daemon's log (all its runs) that shows a panic or an abort.
+    pub fn panics(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| PANIC_MARKS.iter().any(|mark| line.contains(mark)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Fails the test if the daemon's log shows a panic so far.
+    pub fn assert_no_panics(&self) {
+        let panics = self.panics();
+        assert!(
+            panics.is_empty(),
+            "comfyd panicked (log: {}):\n{}",
+            self.data.path().join("comfyd.log").display(),
+            panics.join("\n")
+        );
+    }
+
+    /// The daemon's memory from /proc: (VmHWM, VmRSS) in bytes, peak and current resident set.
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // Every test that ran a daemon checks its log, whatever it asserted itself. Not while the
+        // test is already failing: a panic during that unwinding would abort the whole run.
+        if !std::thread::panicking() {
+            self.assert_no_panics();
+        }
     }
 }
