@@ -27,6 +27,10 @@ struct RawManifest {
     outputs: RawOutputs,
     #[serde(default)]
     params: OrderedParams,
+    /// Names clients may send that are accepted and dropped: what an earlier version of the workflow
+    /// took and this one no longer uses, so clients written for it keep working.
+    #[serde(default)]
+    ignored: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,12 +235,27 @@ fn build(
         params.extend(param);
     }
 
+    for (i, ignored) in raw.ignored.iter().enumerate() {
+        if !is_param_name(ignored) {
+            problems.push(format!(
+                "{file}: ignored name `{ignored}` must match [A-Za-z_][A-Za-z0-9_]*"
+            ));
+        } else if raw.ignored[..i].contains(ignored) {
+            problems.push(format!("{file}: ignored name `{ignored}` is listed twice"));
+        } else if let Some(owner) = names.get(ignored) {
+            problems.push(format!(
+                "{file}: ignored name `{ignored}` is the name or an alias of param `{owner}`"
+            ));
+        }
+    }
+
     if problems.is_empty() {
         Ok(Workflow {
             name: raw.name,
             description: raw.description,
             graph,
             params,
+            ignored: raw.ignored,
             output_nodes: raw.outputs.nodes,
         })
     } else {

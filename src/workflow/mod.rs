@@ -163,6 +163,8 @@ pub struct Workflow {
     pub graph: Graph,
     /// The parameters, in manifest order.
     pub params: Vec<Param>,
+    /// Names accepted in a body and dropped (the manifest's `ignored`).
+    pub ignored: Vec<String>,
     /// Ids of the output nodes whose files are collected.
     pub output_nodes: Vec<String>,
 }
@@ -189,7 +191,7 @@ impl Workflow {
     /// type, out of range, not in enum, bad base64 / not an image): nothing is half-accepted.
     /// `null` (as the whole object or as a value) counts as absent.
     pub fn validate(&self, params: &Value) -> Result<Resolved, Vec<FieldError>> {
-        params::validate(&self.params, params)
+        params::validate(&self.params, &self.ignored, params)
     }
 
     /// The graph for one task: each resolved value set as a JSON value at every target of its param,

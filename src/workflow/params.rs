@@ -338,7 +338,11 @@ pub fn list_unknown<'a>(
 }
 
 /// Checks the client's params object against `params`; see [`super::Workflow::validate`].
-pub(crate) fn validate(params: &[Param], input: &Value) -> Result<Resolved, Vec<FieldError>> {
+pub(crate) fn validate(
+    params: &[Param],
+    ignored: &[String],
+    input: &Value,
+) -> Result<Resolved, Vec<FieldError>> {
     let empty = Map::new();
     let object = match input {
         Value::Null => &empty,
@@ -408,9 +412,10 @@ pub(crate) fn validate(params: &[Param], input: &Value) -> Result<Resolved, Vec<
 
     // Unknown names are reported even when null: they are most likely typos of a real name.
     let unknown = object.keys().filter(|name| {
-        !params
-            .iter()
-            .any(|p| &p.name == *name || p.aliases.contains(*name))
+        !ignored.contains(*name)
+            && !params
+                .iter()
+                .any(|p| &p.name == *name || p.aliases.contains(*name))
     });
     list_unknown(unknown, "params", "unknown parameter", &mut errors);
 

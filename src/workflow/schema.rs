@@ -45,6 +45,15 @@ pub(crate) fn json_schema(workflow: &Workflow) -> Value {
             one_name.push(json!({ "not": { "anyOf": pairs(param) } }));
         }
     }
+    for name in &workflow.ignored {
+        properties.insert(
+            name.clone(),
+            json!({
+                "description": "Accepted for clients of an earlier version of this workflow, and ignored.",
+                "x-ignored": true,
+            }),
+        );
+    }
     let mut schema = json!({
         "$schema": DRAFT_2020_12,
         "title": workflow.name,

@@ -1665,10 +1665,60 @@ fn the_shipped_workflows_take_the_originals_names() {
         .expect("only text");
     assert_eq!(r.values["prompt"], json!("2capys"));
     let i2i = set.get("img2img").expect("img2img");
-    let png = STANDARD.encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0");
     let r = i2i
-        .validate(&json!({ "text": "2capys", "image": png }))
+        .validate(&json!({ "text": "2capys", "image": png_b64() }))
         .expect("text and image");
     assert_eq!(r.values["prompt"], json!("2capys"));
     assert_eq!(r.images.len(), 1);
+}
+
+#[test]
+fn ignored_names_are_accepted_dropped_and_described() {
+    let manifest = format!("ignored = [\"image\", \"strength\"]\n{ALIASED}");
+    let w = Workflow::from_sources("t", &manifest, GRAPH).expect("loads");
+    let r = w
+        .validate(&json!({ "text": "a", "image": "not base64 at all", "strength": 3 }))
+        .expect("ignored names pass");
+    assert_eq!(r.values["prompt"], json!("a"));
+    assert!(
+        !r.values.contains_key("image") && r.images.is_empty(),
+        "{r:?}"
+    );
+    // Still unknown: anything not listed.
+    let errors = w
+        .validate(&json!({ "text": "a", "imag": 1 }))
+        .expect_err("typo");
+    assert_eq!(errors[0].field, "params.imag");
+    let schema = w.json_schema();
+    assert_eq!(schema["properties"]["image"]["x-ignored"], true);
+
+    for (bad, problem) in [
+        ("ignored = [\"text\"]", "alias of param `prompt`"),
+        (
+            "ignored = [\"prompt\"]",
+            "name or an alias of param `prompt`",
+        ),
+        ("ignored = [\"a-b\"]", "must match"),
+        ("ignored = [\"x\", \"x\"]", "listed twice"),
+    ] {
+        let problems = Workflow::from_sources("t", &format!("{bad}\n{ALIASED}"), GRAPH)
+            .expect_err(bad)
+            .problems;
+        assert!(
+            problems.iter().any(|p| p.contains(problem)),
+            "{bad}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_text2img_ignores_the_image_the_originals_readme_sends_it() {
+    let set = WorkflowSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows"))
+        .expect("shipped workflows load");
+    let t2i = set.get("text2img").expect("text2img");
+    let r = t2i
+        .validate(&json!({ "text": "2capys", "image": "base64_format " }))
+        .expect("the README's example");
+    assert_eq!(r.values["prompt"], json!("2capys"));
+    assert!(r.images.is_empty());
 }
