@@ -2,6 +2,7 @@
 //! One test target (`cargo test --test integration`), one module per area.
 
 mod chaos;
+mod openapi;
 mod pipeline;
 mod postprocess;
 mod queue;

@@ -33,7 +33,7 @@ pub struct OriginalSubmit {
     #[schema(format = "uri")]
     pub client_callback_url: Option<String>,
     /// The workflow's parameters, checked against its JSON Schema (`GET {prefix}/workflows/{name}`).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<BTreeMap<String, Value>>,
     /// Higher runs first; first come first served within a priority.
     #[schema(minimum = -1000, maximum = 1000, default = 0)]
@@ -45,7 +45,7 @@ pub struct OriginalSubmit {
 pub struct TypedSubmit {
     /// The workflow's parameters, checked against its JSON Schema. Each loaded workflow's own route
     /// below shows its parameters.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<BTreeMap<String, Value>>,
     pub client_task_id: Option<ClientTaskId>,
     /// Where the task's record is POSTed when it ends (see the `taskEnded` webhook).
