@@ -190,7 +190,7 @@ fn add_workflow_routes(doc: &mut Value, prefix: &str, workflows: &WorkflowSet) {
         op.insert("operationId".into(), format!("submit_{}", w.name).into());
         op.insert(
             "summary".into(),
-            format!("Submit a `{}` task", w.name).into(),
+            format!("Submit a task to `{}`", w.name).into(),
         );
         op.insert("description".into(), w.description.clone().into());
         op.remove("parameters");

@@ -183,22 +183,14 @@ fn rendered(e: ApiError) -> (u16, Value) {
     (status, serde_json::from_slice(&bytes).expect("JSON body"))
 }
 
-#[test]
-fn the_error_body_schema_is_what_every_api_error_renders() {
-    let doc = document("/api/v1", &shipped());
-    let schemas = &doc["components"]["schemas"];
-    let body = &schemas["ErrorBody"];
-    let kinds: Vec<&str> = schemas["ErrorKind"]["enum"]
-        .as_array()
-        .expect("ErrorKind enum")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+/// One `ApiError` of each variant. The match has no catch-all, so a new variant does not compile
+/// until it is listed here, and then the test below asks for its kind and status to be documented.
+fn one_of_each() -> Vec<ApiError> {
     let field = || FieldError {
         field: "params.steps".into(),
         reason: "must be at most 100".into(),
     };
-    let errors = [
+    let errors = vec![
         ApiError::BadRequest("no".into()),
         ApiError::Invalid(vec![field()]),
         ApiError::TooLarge(field()),
@@ -210,6 +202,32 @@ fn the_error_body_schema_is_what_every_api_error_renders() {
         ApiError::Unavailable("no".into()),
         ApiError::Internal(anyhow::anyhow!("boom")),
     ];
+    for e in &errors {
+        match e {
+            ApiError::BadRequest(_)
+            | ApiError::Invalid(_)
+            | ApiError::TooLarge(_)
+            | ApiError::NotFound(_)
+            | ApiError::Conflict { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::Internal(_) => {}
+        }
+    }
+    errors
+}
+
+#[test]
+fn the_error_body_schema_is_what_every_api_error_renders() {
+    let doc = document("/api/v1", &shipped());
+    let schemas = &doc["components"]["schemas"];
+    let body = &schemas["ErrorBody"];
+    let kinds: Vec<&str> = schemas["ErrorKind"]["enum"]
+        .as_array()
+        .expect("ErrorKind enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let errors = one_of_each();
     // Statuses that some operation documents with an ErrorBody.
     let mut documented = BTreeSet::new();
     for item in doc["paths"].as_object().expect("paths").values() {
