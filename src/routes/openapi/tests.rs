@@ -290,3 +290,22 @@ fn the_docs_page_loads_only_what_comfyd_serves() {
         }
     }
 }
+
+#[test]
+fn the_served_document_is_kept_per_workflow_set() {
+    let set = Arc::new(shipped());
+    let first = cached("/api/v1", &set);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&first).expect("JSON"),
+        document("/api/v1", &set)
+    );
+    // The same set: the same bytes, not a new build.
+    assert_eq!(cached("/api/v1", &set).as_ptr(), first.as_ptr());
+    // A reload (a new set, even with the same workflows) or another prefix: built again.
+    let reloaded = Arc::new(shipped());
+    assert_ne!(cached("/api/v1", &reloaded).as_ptr(), first.as_ptr());
+    let other = cached("/svc", &reloaded);
+    assert!(
+        serde_json::from_slice::<Value>(&other).expect("JSON")["paths"]["/svc/tasks"].is_object()
+    );
+}
