@@ -26,6 +26,9 @@ pub struct Settings {
     pub cleanup: CleanupSettings,
     pub workflows: WorkflowSettings,
     pub log: LogSettings,
+    pub auth: AuthSettings,
+    pub database_outage: DatabaseOutageSettings,
+    pub comfyui_limits: ComfyuiLimitsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +136,32 @@ pub struct InputSettings {
 #[serde(deny_unknown_fields)]
 pub struct UrlPolicySettings {
     pub allow_private_addresses: bool,
+    /// Unset: the same as `allow_private_addresses` (which alone decided both before it existed).
+    #[serde(default)]
+    pub allow_loopback: Option<bool>,
+}
+
+impl UrlPolicySettings {
+    pub fn allow_loopback(&self) -> bool {
+        self.allow_loopback.unwrap_or(self.allow_private_addresses)
+    }
+}
+
+/// API keys (`[auth]`). No keys here or in the database: every route is open.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub keys: Vec<ApiKeySetting>,
+}
+
+/// One key in the configuration: its name (recorded as the owner of the tasks it submits), its
+/// scope and the SHA-256 of the key (hex), never the key itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySetting {
+    pub name: String,
+    pub scope: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +180,37 @@ pub struct WorkflowSettings {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: String,
+}
+
+/// How the API behaves while the database cannot be reached (see `crate::db_health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseOutageSettings {
+    /// Longest a submit waits for its task to be recorded before it answers 503.
+    pub submit_wait_ms: u64,
+}
+
+/// How much comfyd reads from a ComfyUI server at most (a server is untrusted input).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComfyuiLimitsSettings {
+    /// Largest websocket frame, in bytes; a larger one drops the connection (comfyd reconnects).
+    pub max_frame_bytes: usize,
+    /// Largest JSON answer (`/history`, `/object_info`, `/queue`), in bytes.
+    pub max_json_bytes: usize,
+    /// Largest output downloaded from `/view`, in bytes (it is held in memory while stored).
+    pub max_view_bytes: usize,
+}
+
+impl ComfyuiLimitsSettings {
+    /// The limits as the ComfyUI client takes them.
+    pub fn limits(&self) -> crate::comfy::Limits {
+        crate::comfy::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_json_bytes: self.max_json_bytes,
+            max_view_bytes: self.max_view_bytes,
+        }
+    }
 }
 
 /// Environment overrides: one flat field per variable (envy lowercases the names).
@@ -200,6 +260,15 @@ struct EnvOverrides {
     comfyd_cleanup: Option<bool>,
     comfyd_workflows_dir: Option<PathBuf>,
     comfyd_log_format: Option<String>,
+    // Access: the URL policy's loopback switch and API keys (`name:scope:sha256`, comma-separated).
+    comfyd_allow_loopback_urls: Option<bool>,
+    comfyd_api_keys: Option<String>,
+    // Database outages.
+    comfyd_db_submit_wait_ms: Option<u64>,
+    // Limits on what a ComfyUI server sends (hostile backends).
+    comfyd_ws_max_frame_bytes: Option<usize>,
+    comfyd_comfyui_max_json_bytes: Option<usize>,
+    comfyd_view_max_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -336,6 +405,43 @@ impl Settings {
         set(&mut s.cleanup.enabled, env.comfyd_cleanup);
         set(&mut s.workflows.dir, env.comfyd_workflows_dir);
         set(&mut s.log.format, env.comfyd_log_format);
+        // Access.
+        if let Some(allow) = env.comfyd_allow_loopback_urls {
+            s.url_policy.allow_loopback = Some(allow);
+        }
+        if let Some(list) = env.comfyd_api_keys {
+            s.auth.keys = list
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| {
+                    let mut parts = k.splitn(3, ':');
+                    ApiKeySetting {
+                        name: parts.next().unwrap_or_default().to_string(),
+                        scope: parts.next().unwrap_or_default().to_string(),
+                        sha256: parts.next().unwrap_or_default().to_string(),
+                    }
+                })
+                .collect();
+        }
+        // Database outages.
+        set(
+            &mut s.database_outage.submit_wait_ms,
+            env.comfyd_db_submit_wait_ms,
+        );
+        // Limits on what a ComfyUI server sends (hostile backends).
+        set(
+            &mut s.comfyui_limits.max_frame_bytes,
+            env.comfyd_ws_max_frame_bytes,
+        );
+        set(
+            &mut s.comfyui_limits.max_json_bytes,
+            env.comfyd_comfyui_max_json_bytes,
+        );
+        set(
+            &mut s.comfyui_limits.max_view_bytes,
+            env.comfyd_view_max_bytes,
+        );
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -390,10 +496,57 @@ impl Settings {
                 self.log.format
             );
         }
+        for (i, key) in self.auth.keys.iter_mut().enumerate() {
+            let at = format!("auth.keys[{i}] (COMFYD_API_KEYS)");
+            if key.name.trim().is_empty() || key.name.len() > 64 {
+                bail!("{at}: name must be 1 to 64 characters");
+            }
+            if !matches!(key.scope.as_str(), "submit" | "admin") {
+                bail!(
+                    "{at} {:?}: scope must be \"submit\" or \"admin\", not {:?}",
+                    key.name,
+                    key.scope
+                );
+            }
+            key.sha256 = key.sha256.to_ascii_lowercase();
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "{at} {:?}: sha256 must be the 64 hex digits of the key's SHA-256 \
+                     (`comfyd keys generate` prints one)",
+                    key.name
+                );
+            }
+        }
+        for (value, name) in [
+            (
+                self.comfyui_limits.max_frame_bytes,
+                "comfyui_limits.max_frame_bytes (COMFYD_WS_MAX_FRAME_BYTES)",
+            ),
+            (
+                self.comfyui_limits.max_json_bytes,
+                "comfyui_limits.max_json_bytes (COMFYD_COMFYUI_MAX_JSON_BYTES)",
+            ),
+            (
+                self.comfyui_limits.max_view_bytes,
+                "comfyui_limits.max_view_bytes (COMFYD_VIEW_MAX_BYTES)",
+            ),
+        ] {
+            // Below 64 KiB even ComfyUI's ordinary frames and answers would be refused.
+            if value < 65_536 {
+                bail!("{name} must be at least 65536 bytes, not {value}");
+            }
+        }
         let url = &self.database.url;
         let known_scheme = url.starts_with("sqlite:") || url.starts_with("postgres");
         if !url.is_empty() && !known_scheme {
             bail!("database.url (DATABASE_URL) must be a sqlite: or postgres:// URL");
+        }
+        // Database outages.
+        if !(1..=60_000).contains(&self.database_outage.submit_wait_ms) {
+            bail!(
+                "database_outage.submit_wait_ms (COMFYD_DB_SUBMIT_WAIT_MS) must be from 1 to 60000, not {}",
+                self.database_outage.submit_wait_ms
+            );
         }
         Ok(())
     }
@@ -532,6 +685,49 @@ mod tests {
             Settings::from_parts(None, env).expect_err("must fail")
         );
         assert!(err.contains("COMFYD_TASK_DEADLINE_SECS"), "{err}");
+    }
+
+    #[test]
+    fn loopback_follows_private_unless_set() {
+        let s = Settings::load_file(None).expect("valid");
+        assert!(s.url_policy.allow_private_addresses && s.url_policy.allow_loopback());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[url_policy]\nallow_private_addresses = false\n").expect("write");
+        let s = Settings::load_file(Some(&path)).expect("valid");
+        assert!(!s.url_policy.allow_loopback());
+        let env = EnvOverrides {
+            comfyd_allow_private_urls: Some(false),
+            comfyd_allow_loopback_urls: Some(true),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert!(!s.url_policy.allow_private_addresses && s.url_policy.allow_loopback());
+    }
+
+    #[test]
+    fn api_keys_from_the_environment_are_checked() {
+        let hash = "AB".repeat(32);
+        let env = EnvOverrides {
+            comfyd_api_keys: Some(format!("app:submit:{hash}, ops:admin:{}", "0".repeat(64))),
+            ..Default::default()
+        };
+        let s = Settings::from_parts(None, env).expect("valid");
+        assert_eq!(s.auth.keys.len(), 2);
+        assert_eq!(s.auth.keys[0].sha256, hash.to_ascii_lowercase());
+        assert_eq!(s.auth.keys[1].scope, "admin");
+        for bad in [
+            "app:root:".to_string() + &hash,
+            "app:submit:abc".into(),
+            format!(":submit:{hash}"),
+        ] {
+            let env = EnvOverrides {
+                comfyd_api_keys: Some(bad.clone()),
+                ..Default::default()
+            };
+            let err = format!("{:#}", Settings::from_parts(None, env).expect_err(&bad));
+            assert!(err.contains("COMFYD_API_KEYS"), "{err}");
+        }
     }
 
     #[test]

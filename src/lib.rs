@@ -7,16 +7,20 @@
 //! - [`dispatch`]: the `Supervisor` (durable queue, routing) and one `Backend` actor per ComfyUI server.
 //! - [`postprocess`]: actors after execution: `Uploader`, `Recorder`, `Cleaner`, `Notifier`.
 //! - [`storage`]: where outputs go: S3 or a local folder.
+//! - [`paths`]: the one way a relative name becomes a path comfyd writes (it cannot leave its root).
 //! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
-//! - [`store`] and [`entity`]: the database.
-//! - [`routes`]: the HTTP API.
+//! - [`store`] and [`entity`]: the database; [`db_health`]: whether it takes writes right now.
+//! - [`routes`]: the HTTP API (API keys: `routes::auth`); [`keys`]: the `comfyd keys` commands.
 //! - [`startup`]: builds and runs the application.
 
 pub mod comfy;
 pub mod config;
+pub mod db_health;
 pub mod dispatch;
 pub mod entity;
+pub mod keys;
 pub mod outbound;
+pub mod paths;
 pub mod pg_nodelay;
 pub mod postprocess;
 pub mod reupload;

@@ -28,6 +28,35 @@ enum Command {
         #[command(subcommand)]
         command: WorkflowCommand,
     },
+    /// API keys (see README, API keys).
+    Keys {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a key and store its hash in the database; prints the key once.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// submit or admin
+        #[arg(long)]
+        scope: String,
+    },
+    /// Make a key and print it with its [auth] configuration entry; stores nothing.
+    Generate {
+        #[arg(long)]
+        name: String,
+        /// submit or admin
+        #[arg(long)]
+        scope: String,
+    },
+    /// The keys in the database (their names, scopes and ids, never the keys).
+    List,
+    /// Revoke the key with this id, or every key with this name.
+    Revoke { id_or_name: String },
 }
 
 #[derive(Subcommand)]
@@ -77,6 +106,19 @@ fn main() -> ExitCode {
             } => {
                 let dir = dir.unwrap_or(settings.workflows.dir);
                 Ok(comfyd::workflow_check::run(&dir, backend.as_deref()).await)
+            }
+            Command::Keys { command } => {
+                match command {
+                    KeyCommand::Add { name, scope } => {
+                        comfyd::keys::add(&settings, &name, &scope).await?
+                    }
+                    KeyCommand::Generate { name, scope } => comfyd::keys::generate(&name, &scope)?,
+                    KeyCommand::List => comfyd::keys::list(&settings).await?,
+                    KeyCommand::Revoke { id_or_name } => {
+                        comfyd::keys::revoke(&settings, &id_or_name).await?;
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
             }
         }
     });

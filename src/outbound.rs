@@ -1,7 +1,10 @@
 //! Every HTTP call to a URL that a client gave comfyd: webhook deliveries and input-image fetches.
 //!
-//! Keeping them in one place keeps the URL policy ([`Outbound::check_url`]), the size and time
-//! limits, and (later) per-destination API keys in one place too. The `Notifier` calls
+//! Keeping them in one place keeps the URL policy, the size and time limits, and (later)
+//! per-destination API keys in one place too. The policy ([`address`]): a URL is checked when it is
+//! given ([`Outbound::check_url`], and [`Outbound::check_destination`], which resolves its host), and
+//! again on every call and every redirect hop, where awc connects only to addresses the policy
+//! resolver looked up and checked. The `Notifier` calls
 //! [`Outbound::post_webhook`] (with a [`sign_webhook`] signature); the job routes call
 //! [`Outbound::fetch_image`] for image inputs given by URL.
 //!
@@ -9,8 +12,12 @@
 //! client on first use. Calls must run on an actix runtime (an actix System, an actix-web worker or
 //! `#[actix_web::test]`), because awc's connection pool spawns local tasks.
 
+mod address;
+
 use std::cell::RefCell;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use awc::error::SendRequestError;
@@ -22,6 +29,9 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use tokio::time::{timeout_at, Instant};
+
+pub use address::{classify, AddressClass, AddressPolicy, LookupError};
+use address::{Lookup, PolicyResolver};
 
 /// Longest URL accepted from a client; longer ones are refused before any parsing work.
 const MAX_URL_LEN: usize = 8 * 1024;
@@ -42,9 +52,10 @@ pub struct OutboundSettings {
     pub fetch_timeout_ms: u64,
     /// Time allowed for a webhook delivery to answer with a status, in milliseconds.
     pub webhook_timeout_ms: u64,
-    /// Whether URLs may name loopback, private, link-local or other non-public IP addresses.
-    /// Only literal addresses and `localhost` are checked; host names are not resolved yet.
+    /// Whether URLs may reach private networks and reserved ranges (see [`AddressClass::Private`]).
     pub allow_private_addresses: bool,
+    /// Whether URLs may reach loopback addresses (127.0.0.0/8, ::1).
+    pub allow_loopback_addresses: bool,
 }
 
 impl Default for OutboundSettings {
@@ -54,6 +65,16 @@ impl Default for OutboundSettings {
             fetch_timeout_ms: 10_000,
             webhook_timeout_ms: 10_000,
             allow_private_addresses: true,
+            allow_loopback_addresses: true,
+        }
+    }
+}
+
+impl OutboundSettings {
+    fn policy(&self) -> AddressPolicy {
+        AddressPolicy {
+            allow_private: self.allow_private_addresses,
+            allow_loopback: self.allow_loopback_addresses,
         }
     }
 }
@@ -61,9 +82,12 @@ impl Default for OutboundSettings {
 /// A failed outbound call. Messages never include the URL (it may carry tokens) or bodies.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
-    /// The URL is malformed or refused by the policy.
+    /// The URL is malformed (or not http/https).
     #[error("URL refused: {0}")]
     BadUrl(String),
+    /// The URL's host is, or resolves to, an address the policy refuses.
+    #[error("address refused: {0}")]
+    Refused(String),
     /// The body is larger than the limit (answer 413).
     #[error("response larger than {limit} bytes")]
     TooLarge {
@@ -91,10 +115,11 @@ pub enum OutboundError {
 }
 
 impl OutboundError {
-    /// Whether trying again later may succeed (network trouble, timeouts, 5xx, 408 and 429).
+    /// Whether trying again later may succeed (network trouble, timeouts, 5xx, 408 and 429, and a
+    /// refused address: a name may resolve elsewhere later, and the policy may change).
     pub fn is_transient(&self) -> bool {
         match self {
-            OutboundError::Timeout | OutboundError::Connect(_) => true,
+            OutboundError::Timeout | OutboundError::Connect(_) | OutboundError::Refused(_) => true,
             OutboundError::Status(status) => matches!(status, 408 | 429 | 500..=599),
             OutboundError::BadUrl(_)
             | OutboundError::TooLarge { .. }
@@ -110,6 +135,16 @@ impl From<SendRequestError> for OutboundError {
         match err {
             SendRequestError::Timeout => OutboundError::Timeout,
             SendRequestError::Url(e) => OutboundError::BadUrl(e.to_string()),
+            // The policy resolver's refusal comes back through awc as a resolver error.
+            SendRequestError::Connect(awc::error::ConnectError::Resolver(e)) => {
+                match e.downcast_ref::<LookupError>() {
+                    Some(refused @ LookupError::Refused { .. }) => {
+                        OutboundError::Refused(refused.to_string())
+                    }
+                    Some(failed) => OutboundError::Connect(failed.to_string()),
+                    None => OutboundError::Connect(format!("could not resolve the host: {e}")),
+                }
+            }
             other => OutboundError::Connect(other.to_string()),
         }
     }
@@ -119,35 +154,35 @@ impl From<SendRequestError> for OutboundError {
 #[derive(Clone, Debug)]
 pub struct Outbound {
     settings: OutboundSettings,
+    lookup: Lookup,
+}
+
+/// A client built for one actix System and one policy.
+struct CachedClient {
+    system: Option<usize>,
+    policy: AddressPolicy,
+    client: awc::Client,
 }
 
 thread_local! {
-    /// This thread's client, with the id of the actix System it was built under: a client is
-    /// tied to the runtime that spawned its pool tasks, so a new System gets a new client.
-    static CLIENT: RefCell<Option<(Option<usize>, awc::Client)>> = const { RefCell::new(None) };
+    /// This thread's clients: a client is tied to the runtime that spawned its pool tasks (so a new
+    /// System gets a new client) and its resolver to one policy (tests run several at once).
+    static CLIENTS: RefCell<Vec<CachedClient>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's awc client, built on first use.
-fn client() -> awc::Client {
-    let system = actix_rt::System::try_current().map(|s| s.id());
-    CLIENT.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        match &*cell {
-            Some((built_for, client)) if *built_for == system => client.clone(),
-            _ => {
-                let client = build_client();
-                *cell = Some((system, client.clone()));
-                client
-            }
-        }
-    })
-}
-
-fn build_client() -> awc::Client {
+fn build_client(policy: AddressPolicy, lookup: Lookup) -> awc::Client {
     // awc's rustls setup panics when no process-wide crypto provider can be chosen; comfyd uses
     // ring everywhere. Err means one is installed already, which is what we need.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Names are resolved by the policy resolver, and awc connects to the addresses it returned.
+    let tcp =
+        actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(PolicyResolver {
+            policy,
+            lookup,
+        }))
+        .service();
     let connector = awc::Connector::new()
+        .connector(tcp)
         .timeout(CONNECT_TIMEOUT)
         .handshake_timeout(CONNECT_TIMEOUT);
     awc::Client::builder()
@@ -166,7 +201,24 @@ fn build_client() -> awc::Client {
 impl Outbound {
     /// An outbound caller with these limits. Builds nothing yet; clients are made per thread.
     pub fn new(settings: OutboundSettings) -> Outbound {
-        Outbound { settings }
+        Outbound {
+            settings,
+            lookup: Lookup::System,
+        }
+    }
+
+    /// Looks names up in `hosts` only, never in DNS or /etc/hosts (tests: names for the loopback
+    /// test servers). A name missing from the table does not resolve.
+    pub fn with_hosts<'a>(
+        mut self,
+        hosts: impl IntoIterator<Item = (&'a str, IpAddr)>,
+    ) -> Outbound {
+        let mut table: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for (name, ip) in hosts {
+            table.entry(name.to_ascii_lowercase()).or_default().push(ip);
+        }
+        self.lookup = Lookup::Table(Arc::new(table));
+        self
     }
 
     /// The limits in force.
@@ -174,8 +226,34 @@ impl Outbound {
         &self.settings
     }
 
-    /// The policy check for any client-given URL: http or https only, with a host, and (unless
-    /// `allow_private_addresses`) no literal non-public address or `localhost`.
+    /// This thread's awc client for this policy, built on first use.
+    fn client(&self) -> awc::Client {
+        let policy = self.settings.policy();
+        if let Lookup::Table(_) = self.lookup {
+            // Tests only; not worth a cache keyed on the table.
+            return build_client(policy, self.lookup.clone());
+        }
+        let system = actix_rt::System::try_current().map(|s| s.id());
+        CLIENTS.with(|cell| {
+            let mut clients = cell.borrow_mut();
+            clients.retain(|c| c.system == system);
+            if let Some(c) = clients.iter().find(|c| c.policy == policy) {
+                return c.client.clone();
+            }
+            let client = build_client(policy, Lookup::System);
+            clients.push(CachedClient {
+                system,
+                policy,
+                client: client.clone(),
+            });
+            client
+        })
+    }
+
+    /// The policy check for any client-given URL, without a lookup: http or https only, with a
+    /// host, and, when the host is an address, one the policy allows. (`url` has already turned
+    /// decimal, octal, hex and short IPv4 forms into dotted quads.) Names are checked when they are
+    /// resolved: by [`Outbound::check_destination`] and on every connection.
     pub fn check_url(&self, url: &str) -> Result<url::Url, OutboundError> {
         if url.len() > MAX_URL_LEN {
             return Err(OutboundError::BadUrl(format!(
@@ -191,25 +269,39 @@ impl Outbound {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(OutboundError::BadUrl("scheme must be http or https".into()));
         }
-        let host = match url.host() {
+        let ip = match url.host() {
             Some(url::Host::Domain("")) | None => {
                 return Err(OutboundError::BadUrl("no host".into()))
             }
-            Some(host) => host,
+            Some(url::Host::Domain(_)) => None,
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
         };
-        if !self.settings.allow_private_addresses {
-            let private = match host {
-                url::Host::Domain(name) => {
-                    let name = name.trim_end_matches('.').to_ascii_lowercase();
-                    name == "localhost" || name.ends_with(".localhost")
+        if let Some(ip) = ip {
+            self.settings
+                .policy()
+                .check(ip)
+                .map_err(OutboundError::Refused)?;
+        }
+        Ok(url)
+    }
+
+    /// [`Outbound::check_url`], and for a host name a lookup now, refused when any address it
+    /// resolves to is refused: what the submit routes call, so a client hears at once. A lookup
+    /// that fails is not refused here: the call itself will fail (and a webhook be retried).
+    pub async fn check_destination(&self, url: &str) -> Result<url::Url, OutboundError> {
+        let url = self.check_url(url)?;
+        if let Some(url::Host::Domain(name)) = url.host() {
+            match self
+                .lookup
+                .resolve_checked(self.settings.policy(), name)
+                .await
+            {
+                Err(refused @ LookupError::Refused { .. }) => {
+                    return Err(OutboundError::Refused(refused.to_string()))
                 }
-                url::Host::Ipv4(ip) => !is_public_ipv4(ip),
-                url::Host::Ipv6(ip) => !is_public_ipv6(ip),
-            };
-            if private {
-                return Err(OutboundError::BadUrl(
-                    "private, loopback or link-local addresses are not allowed".into(),
-                ));
+                Err(failed) => tracing::debug!(error = %failed, "client URL host did not resolve"),
+                Ok(_) => {}
             }
         }
         Ok(url)
@@ -229,7 +321,7 @@ impl Outbound {
 
     async fn fetch_image_from(&self, mut url: url::Url) -> Result<(Bytes, String), OutboundError> {
         let limit = self.settings.fetch_max_bytes;
-        let client = client();
+        let client = self.client();
         for _ in 0..=MAX_REDIRECTS {
             let mut response = client
                 .get(url.as_str())
@@ -286,7 +378,8 @@ impl Outbound {
     ) -> Result<u16, OutboundError> {
         let url = self.check_url(url)?;
         let deadline = Instant::now() + Duration::from_millis(self.settings.webhook_timeout_ms);
-        let mut request = client()
+        let mut request = self
+            .client()
             .post(url.as_str())
             .insert_header((header::CONTENT_TYPE, "application/json"));
         for (name, value) in headers {
@@ -331,46 +424,6 @@ fn image_content_type(headers: &header::HeaderMap) -> Result<String, OutboundErr
         _ => Err(OutboundError::BadContentType(
             raw.unwrap_or_else(|| "none".into()),
         )),
-    }
-}
-
-fn is_public_ipv4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || ip.is_multicast()
-        || a == 0
-        // 100.64.0.0/10: carrier-grade NAT, often internal.
-        || (a == 100 && (64..128).contains(&b))
-        // 198.18.0.0/15: benchmarking.
-        || (a == 198 && (b == 18 || b == 19))
-        // 240.0.0.0/4: reserved.
-        || a >= 240)
-}
-
-fn is_public_ipv6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_public_ipv4(v4);
-    }
-    let first = ip.segments()[0];
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        // fc00::/7 unique local, fe80::/10 link-local, 2001:db8::/32 documentation.
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
-}
-
-/// Whether `ip` is a public address under the same rules as [`Outbound::check_url`].
-pub fn is_public_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_ipv4(v4),
-        IpAddr::V6(v6) => is_public_ipv6(v6),
     }
 }
 
@@ -433,9 +486,10 @@ mod tests {
         );
     }
 
-    fn outbound(allow_private: bool) -> Outbound {
+    fn outbound(allow: bool) -> Outbound {
         Outbound::new(OutboundSettings {
-            allow_private_addresses: allow_private,
+            allow_private_addresses: allow,
+            allow_loopback_addresses: allow,
             ..OutboundSettings::default()
         })
     }
@@ -448,6 +502,8 @@ mod tests {
             "http://example.com:8080/x?y=1",
             "https://8.8.8.8/i.png",
             "https://[2606:4700::1111]/i.png",
+            // Names are checked when they are resolved, not here.
+            "http://localhost:8080/",
         ] {
             assert!(out.check_url(url).is_ok(), "{url} should pass");
         }
@@ -476,29 +532,107 @@ mod tests {
     }
 
     #[test]
-    fn check_url_refuses_private_addresses_when_not_allowed() {
+    fn check_url_refuses_private_and_loopback_addresses_when_not_allowed() {
         let out = outbound(false);
         for url in [
             "http://127.0.0.1/",
             "http://10.1.2.3/",
             "http://192.168.0.1/",
             "http://172.16.0.1/",
-            "http://169.254.169.254/latest/meta-data",
-            "http://0.0.0.0/",
             "http://100.64.0.1/",
             "http://[::1]/",
             "http://[fd00::1]/",
-            "http://[fe80::1]/",
             "http://[::ffff:127.0.0.1]/",
-            "http://localhost:8080/",
-            "http://api.localhost/",
-            "http://LOCALHOST./",
+            // Forms `url` turns into 127.0.0.1: decimal, octal, hex, short.
+            "http://2130706433/",
+            "http://0177.0.0.1/",
+            "http://0x7f.0.0.1/",
+            "http://0x7f000001/",
+            "http://127.1/",
+            // IPv4-compatible and NAT64 forms of loopback.
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
         ] {
             assert!(
-                matches!(out.check_url(url), Err(OutboundError::BadUrl(_))),
-                "{url} should be refused"
+                matches!(out.check_url(url), Err(OutboundError::Refused(_))),
+                "{url} should be refused: {:?}",
+                out.check_url(url)
             );
         }
+    }
+
+    #[test]
+    fn check_url_always_refuses_link_local_metadata_and_unspecified_addresses() {
+        let out = outbound(true);
+        for url in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::ffff:169.254.169.254]/latest/meta-data",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://2852039166/latest/meta-data",
+            "http://0251.0376.0251.0376/",
+            "http://169.254.1.1/",
+            "http://[fe80::1]/",
+            "http://[fd00:ec2::254]/",
+            "http://100.100.100.200/",
+            "http://0.0.0.0:8188/",
+            "http://0/",
+            "http://[::]/",
+            "http://255.255.255.255/",
+            "http://224.0.0.1/",
+            "http://[ff02::1]/",
+        ] {
+            match out.check_url(url) {
+                Err(OutboundError::Refused(reason)) => {
+                    assert!(!reason.contains("url_policy"), "{url}: {reason}")
+                }
+                other => panic!("{url} should be refused, got {other:?}"),
+            }
+        }
+    }
+
+    #[actix_web::test]
+    async fn check_destination_resolves_names_and_names_the_reason() {
+        let hosts = [
+            ("hooks.example.test", "127.0.0.1".parse().expect("ip")),
+            (
+                "metadata.example.test",
+                "169.254.169.254".parse().expect("ip"),
+            ),
+            ("public.example.test", "93.184.216.34".parse().expect("ip")),
+        ];
+        let strict = outbound(false).with_hosts(hosts);
+        match strict
+            .check_destination("http://hooks.example.test/h")
+            .await
+        {
+            Err(OutboundError::Refused(reason)) => {
+                assert!(
+                    reason.contains("hooks.example.test resolves to 127.0.0.1"),
+                    "{reason}"
+                );
+                assert!(reason.contains("loopback"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(strict
+            .check_destination("https://public.example.test/")
+            .await
+            .is_ok());
+        // A name that does not resolve is left to the call itself (a webhook is retried).
+        assert!(strict
+            .check_destination("https://nowhere.example.test/")
+            .await
+            .is_ok());
+        let open = outbound(true).with_hosts(hosts);
+        assert!(open
+            .check_destination("http://hooks.example.test/h")
+            .await
+            .is_ok());
+        assert!(matches!(
+            open.check_destination("http://metadata.example.test/")
+                .await,
+            Err(OutboundError::Refused(_))
+        ));
     }
 
     #[test]
@@ -506,7 +640,7 @@ mod tests {
         let defaults = OutboundSettings::default();
         assert_eq!(defaults.fetch_max_bytes, 20 * 1024 * 1024);
         assert_eq!(defaults.fetch_timeout_ms, 10_000);
-        assert!(defaults.allow_private_addresses);
+        assert!(defaults.allow_private_addresses && defaults.allow_loopback_addresses);
         let parsed: OutboundSettings =
             serde_json::from_str(r#"{"fetch_max_bytes": 5}"#).expect("valid");
         assert_eq!(parsed.fetch_max_bytes, 5);
@@ -608,6 +742,19 @@ mod tests {
                     }),
                 )
                 .route(
+                    "/redirect-to",
+                    web::get().to(
+                        |q: web::Query<std::collections::HashMap<String, String>>| async move {
+                            HttpResponse::Found()
+                                .insert_header((
+                                    header::LOCATION,
+                                    q.get("to").cloned().unwrap_or_default(),
+                                ))
+                                .finish()
+                        },
+                    ),
+                )
+                .route(
                     "/redirect-loop",
                     web::get().to(|| async {
                         HttpResponse::Found()
@@ -647,7 +794,96 @@ mod tests {
             fetch_timeout_ms: 500,
             webhook_timeout_ms: 500,
             allow_private_addresses: true,
+            allow_loopback_addresses: true,
         })
+    }
+
+    /// `test_outbound` where `hooks.test` resolves to the test server (127.0.0.1) and loopback
+    /// is allowed or not.
+    fn named_outbound(allow_loopback: bool) -> Outbound {
+        let mut out = test_outbound();
+        out.settings.allow_loopback_addresses = allow_loopback;
+        out.with_hosts([("hooks.test", IpAddr::from([127, 0, 0, 1]))])
+    }
+
+    /// The test server's base URL with its address replaced by `hooks.test`.
+    fn by_name(base: &str) -> String {
+        base.replace("127.0.0.1", "hooks.test")
+    }
+
+    #[actix_web::test]
+    async fn a_name_that_resolves_to_loopback_is_reached_only_when_loopback_is_allowed() {
+        let (base, received) = start_server();
+        let url = format!("{}/hook/ok", by_name(&base));
+
+        let refused = named_outbound(false)
+            .post_webhook(&url, Bytes::from_static(b"{}"), &[])
+            .await;
+        match &refused {
+            Err(OutboundError::Refused(reason)) => {
+                assert!(
+                    reason.contains("hooks.test resolves to 127.0.0.1"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(refused
+            .as_ref()
+            .err()
+            .is_some_and(OutboundError::is_transient));
+        assert!(
+            received.lock().expect("lock").is_empty(),
+            "nothing was sent"
+        );
+        let fetched = named_outbound(false)
+            .fetch_image(&format!("{}/image.png", by_name(&base)))
+            .await;
+        assert!(
+            matches!(fetched, Err(OutboundError::Refused(_))),
+            "{fetched:?}"
+        );
+
+        let status = named_outbound(true)
+            .post_webhook(&url, Bytes::from_static(b"{}"), &[])
+            .await
+            .expect("delivered by name");
+        assert_eq!(status, 204);
+        assert_eq!(received.lock().expect("lock").len(), 1);
+    }
+
+    #[actix_web::test]
+    async fn every_redirect_hop_is_resolved_and_checked() {
+        // Hop one is the (loopback, allowed) test server; hop two is refused before any connection.
+        let (base, _) = start_server();
+        let out = test_outbound().with_hosts([
+            ("hooks.test", IpAddr::from([127, 0, 0, 1])),
+            ("metadata.test", IpAddr::from([169, 254, 169, 254])),
+        ]);
+        for target in [
+            "http://metadata.test/latest/meta-data",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::ffff:a9fe:a9fe]/latest/meta-data",
+        ] {
+            let to: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+            let url = format!("{}/redirect-to?to={to}", by_name(&base));
+            match out.fetch_image(&url).await {
+                Err(OutboundError::Refused(reason)) => {
+                    assert!(reason.contains("169.254.169.254"), "{target}: {reason}")
+                }
+                other => panic!("{target}: expected a refusal, got {other:?}"),
+            }
+        }
+        let url = format!(
+            "{}/redirect-to?to={}/image.png",
+            by_name(&base),
+            by_name(&base)
+        );
+        let (bytes, _) = out
+            .fetch_image(&url)
+            .await
+            .expect("an allowed hop is followed");
+        assert_eq!(&bytes[..], PNG);
     }
 
     #[actix_web::test]

@@ -82,12 +82,15 @@ impl Application {
             fetch_timeout_ms: settings.inputs.fetch_timeout_ms,
             webhook_timeout_ms: settings.webhooks.timeout_ms,
             allow_private_addresses: settings.url_policy.allow_private_addresses,
+            allow_loopback_addresses: settings.url_policy.allow_loopback(),
         });
 
         let writer = store::connect_writer(&url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
-        let recorder = Recorder::new(writer, db.clone()).start();
+        let recorder = Recorder::new(writer, db.clone());
+        let db_health = recorder.health();
+        let recorder = recorder.start();
         let notifier = Notifier::new(
             NotifierConfig {
                 secret: settings.webhooks.secret.clone(),
@@ -112,6 +115,7 @@ impl Application {
                 upload_attempts: settings.storage.upload_attempts,
                 fallback_dir: settings.fallback_dir(),
                 http_timeout,
+                limits: settings.comfyui_limits.limits(),
             },
             db.clone(),
             storage,
@@ -125,6 +129,7 @@ impl Application {
             recorder: recorder.clone(),
             uploader: uploader.clone(),
             cleaner,
+            health: db_health.clone(),
         };
         let supervisor = Supervisor::new(
             SupervisorConfig {
@@ -146,9 +151,11 @@ impl Application {
                 http_timeout,
                 reconnect_max: Duration::from_millis(settings.comfyui.reconnect_max_ms),
                 lost_after: Duration::from_secs(settings.comfyui.lost_after_secs),
+                limits: settings.comfyui_limits.limits(),
             })
             .collect();
         supervisor.send(AttachBackends(backends)).await?;
+        let keys = start_api_keys(&settings, &db).await?;
 
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -158,7 +165,9 @@ impl Application {
             notifier,
             workflows: Workflows::new(workflows),
             outbound,
+            keys,
             accepting: Arc::new(AtomicBool::new(true)),
+            db_health,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -245,11 +254,49 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server_task.await;
-        // Writes that were lingering for company (see `Recorder`) are written now.
-        let _ = state.recorder.send(Flush).await;
+        // Writes that were lingering for company (see `Recorder`) are written now; during a
+        // database outage the Recorder holds them until it is back, so this waits only so long
+        // (what is lost is replayed by the next start's recovery).
+        let flush_wait = Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+        if actix_rt::time::timeout(flush_wait, state.recorder.send(Flush))
+            .await
+            .is_err()
+        {
+            warn!("database unreachable at shutdown: held writes left for the next start");
+        }
         info!("stopped");
         Ok(())
     }
+}
+
+/// The API keys in force, read from the settings and the database, then re-read from the database
+/// every few seconds (keys added or revoked by `comfyd keys`). Warns once when the API is open to
+/// whoever reaches a non-loopback listen address.
+async fn start_api_keys(
+    settings: &Settings,
+    db: &sea_orm::DatabaseConnection,
+) -> anyhow::Result<routes::auth::ApiKeys> {
+    let keys = routes::auth::ApiKeys::from_settings(&settings.auth);
+    keys.refresh(db).await.context("reading the API keys")?;
+    if keys.enabled() {
+        info!("API keys required (Authorization: Bearer)");
+    } else if !routes::auth::is_loopback_host(&settings.server.host) {
+        warn!(
+            "no API keys: anyone who reaches {}:{} can submit, cancel and read every task; \
+             add keys with `comfyd keys add` or [auth] keys (see README, API keys)",
+            settings.server.host, settings.server.port
+        );
+    }
+    let (refreshed, db) = (keys.clone(), db.clone());
+    actix_rt::spawn(async move {
+        loop {
+            actix_rt::time::sleep(routes::auth::REFRESH_EVERY).await;
+            if let Err(e) = refreshed.refresh(&db).await {
+                warn!(error = %e, "could not re-read the API keys; keeping the previous ones");
+            }
+        }
+    });
+    Ok(keys)
 }
 
 /// The output store the settings describe: S3 when a bucket is set, else the local folder.

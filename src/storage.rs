@@ -169,6 +169,9 @@ pub enum StoreError {
     /// The key is empty, too long, absolute, or has `.`/`..`/empty segments.
     #[error("invalid storage key: {0}")]
     InvalidKey(&'static str),
+    /// The key would lead out of the local folder on disk (a symlink under it).
+    #[error("{0}")]
+    Escapes(#[from] crate::paths::PathError),
     /// The local filesystem refused a read or write.
     #[error("local storage at {path}: {source}")]
     Io {
@@ -197,7 +200,7 @@ impl StoreError {
     /// request, bad credentials or a missing bucket).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::InvalidKey(_) => false,
+            StoreError::InvalidKey(_) | StoreError::Escapes(_) => false,
             StoreError::Io { source, .. } => !matches!(
                 source.kind(),
                 io::ErrorKind::PermissionDenied
@@ -307,7 +310,7 @@ impl Store {
         validate_key(key)?;
         match self {
             Store::Local { root } => {
-                let path = root.join(key);
+                let path = crate::paths::join_under(root, key)?;
                 match tokio::fs::remove_file(&path).await {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io(&path, e)),
                     _ => Ok(()),
@@ -477,10 +480,13 @@ fn validate_key(key: &str) -> Result<(), StoreError> {
 /// Writes `root/key` atomically: a temporary file beside the target, synced, then renamed over it.
 async fn put_local(root: &Path, key: &str, bytes: Bytes) -> Result<(), StoreError> {
     // One blocking task for the whole write: each tokio::fs call is a thread hand-off of its own.
-    let path = root.join(key);
-    tokio::task::spawn_blocking(move || put_local_blocking(&path, &bytes))
-        .await
-        .map_err(|e| StoreError::io(root, io::Error::other(e)))?
+    let (root_dir, key) = (root.to_path_buf(), key.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let path = crate::paths::join_under(&root_dir, &key)?;
+        put_local_blocking(&path, &bytes)
+    })
+    .await
+    .map_err(|e| StoreError::io(root, io::Error::other(e)))?
 }
 
 fn put_local_blocking(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -640,6 +646,26 @@ mod tests {
         assert!(!err.is_transient());
         assert!(!dir.path().join("escape.png").exists());
         assert!(!root.exists());
+    }
+
+    #[actix_rt::test]
+    async fn local_put_refuses_a_key_through_a_symlink_out_of_the_folder() {
+        // Arrange: a valid key whose first folder is a symlink to somewhere else.
+        let outside = tempfile::tempdir().expect("outside");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("task")).expect("symlink");
+        let store = Store::local(dir.path().to_path_buf());
+
+        // Act
+        let err = store
+            .put("task/x.png", Bytes::from_static(b"x"), "image/png")
+            .await
+            .expect_err("must refuse");
+
+        // Assert
+        assert!(matches!(err, StoreError::Escapes(_)), "{err}");
+        assert!(!err.is_transient());
+        assert_eq!(std::fs::read_dir(outside.path()).expect("dir").count(), 0);
     }
 
     #[actix_rt::test]

@@ -21,7 +21,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use crate::entity::{delivery, delivery_attempt, output, task, task_event};
+use crate::entity::{api_key, delivery, delivery_attempt, output, task, task_event};
 use crate::task::{OutputInfo, RecordRow, Status, TaskRecord};
 
 /// Opens the database's shared pool (readers: routes, recovery, the outbox) and brings its schema up
@@ -69,6 +69,53 @@ pub async fn checkpoint(db: &DatabaseConnection) -> Result<(), DbErr> {
     Ok(())
 }
 
+/// Whether the database takes a write now, without changing anything (the Recorder's probe during
+/// an outage with no write of its own to retry). SQLite rewrites `user_version` (nothing else uses
+/// it) with its own value: a real write, which fails while the file cannot be written, where a read
+/// would succeed. PostgreSQL: a round trip (an unwritable PostgreSQL fails the next real write,
+/// which starts the outage again).
+pub async fn probe_write(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        db.execute_unprepared("SELECT 1").await?;
+        return Ok(());
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA user_version",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("PRAGMA user_version answered nothing".into()))?;
+    let version: i32 = row.try_get_by_index(0)?;
+    db.execute_unprepared(&format!("PRAGMA user_version = {version}"))
+        .await?;
+    Ok(())
+}
+
+/// Closes the pool's idle connections, so that the next use connects afresh. After a write failed
+/// for want of the database, a connection's idea of its transaction cannot be trusted: SQLite
+/// rolls a transaction back by itself on an I/O error, sqlx's ROLLBACK then fails and sqlx still
+/// counts the transaction as open, so every later "transaction" on that connection would be a
+/// savepoint inside one that never commits (writes that seem to commit and are lost). The
+/// Recorder calls this before each attempt during an outage.
+pub async fn renew_connections(db: &DatabaseConnection) {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            while let Some(mut c) = pool.try_acquire() {
+                c.close_on_drop();
+            }
+        }
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            while let Some(mut c) = pool.try_acquire() {
+                c.close_on_drop();
+            }
+        }
+        _ => {}
+    }
+}
+
 fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
@@ -79,6 +126,13 @@ fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
 }
+
+/// Longest a caller waits for a connection, a connect to the server included (sqlx retries a
+/// refused connect until then). Past it the database counts as unreachable for that call: a route
+/// answers 503 (submits must answer within 2 s while the database is down) and the Recorder holds
+/// its writes and retries (see `Recorder`). A pool connection is had in microseconds when the
+/// database is up, and a connect to a server takes milliseconds.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pool options; `sqlite_pragmas` are set on each SQLite connection besides the common ones.
 fn options(
@@ -93,7 +147,7 @@ fn options(
     opts.sqlx_logging(log_statements)
         .sqlx_logging_level(log::LevelFilter::Debug)
         .max_connections(max_connections)
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(ACQUIRE_TIMEOUT);
     if is_sqlite(url) {
         // A file cannot hang up: no ping before handing out a connection (a round trip to sqlx's
         // SQLite thread, on every transaction).
@@ -144,6 +198,8 @@ pub struct NewTask {
     pub output_nodes: Value,
     pub priority: i32,
     pub deadline_at: DateTime<Utc>,
+    /// The name of the API key that submitted it (None when keys are not in use).
+    pub owner: Option<String>,
 }
 
 /// What inserting a task came to.
@@ -229,6 +285,7 @@ fn new_task_row(t: &NewTask, now: DateTime<Utc>) -> task::Model {
         dispatched_at: None,
         started_at: None,
         finished_at: None,
+        owner: t.owner.clone(),
     }
 }
 
@@ -681,6 +738,8 @@ pub struct TaskFilter {
     pub workflow: Option<String>,
     pub limit: u64,
     pub offset: u64,
+    /// Only the tasks of this API key (a submit key's listing).
+    pub owner: Option<String>,
 }
 
 pub async fn list_tasks(
@@ -693,6 +752,9 @@ pub async fn list_tasks(
     }
     if let Some(w) = &f.workflow {
         q = q.filter(task::Column::Workflow.eq(w.as_str()));
+    }
+    if let Some(owner) = &f.owner {
+        q = q.filter(task::Column::Owner.eq(owner.as_str()));
     }
     let total = q.clone().count(db).await?;
     let rows = q
@@ -1063,4 +1125,44 @@ pub async fn redeliver<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
+}
+
+/// API keys added with `comfyd keys add` that are not revoked (what the daemon accepts).
+pub async fn active_api_keys<C: ConnectionTrait>(db: &C) -> Result<Vec<api_key::Model>, DbErr> {
+    api_key::Entity::find()
+        .filter(api_key::Column::RevokedAt.is_null())
+        .order_by_asc(api_key::Column::CreatedAt)
+        .all(db)
+        .await
+}
+
+/// Every API key in the database, revoked ones too, oldest first (`comfyd keys list`).
+pub async fn all_api_keys<C: ConnectionTrait>(db: &C) -> Result<Vec<api_key::Model>, DbErr> {
+    api_key::Entity::find()
+        .order_by_asc(api_key::Column::CreatedAt)
+        .all(db)
+        .await
+}
+
+/// Stores a new API key (its hash; the key itself never reaches the database).
+pub async fn insert_api_key<C: ConnectionTrait>(db: &C, key: api_key::Model) -> Result<(), DbErr> {
+    api_key::Entity::insert(api_key::ActiveModel::from(key))
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Revokes the keys with this id, or else with this name; returns how many were revoked.
+pub async fn revoke_api_keys<C: ConnectionTrait>(db: &C, id_or_name: &str) -> Result<u64, DbErr> {
+    let revoke = |column: api_key::Column| {
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(column.eq(id_or_name))
+            .filter(api_key::Column::RevokedAt.is_null())
+    };
+    let by_id = revoke(api_key::Column::Id).exec(db).await?.rows_affected;
+    if by_id > 0 {
+        return Ok(by_id);
+    }
+    Ok(revoke(api_key::Column::Name).exec(db).await?.rows_affected)
 }

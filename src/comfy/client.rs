@@ -5,7 +5,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::names::{self, NameError};
 use super::protocol::FileRef;
+use super::ws_limit::BoundedCodec;
 
 /// Why a call to ComfyUI failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,9 @@ pub enum ComfyError {
     Unreachable { what: &'static str, detail: String },
     #[error("ComfyUI sent an unreadable answer to {what}: {detail}")]
     Decode { what: &'static str, detail: String },
+    /// ComfyUI answered with a name comfyd refuses to use (see `comfy::names`).
+    #[error("{0}")]
+    UnsafeName(#[from] NameError),
 }
 
 impl ComfyError {
@@ -32,14 +37,35 @@ impl ComfyError {
     }
 }
 
+/// How much comfyd reads from a ComfyUI server at most (`[comfyui_limits]` in the config): a
+/// server is untrusted input, and everything it sends is held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest websocket frame; a larger one drops the connection (comfyd reconnects).
+    pub max_frame_bytes: usize,
+    /// Largest JSON answer (`/history`, `/object_info`, `/queue`, ...).
+    pub max_json_bytes: usize,
+    /// Largest output downloaded from `/view`.
+    pub max_view_bytes: usize,
+}
+
+impl Default for Limits {
+    /// The documented defaults of `config/default.toml`.
+    fn default() -> Limits {
+        Limits {
+            max_frame_bytes: 16 << 20,
+            max_json_bytes: 64 << 20,
+            max_view_bytes: 512 << 20,
+        }
+    }
+}
+
 /// The HTTP side of one ComfyUI server.
 pub struct ComfyClient {
     base: String,
     http: awc::Client,
+    limits: Limits,
 }
-
-/// Largest output comfyd fetches from `/view` (videos can be large).
-const MAX_VIEW_BYTES: usize = 2 * 1024 * 1024 * 1024;
 
 impl ComfyClient {
     pub fn new(base: &str, timeout: Duration) -> ComfyClient {
@@ -47,7 +73,14 @@ impl ComfyClient {
         ComfyClient {
             base: base.trim_end_matches('/').to_string(),
             http,
+            limits: Limits::default(),
         }
+    }
+
+    /// The same client with other read limits.
+    pub fn with_limits(mut self, limits: Limits) -> ComfyClient {
+        self.limits = limits;
+        self
     }
 
     /// The websocket URL for a client id.
@@ -66,15 +99,16 @@ impl ComfyClient {
     pub async fn connect_ws(
         &self,
         client_id: &str,
-    ) -> Result<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>, ComfyError> {
+    ) -> Result<actix_codec::Framed<awc::BoxedSocket, BoundedCodec>, ComfyError> {
+        let max = self.limits.max_frame_bytes;
         let (_resp, framed) = self
             .http
             .ws(self.ws_url(client_id))
-            .max_frame_size(64 * 1024 * 1024)
+            .max_frame_size(max)
             .connect()
             .await
             .map_err(|e| ComfyError::unreachable("websocket connect", e))?;
-        Ok(framed)
+        Ok(framed.into_map_codec(|codec| BoundedCodec::new(codec, max)))
     }
 
     async fn json(
@@ -91,7 +125,7 @@ impl ComfyClient {
         let status = resp.status().as_u16();
         let bytes = resp
             .body()
-            .limit(64 * 1024 * 1024)
+            .limit(self.limits.max_json_bytes)
             .await
             .map_err(|e| ComfyError::unreachable(what, e))?;
         if status == 400 && what == "POST /prompt" {
@@ -259,15 +293,17 @@ impl ComfyClient {
                 what: WHAT,
                 detail: "no name in answer".into(),
             })?;
-        Ok(match v.get("subfolder").and_then(Value::as_str) {
-            Some(sub) if !sub.is_empty() => format!("{sub}/{name}"),
-            _ => name.to_string(),
-        })
+        // The answer becomes the graph's LoadImage value: a name that leaves the input folder is refused.
+        let subfolder = v.get("subfolder").and_then(Value::as_str).unwrap_or("");
+        let kind = v.get("type").and_then(Value::as_str);
+        Ok(names::check_upload_answer(name, subfolder, kind)?)
     }
 
     /// Downloads one output through `/view`. Returns the bytes and the content type ComfyUI gave.
+    /// The names are checked again here, whoever built `file`: they go into the query.
     pub async fn view(&self, file: &FileRef) -> Result<(Bytes, Option<String>), ComfyError> {
         const WHAT: &str = "GET /view";
+        let file = names::check_file(file)?;
         let mut resp = self
             .http
             .get(format!("{}/view", self.base))
@@ -295,7 +331,7 @@ impl ComfyClient {
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
         let bytes = resp
             .body()
-            .limit(MAX_VIEW_BYTES)
+            .limit(self.limits.max_view_bytes)
             .await
             .map_err(|e| ComfyError::unreachable(WHAT, e))?;
         Ok((bytes, content_type))

@@ -18,7 +18,7 @@ use actix::io::SinkWrite;
 use actix::prelude::*;
 use actix_codec::Framed;
 use awc::error::WsProtocolError;
-use awc::ws::{Codec, Frame, Message as WsMessage};
+use awc::ws::{Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use futures_util::stream::{SplitSink, StreamExt};
 use serde_json::{Map, Value};
@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 
 use super::supervisor::{BackendState, JobEnded, JobOutcome, JobStarted, Supervisor};
 use crate::comfy::protocol::{self, HistoryOutcome};
-use crate::comfy::{ComfyClient, ComfyError, FileRef, WsEvent};
+use crate::comfy::ws_limit::BoundedCodec;
+use crate::comfy::{ComfyClient, ComfyError, FileRef, Limits, WsEvent};
 use crate::task::InputFile;
 
 /// First wait before reconnecting; doubled after each failure up to the configured maximum.
@@ -49,6 +50,8 @@ pub struct BackendConfig {
     pub reconnect_max: Duration,
     /// Jobs of a backend unreachable this long are reported lost.
     pub lost_after: Duration,
+    /// How much is read from the server at most.
+    pub limits: Limits,
 }
 
 /// Runs a task's graph: uploads its input images, then queues the prompt under `prompt_id`.
@@ -107,7 +110,8 @@ struct Job {
     stale: bool,
 }
 
-type WsSink = SinkWrite<WsMessage, SplitSink<Framed<BoxedSocket, Codec>, WsMessage>>;
+type WsFramed = Framed<BoxedSocket, BoundedCodec>;
+type WsSink = SinkWrite<WsMessage, SplitSink<WsFramed, WsMessage>>;
 
 pub struct Backend {
     cfg: BackendConfig,
@@ -115,6 +119,12 @@ pub struct Backend {
     client_id: String,
     supervisor: Addr<Supervisor>,
     ws: Option<WsSink>,
+    /// The read side of the current connection, stopped when it is dropped: after a protocol error
+    /// the codec would keep failing, and a dropped connection's frames are of no use.
+    reader: Option<SpawnHandle>,
+    /// Unreadable frames on the current connection (the first is logged as a warning, the rest at
+    /// debug level, so a server sending junk cannot flood the log).
+    garbage: u64,
     /// Connection counter: frames of an older connection are ignored.
     conn: u64,
     connecting: bool,
@@ -132,12 +142,14 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(cfg: BackendConfig, supervisor: Addr<Supervisor>) -> Backend {
-        let client = Rc::new(ComfyClient::new(&cfg.url, cfg.http_timeout));
+        let client = Rc::new(ComfyClient::new(&cfg.url, cfg.http_timeout).with_limits(cfg.limits));
         Backend {
             client,
             client_id: uuid::Uuid::new_v4().simple().to_string(),
             supervisor,
             ws: None,
+            reader: None,
+            garbage: 0,
             conn: 0,
             connecting: false,
             backoff: FIRST_BACKOFF,
@@ -199,14 +211,17 @@ impl Backend {
         ctx.run_later(wait, |act, ctx| act.connect(ctx));
     }
 
-    fn on_connected(&mut self, framed: Framed<BoxedSocket, Codec>, ctx: &mut Context<Self>) {
+    fn on_connected(&mut self, framed: WsFramed, ctx: &mut Context<Self>) {
         self.conn += 1;
         let conn = self.conn;
         let (sink, stream) = framed.split();
         self.ws = Some(SinkWrite::new(sink, ctx));
-        ctx.add_stream(stream.map(move |f| SocketItem::Frame(conn, f)).chain(
-            futures_util::stream::once(async move { SocketItem::Closed(conn) }),
-        ));
+        self.garbage = 0;
+        self.reader = Some(
+            ctx.add_stream(stream.map(move |f| SocketItem::Frame(conn, f)).chain(
+                futures_util::stream::once(async move { SocketItem::Closed(conn) }),
+            )),
+        );
         self.last_frame = Instant::now();
         self.backoff = FIRST_BACKOFF;
         info!(backend = %self.cfg.name, "connected to ComfyUI {}", self.cfg.url);
@@ -323,6 +338,9 @@ impl Backend {
         if let Some(mut ws) = self.ws.take() {
             ws.close();
         }
+        if let Some(reader) = self.reader.take() {
+            ctx.cancel_future(reader);
+        }
         self.conn += 1; // frames still buffered from the old socket are ignored
         if self.up {
             self.up = false;
@@ -337,7 +355,7 @@ impl Backend {
         let event = match protocol::parse_frame(text) {
             Ok(e) => e,
             Err(e) => {
-                debug!(backend = %self.cfg.name, error = %e, "unreadable frame skipped");
+                self.skip_garbage(&e);
                 return;
             }
         };
@@ -397,6 +415,16 @@ impl Backend {
                 self.end_job(&prompt_id, JobOutcome::Interrupted);
             }
             WsEvent::Executing { .. } | WsEvent::Other => {}
+        }
+    }
+
+    /// A frame that is not ComfyUI's protocol: skipped, and logged without flooding the log.
+    fn skip_garbage(&mut self, error: &dyn std::fmt::Display) {
+        self.garbage += 1;
+        if self.garbage == 1 {
+            warn!(backend = %self.cfg.name, error = %error, "unreadable frame from ComfyUI skipped (further ones on this connection are logged at debug level)");
+        } else {
+            debug!(backend = %self.cfg.name, error = %error, count = self.garbage, "unreadable frame skipped");
         }
     }
 
@@ -478,14 +506,20 @@ impl StreamHandler<SocketItem> for Backend {
                 match frame {
                     Ok(Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
                         Ok(text) => self.on_text(text, ctx),
-                        Err(_) => debug!(backend = %self.cfg.name, "non-UTF-8 text frame skipped"),
+                        Err(e) => self.skip_garbage(&e),
                     },
                     Ok(Frame::Ping(payload)) => {
                         if let Some(ws) = self.ws.as_mut() {
                             let _ = ws.write(WsMessage::Pong(payload));
                         }
                     }
-                    Ok(Frame::Close(_)) | Err(_) => self.drop_socket(ctx),
+                    Ok(Frame::Close(_)) => self.drop_socket(ctx),
+                    // An oversized frame or a broken one: the stream is out of step, so reconnect
+                    // (and reconcile, as after any reconnect).
+                    Err(e) => {
+                        warn!(backend = %self.cfg.name, error = %e, "websocket protocol error; reconnecting");
+                        self.drop_socket(ctx);
+                    }
                     // Binary frames are previews (SaveImageWebsocket); comfyd collects files instead.
                     Ok(_) => {}
                 }
@@ -566,6 +600,10 @@ impl Handler<Run> for Backend {
                 if !act.up {
                     act.connect(ctx);
                 }
+            }
+            Err(ComfyError::UnsafeName(e)) => {
+                warn!(backend = %act.cfg.name, error = %e, "refusing the upload answer");
+                act.end_job(&prompt_id, JobOutcome::UnsafeName(e.to_string()));
             }
             Err(ComfyError::Rejected { message, body }) => {
                 act.end_job(

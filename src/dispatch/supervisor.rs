@@ -8,6 +8,10 @@
 //! Talks to: routes (`Enqueue`, `CancelTask`, `Snapshot`), `Backend` actors (`Run`, `Adopt`, `Cancel` out;
 //! `BackendState`, `JobStarted`, `JobEnded` in), the `Recorder` (claims and transitions), the `Uploader`
 //! (a finished job's outputs) and the post-processing `Pipeline` (terminal states and their webhooks).
+//!
+//! After a database outage ends (see `crate::db_health`), it reconciles: what the database holds of
+//! unfinished tasks is resumed as at a start, except what it is running now (see
+//! [`Supervisor::reconcile`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -24,7 +28,7 @@ use super::backend::{self, Backend};
 use crate::comfy::protocol::ExecutionError;
 use crate::comfy::FileRef;
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
-use crate::postprocess::recorder::{Claim, MarkStarted, Transition};
+use crate::postprocess::recorder::{Claim, Flush, MarkStarted, Transition};
 use crate::postprocess::uploader::StoreOutputs;
 use crate::postprocess::Pipeline;
 use crate::store::{self, Event, TaskPatch};
@@ -92,6 +96,27 @@ pub struct Supervisor {
     /// The backend each re-queued task last failed on: it goes elsewhere when it can.
     avoid: HashMap<String, usize>,
     accepting: bool,
+    /// A reconciliation is under way; `reconcile_again`: another outage ended meanwhile.
+    reconciling: bool,
+    reconcile_again: bool,
+}
+
+/// What the database holds of unfinished tasks: queued ones (id, priority), ones on a backend, and
+/// executed ones (outputs being stored).
+struct Unfinished {
+    queued: Vec<(String, i32)>,
+    on_backend: Vec<crate::entity::task::Model>,
+    executed: Vec<crate::entity::task::Model>,
+}
+
+impl Unfinished {
+    async fn read(db: &DatabaseConnection) -> Result<Unfinished, sea_orm::DbErr> {
+        Ok(Unfinished {
+            queued: store::queued_tasks(db).await?,
+            on_backend: store::tasks_in(db, &Status::ON_BACKEND).await?,
+            executed: store::tasks_in(db, &[Status::Executed]).await?,
+        })
+    }
 }
 
 impl Supervisor {
@@ -107,14 +132,15 @@ impl Supervisor {
             rr: 0,
             avoid: HashMap::new(),
             accepting: true,
+            reconciling: false,
+            reconcile_again: false,
         }
     }
 
-    fn push(&mut self, task_id: String, priority: i32) {
-        if self.queued.contains_key(&task_id)
-            || self.slots.iter().any(|s| s.held.contains_key(&task_id))
-        {
-            return;
+    /// Queues a task unless it is queued or held already; answers whether it was queued now.
+    fn push(&mut self, task_id: String, priority: i32) -> bool {
+        if self.queued.contains_key(&task_id) || self.holds(&task_id) {
+            return false;
         }
         self.seq += 1;
         let key = QueueKey {
@@ -124,6 +150,12 @@ impl Supervisor {
         };
         self.queued.insert(task_id, key.clone());
         self.queue.insert(key);
+        true
+    }
+
+    /// Whether a backend holds the task (it runs there, or its claim is being written).
+    fn holds(&self, task_id: &str) -> bool {
+        self.slots.iter().any(|s| s.held.contains_key(task_id))
     }
 
     /// The next task and the backend it goes to: backends that are up, not cooling down and have room,
@@ -353,73 +385,113 @@ impl Supervisor {
     /// Rebuilds the queue and re-attaches dispatched work after a start (crash or not).
     fn recover(&mut self, ctx: &mut Context<Self>) {
         let db = self.db.clone();
-        async move {
-            let queued = store::queued_tasks(&db).await?;
-            let on_backend = store::tasks_in(&db, &Status::ON_BACKEND).await?;
-            let executed = store::tasks_in(&db, &[Status::Executed]).await?;
-            Ok::<_, sea_orm::DbErr>((queued, on_backend, executed))
-        }
-        .into_actor(self)
-        .map(|res, act, ctx| {
-            let (queued, on_backend, executed) = match res {
-                Ok(r) => r,
+        async move { Unfinished::read(&db).await }
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok(unfinished) => act.resume(unfinished, "recovered unfinished tasks", ctx),
                 Err(e) => {
                     error!(error = %e, "recovery query failed; retrying");
                     ctx.run_later(Duration::from_secs(2), |act, ctx| act.recover(ctx));
-                    return;
                 }
-            };
-            let (nq, nb, ne) = (queued.len(), on_backend.len(), executed.len());
-            for (id, priority) in queued {
-                act.push(id, priority);
-            }
-            for t in on_backend {
-                let slot = t
-                    .backend
-                    .as_ref()
-                    .and_then(|b| act.slots.iter().position(|s| &s.name == b));
-                match (slot, t.comfyui_task_id.clone()) {
-                    (Some(i), Some(prompt_id)) => {
-                        let output_nodes =
-                            serde_json::from_str(&t.output_nodes).unwrap_or_default();
-                        act.slots[i].held.insert(
-                            t.id.clone(),
-                            Held {
-                                prompt_id: prompt_id.clone(),
-                                uploads: vec![],
-                                sent: true,
-                            },
-                        );
-                        act.slots[i].addr.do_send(backend::Adopt {
-                            task_id: t.id,
-                            prompt_id,
-                            output_nodes,
-                        });
-                    }
-                    // Its backend is no longer configured: run it elsewhere.
-                    _ => act.retry_or_fail(t.id, "backend no longer configured".into(), ctx),
+            })
+            .wait(ctx);
+    }
+
+    /// After a database outage: resumes what the database holds, as at a start, so that whatever
+    /// the outage made comfyd forget is driven on again within seconds rather than at the task's
+    /// deadline. The Recorder holds and retries the writes that failed, so most tasks need nothing;
+    /// this covers the rest: a write whose COMMIT reached the database while its answer was lost
+    /// (a claim or requeue then looks "not applied" to its sender, which lets go of the task), a new
+    /// task committed although its submitter was answered 503, and reads that failed meanwhile
+    /// (a requeue's, a recovery store's). Held writes are flushed first, so a task whose next step
+    /// was only waiting for the database is read as that step left it. Tasks a backend holds are
+    /// left alone (their backend reports on them); replaying any other step is harmless because
+    /// every step is a conditional update and outputs are keyed by task: at worst an output is
+    /// fetched and stored again.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if self.reconciling {
+            self.reconcile_again = true;
+            return;
+        }
+        self.reconciling = true;
+        let db = self.db.clone();
+        let recorder = self.pipeline.recorder.clone();
+        async move {
+            recorder
+                .send(Flush)
+                .await
+                .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))??;
+            Unfinished::read(&db).await
+        }
+        .into_actor(self)
+        .map(|res, act, ctx| {
+            act.reconciling = false;
+            match res {
+                Ok(unfinished) => {
+                    act.resume(unfinished, "reconciled after the database outage", ctx)
+                }
+                Err(e) => {
+                    warn!(error = %e, "reconciliation after the database outage failed; retrying");
+                    act.reconcile_again = true;
                 }
             }
-            for t in executed {
-                if let Some(b) = t.backend {
-                    act.pipeline.uploader.do_send(StoreOutputs {
+            if std::mem::take(&mut act.reconcile_again) {
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+            }
+        })
+        .spawn(ctx);
+    }
+
+    /// Queues, re-attaches or stores what `unfinished` lists, except what is queued or held already
+    /// (the Uploader skips tasks it is storing).
+    fn resume(&mut self, unfinished: Unfinished, what: &str, ctx: &mut Context<Self>) {
+        let (mut nq, mut nb, ne) = (0, 0, unfinished.executed.len());
+        for (id, priority) in unfinished.queued {
+            nq += usize::from(self.push(id, priority));
+        }
+        for t in unfinished.on_backend {
+            if self.holds(&t.id) {
+                continue;
+            }
+            nb += 1;
+            let slot = t
+                .backend
+                .as_ref()
+                .and_then(|b| self.slots.iter().position(|s| &s.name == b));
+            match (slot, t.comfyui_task_id.clone()) {
+                (Some(i), Some(prompt_id)) => {
+                    let output_nodes = serde_json::from_str(&t.output_nodes).unwrap_or_default();
+                    self.slots[i].held.insert(
+                        t.id.clone(),
+                        Held {
+                            prompt_id: prompt_id.clone(),
+                            uploads: vec![],
+                            sent: true,
+                        },
+                    );
+                    self.slots[i].addr.do_send(backend::Adopt {
                         task_id: t.id,
-                        backend: b,
-                        files: None,
+                        prompt_id,
+                        output_nodes,
                     });
                 }
+                // Its backend is no longer configured: run it elsewhere.
+                _ => self.retry_or_fail(t.id, "backend no longer configured".into(), ctx),
             }
-            if nq + nb + ne > 0 {
-                info!(
-                    queued = nq,
-                    on_backend = nb,
-                    executed = ne,
-                    "recovered unfinished tasks"
-                );
+        }
+        for t in unfinished.executed {
+            if let Some(b) = t.backend {
+                self.pipeline.uploader.do_send(StoreOutputs {
+                    task_id: t.id,
+                    backend: b,
+                    files: None,
+                });
             }
-            act.dispatch(ctx);
-        })
-        .wait(ctx);
+        }
+        if nq + nb + ne > 0 {
+            info!(queued = nq, on_backend = nb, executed = ne, "{what}");
+        }
+        self.dispatch(ctx);
     }
 
     /// Fails every task past its deadline that has not run to the end: removed from the queue, or
@@ -497,6 +569,26 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1 << 16);
         ctx.run_interval(DEADLINE_SWEEP, |act, ctx| act.sweep_deadlines(ctx));
+        let mut recoveries = self.pipeline.health.recoveries();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            while recoveries.changed().await.is_ok() {
+                me.do_send(Reconcile);
+            }
+        });
+    }
+}
+
+/// A database outage ended: reconcile (see [`Supervisor::reconcile`]).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+struct Reconcile;
+
+impl Handler<Reconcile> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reconcile, ctx: &mut Context<Self>) {
+        self.reconcile(ctx);
     }
 }
 
@@ -617,6 +709,8 @@ pub enum JobOutcome {
     Unavailable(String),
     /// It vanished from the backend (restart, or unreachable too long).
     Lost(String),
+    /// The backend answered with a name comfyd refuses to use (see `comfy::names`): error_code 3.
+    UnsafeName(String),
 }
 
 /// A job left its backend, one way or another.
@@ -663,6 +757,16 @@ impl Handler<JobEnded> for Supervisor {
                     &Status::ON_BACKEND,
                     error_code::OTHER,
                     "interrupted on ComfyUI".into(),
+                    Value::Null,
+                    ctx,
+                );
+            }
+            JobOutcome::UnsafeName(message) => {
+                self.fail(
+                    task_id.clone(),
+                    &Status::ON_BACKEND,
+                    error_code::RETRIEVAL_FAILED,
+                    message,
                     Value::Null,
                     ctx,
                 );

@@ -1,4 +1,5 @@
 //! sea-orm entities, one module per table (schema in `migration/`). Queries live in `crate::store`.
+pub mod api_key;
 pub mod delivery;
 pub mod delivery_attempt;
 pub mod output;

@@ -36,6 +36,9 @@ pub struct Model {
     pub dispatched_at: Option<DateTimeUtc>,
     pub started_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,
+    /// The name of the API key that submitted the task (null without keys); only that key's name
+    /// and admin keys see it.
+    pub owner: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use actix::prelude::*;
 use tracing::warn;
 
+use crate::comfy::names;
 use crate::dispatch::backend::{Backend, Clean};
 
 pub struct Cleaner {
@@ -67,49 +68,16 @@ impl Handler<CleanFiles> for Cleaner {
             .files
             .into_iter()
             .filter(|(kind, path)| {
-                let ok = safe_path(path) && matches!(kind.as_str(), "input" | "output" | "temp");
-                if !ok {
-                    warn!(backend.name = %msg.backend, %path, "refusing to clean an unsafe path");
+                let checked = names::check_folder_type(kind)
+                    .and_then(|()| names::check_relative_path(path));
+                if let Err(e) = &checked {
+                    warn!(backend.name = %msg.backend, error = %e, "refusing to clean an unsafe path");
                 }
-                ok
+                checked.is_ok()
             })
             .collect();
         if !files.is_empty() {
             addr.do_send(Clean { files });
-        }
-    }
-}
-
-/// A path relative to a ComfyUI folder that cannot leave it: not absolute, no `..`, no empty name.
-pub fn safe_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && !path.starts_with('\\')
-        && !path.contains(':')
-        && path
-            .split(['/', '\\'])
-            .all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::safe_path;
-
-    #[test]
-    fn refuses_paths_that_leave_the_folder() {
-        assert!(safe_path("comfyd/abc/out_00001_.png"));
-        assert!(safe_path("in.png"));
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../../x",
-            "a//b",
-            "C:\\x",
-            "\\\\host\\x",
-            "./a",
-        ] {
-            assert!(!safe_path(bad), "{bad}");
         }
     }
 }

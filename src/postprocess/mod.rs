@@ -123,6 +123,8 @@ pub struct Pipeline {
     pub recorder: Addr<Recorder>,
     pub uploader: Addr<uploader::Uploader>,
     pub cleaner: Addr<cleaner::Cleaner>,
+    /// Whether the database takes writes (the Recorder's view; see [`crate::db_health`]).
+    pub health: crate::db_health::DbHealth,
 }
 
 /// Delay before retry number `attempt` (1-based): exponential from `first`, capped at `max`, with

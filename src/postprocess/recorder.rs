@@ -11,6 +11,22 @@
 //! waits up to [`LINGER`] for company ([`START_HOLD`] for a job's `running` mark). If a batch fails,
 //! each of its writes is applied again on its own, so only the faulty one reports an error.
 //! SQLite never sees two writers. Readers (routes, recovery) query through `crate::store` directly.
+//!
+//! # When the database cannot be reached
+//!
+//! A batch that fails because the database is unreachable ([`is_unreachable`]: server stopped,
+//! connection lost, file unwritable) is not answered with the error: its writes go back to the
+//! head of the queue, in order, and are written again after a backoff ([`RETRY_FIRST`] doubling to
+//! [`RETRY_MAX`]) until they commit, so no transition, claim, running mark, executed record,
+//! terminal state (with its webhook) or webhook attempt is lost to an outage, and whoever waits on
+//! one simply waits longer. Retrying is safe because every status change is conditional: a write
+//! that did commit although its answer was lost (the connection dropped during COMMIT) is found
+//! not to apply the second time; what its sender then does not know is put right by the
+//! Supervisor's reconciliation after the outage (`Supervisor::reconcile`). New tasks are the
+//! exception: their submitters are answered at once with the error (the route answers 503 and the
+//! client retries), and while the outage lasts new tasks are refused without being queued. With
+//! nothing to retry, a probe ([`store::probe_write`]) tells when the database is back. The outage
+//! and its end are published in [`DbHealth`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -20,6 +36,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::oneshot;
 
+use super::retry_delay;
+use crate::db_health::{is_unreachable, DbHealth};
 use crate::entity::task;
 use crate::store::{
     self, Appends, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark,
@@ -60,6 +78,13 @@ const START_HOLD: Duration = Duration::from_secs(1);
 /// grow it without end.
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
+/// First wait before writing again after the database could not be reached; doubled on each
+/// failure up to [`RETRY_MAX`], with jitter. Each attempt itself waits up to the pool's acquire
+/// timeout (`store::ACQUIRE_TIMEOUT`) for a connection, so a database that is back is found
+/// within about two seconds.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
 pub struct Recorder {
     /// The Recorder's own connection ([`crate::store::connect_writer`]).
     db: DatabaseConnection,
@@ -75,6 +100,9 @@ pub struct Recorder {
     checkpoint_pending: bool,
     /// The shared pool checkpointed: finish it before the next batch.
     checkpoint_settle: bool,
+    /// While the database is unreachable: the failed attempts so far and the last error.
+    outage: Option<(u32, DbErr)>,
+    health: DbHealth,
 }
 
 impl Recorder {
@@ -88,7 +116,14 @@ impl Recorder {
             linger: None,
             checkpoint_pending: false,
             checkpoint_settle: false,
+            outage: None,
+            health: DbHealth::default(),
         }
+    }
+
+    /// Where this Recorder publishes whether the database takes writes.
+    pub fn health(&self) -> DbHealth {
+        self.health.clone()
     }
 
     /// Arms one checkpoint after a commit; none while idle.
@@ -118,15 +153,56 @@ impl Recorder {
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<Written, DbErr>> {
         let (reply, rx) = oneshot::channel();
+        if let Some((_, e)) = self.outage.as_ref().filter(|_| write.fails_fast()) {
+            let _ = reply.send(Err(e.clone()));
+            return rx;
+        }
         self.queue.push(Pending {
             write,
             reply,
             queued_at: Instant::now(),
         });
-        if !self.writing {
+        // During an outage the retry timer starts the next batch.
+        if !self.writing && self.outage.is_none() {
             self.schedule(ctx);
         }
         rx
+    }
+
+    /// A batch could not reach the database: hold its writes (`held`, in order) ahead of those
+    /// queued meanwhile, answer the new tasks among those, and try again after a backoff.
+    fn unreachable(&mut self, error: DbErr, mut held: Vec<Pending>, ctx: &mut Context<Self>) {
+        let attempt = self.outage.as_ref().map_or(0, |(n, _)| *n) + 1;
+        if attempt == 1 {
+            tracing::warn!(error = %error, held = held.len() + self.queue.len(),
+                "database unreachable: holding writes until it is back; submits answer 503 meanwhile");
+        } else {
+            tracing::debug!(error = %error, attempt, "database still unreachable");
+        }
+        self.health.set_down(&error);
+        for p in std::mem::take(&mut self.queue) {
+            if p.write.fails_fast() {
+                let _ = p.reply.send(Err(error.clone()));
+            } else {
+                held.push(p);
+            }
+        }
+        self.queue = held;
+        self.outage = Some((attempt, error));
+        let delay = retry_delay(attempt, RETRY_FIRST, RETRY_MAX, rand::random());
+        ctx.run_later(delay, |act, ctx| act.start(ctx));
+    }
+
+    /// A batch (or the probe) committed: the outage, if there was one, is over.
+    fn reachable(&mut self) {
+        if self.outage.take().is_some() {
+            let down = self.health.set_up().unwrap_or_default();
+            tracing::info!(
+                down_ms = down.as_millis() as u64,
+                "database reachable again after {:.1} s; held writes written",
+                down.as_secs_f64()
+            );
+        }
     }
 
     /// Starts the next batch now if a queued write should not wait, else makes sure the linger timer
@@ -156,7 +232,8 @@ impl Recorder {
     }
 
     fn start(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.queue.is_empty() {
+        // During an outage an empty queue still has the probe to run.
+        if self.writing || (self.queue.is_empty() && self.outage.is_none()) {
             return;
         }
         if let Some((timer, _)) = self.linger.take() {
@@ -169,22 +246,49 @@ impl Recorder {
             .into_actor(self)
             .then(|_, act, _| {
                 let batch = take_batch(&mut act.queue, Instant::now());
+                let retry = act.outage.is_some();
+                let probe = retry && batch.is_empty();
                 let db = act.db.clone();
                 let settle = std::mem::take(&mut act.checkpoint_settle);
                 async move {
+                    if retry {
+                        store::renew_connections(&db).await;
+                    }
                     if settle {
                         if let Err(e) = store::checkpoint(&db).await {
                             tracing::warn!(error = %e, "database checkpoint failed");
                         }
                     }
+                    if probe {
+                        return match store::probe_write(&db).await {
+                            Ok(()) => Outcome::Answered { wrote: true },
+                            Err(error) => Outcome::Unreachable {
+                                error,
+                                held: Vec::new(),
+                            },
+                        };
+                    }
                     write_batch(&db, batch).await
                 }
                 .into_actor(act)
             })
-            .map(|_, act, ctx| {
+            .map(|outcome, act, ctx| {
                 act.writing = false;
-                act.arm_checkpoint(ctx);
-                act.schedule(ctx);
+                match outcome {
+                    Outcome::Answered { wrote } => {
+                        if wrote {
+                            act.reachable();
+                        }
+                        act.arm_checkpoint(ctx);
+                        if act.outage.is_none() {
+                            act.schedule(ctx);
+                        } else {
+                            // Everything queued was lingering: the retry timer comes back for it.
+                            ctx.run_later(RETRY_FIRST, |act, ctx| act.start(ctx));
+                        }
+                    }
+                    Outcome::Unreachable { error, held } => act.unreachable(error, held, ctx),
+                }
             })
             .spawn(ctx);
     }
@@ -279,6 +383,13 @@ impl Write {
     /// then both share one commit. So is the claim of a job for a backend that has another queued.
     fn can_linger(&self) -> bool {
         self.linger().is_some()
+    }
+
+    /// Answered with the error at once when the database is unreachable, instead of being held and
+    /// retried: a new task, whose submitter is waiting (the route answers 503 and the client
+    /// retries, with the same `client_task_id` if it has one).
+    fn fails_fast(&self) -> bool {
+        matches!(self, Write::InsertTask(_))
     }
 
     /// Whether this write waits for its task's `Finish`, to be written with it (see `hold_back`).
@@ -451,24 +562,49 @@ fn rank_and_cut(queue: &mut Vec<Pending>) -> Vec<Pending> {
     batch
 }
 
+/// What writing a batch came to.
+enum Outcome {
+    /// Every write was answered: committed, or with its own error. `wrote`: the database was
+    /// reached (false when everything queued was waiting for company).
+    Answered { wrote: bool },
+    /// The database could not be reached: `held` are the writes to try again, in order (new tasks
+    /// were answered with the error).
+    Unreachable { error: DbErr, held: Vec<Pending> },
+}
+
 /// Writes a batch. Its new tasks (first in it, see `take_batch`) are committed in a transaction of
 /// their own, so their submitters are answered without waiting for the other writes: in a burst of
 /// submits while jobs run, those are most of a batch's statements, each a round trip to the
 /// database's thread.
-async fn write_batch(db: &DatabaseConnection, mut batch: Vec<Pending>) {
+async fn write_batch(db: &DatabaseConnection, mut batch: Vec<Pending>) -> Outcome {
+    let wrote = !batch.is_empty();
     let new = batch
         .iter()
         .take_while(|p| matches!(p.write, Write::InsertTask(_)))
         .count();
     let others = batch.split_off(new);
-    write_part(db, batch).await;
-    write_part(db, others).await;
+    if let Err((error, _)) = write_part(db, batch).await {
+        // The new tasks were answered; the others are not tried against a database that is gone.
+        return Outcome::Unreachable {
+            error,
+            held: others,
+        };
+    }
+    match write_part(db, others).await {
+        Ok(()) => Outcome::Answered { wrote },
+        Err((error, held)) => Outcome::Unreachable { error, held },
+    }
 }
 
-/// Writes `batch` in one transaction, or, if that fails, each write on its own.
-async fn write_part(db: &DatabaseConnection, batch: Vec<Pending>) {
+/// Writes `batch` in one transaction, or, if that fails, each write on its own. If the database
+/// cannot be reached, answers the new tasks not answered yet with the error and hands back the
+/// other writes not answered yet, in order, to be written again (see [`hold`]).
+async fn write_part(
+    db: &DatabaseConnection,
+    batch: Vec<Pending>,
+) -> Result<(), (DbErr, Vec<Pending>)> {
     if batch.is_empty() {
-        return; // everything queued is waiting for company (see `hold_back`)
+        return Ok(()); // everything queued is waiting for company (see `hold_back`)
     }
     let started = Instant::now();
     match write_together(db, &batch).await {
@@ -485,14 +621,40 @@ async fn write_part(db: &DatabaseConnection, batch: Vec<Pending>) {
             for (p, r) in batch.into_iter().zip(results) {
                 let _ = p.reply.send(Ok(r));
             }
+            Ok(())
         }
+        Err(e) if is_unreachable(&e) => Err(hold(e, batch)),
         Err(e) => {
             tracing::debug!(error = %e, writes = batch.len(), "batch failed; writing one by one");
-            for p in batch {
-                let _ = p.reply.send(write_alone(db, &p.write).await);
+            let mut writes = batch.into_iter();
+            while let Some(p) = writes.next() {
+                match write_alone(db, &p.write).await {
+                    // Gone while writing one by one: this write and the rest are held.
+                    Err(e) if is_unreachable(&e) => {
+                        return Err(hold(e, std::iter::once(p).chain(writes).collect()));
+                    }
+                    written => {
+                        let _ = p.reply.send(written);
+                    }
+                }
             }
+            Ok(())
         }
     }
+}
+
+/// Writes the database did not take: the new tasks among them are answered with `error` (see
+/// [`Write::fails_fast`]), the others handed back, in order, to be written again.
+fn hold(error: DbErr, batch: Vec<Pending>) -> (DbErr, Vec<Pending>) {
+    let mut held = Vec::with_capacity(batch.len());
+    for p in batch {
+        if p.write.fails_fast() {
+            let _ = p.reply.send(Err(error.clone()));
+        } else {
+            held.push(p);
+        }
+    }
+    (error, held)
 }
 
 async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Vec<Written>, DbErr> {
@@ -871,6 +1033,7 @@ mod tests {
             output_nodes: serde_json::Value::Null,
             priority: 0,
             deadline_at: Utc::now(),
+            owner: None,
         })
     }
 

@@ -3,7 +3,9 @@
 //! For each output it fetches the file from the backend's `/view` and puts it in the store (S3 or a
 //! local folder) under `{task_id}/{filename}`, retrying with backoff; a file that cannot be stored is
 //! written to the fallback folder at its ComfyUI path (error_code 2), one that cannot be fetched gives
-//! error_code 3. Tasks are processed concurrently (up to `MAX_CONCURRENT_STORES`), each in its own
+//! error_code 3. So does one whose names ComfyUI reported are unsafe (`comfy::names`): it is recorded
+//! under escaped names and an empty key, never fetched, stored, kept or cleaned, and the task's other
+//! outputs are stored as usual. Tasks are processed concurrently (up to `MAX_CONCURRENT_STORES`), each in its own
 //! future, so a slow store never holds up other tasks; an output already stored is never stored again
 //! (a replay after a crash).
 
@@ -22,7 +24,8 @@ use tracing::{error, info, warn};
 use super::cleaner::{CleanFiles, Cleaner};
 use super::recorder::{RecordEvent, RecordExecuted, Recorder};
 use super::Finisher;
-use crate::comfy::{ComfyClient, FileRef};
+use crate::comfy::names::{self, NameError};
+use crate::comfy::{ComfyClient, FileRef, Limits};
 use crate::storage::Store;
 use crate::store::{self, Event, NewOutput, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
@@ -42,6 +45,8 @@ pub struct UploaderConfig {
     pub upload_attempts: u32,
     pub fallback_dir: PathBuf,
     pub http_timeout: Duration,
+    /// How much is read from a backend at most (`/view` downloads).
+    pub limits: Limits,
 }
 
 pub struct Uploader {
@@ -81,10 +86,10 @@ impl Uploader {
     }
 
     fn client(&mut self, backend: &str) -> Rc<ComfyClient> {
-        let timeout = self.cfg.http_timeout;
+        let (timeout, limits) = (self.cfg.http_timeout, self.cfg.limits);
         self.clients
             .entry(backend.to_string())
-            .or_insert_with(|| Rc::new(ComfyClient::new(backend, timeout)))
+            .or_insert_with(|| Rc::new(ComfyClient::new(backend, timeout).with_limits(limits)))
             .clone()
     }
 }
@@ -178,10 +183,12 @@ enum Trouble {
 impl StoreJob {
     async fn run(self, files: Option<Vec<FileRef>>) -> anyhow::Result<()> {
         let id = self.task_id.clone();
+        // Why each refused output was refused, by (node, index), for the task's error message.
+        let mut refusals = HashMap::new();
         // Each output, and whether it is stored already.
         let outputs: Vec<(NewOutput, bool)> = match files {
             Some(files) => {
-                let mut outputs = self.new_outputs(&files);
+                let mut outputs = self.new_outputs(&files, &mut refusals);
                 outputs.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
                 // Not awaited: the Recorder holds this write back a little, so that it usually shares
                 // the commit of the task's end below instead of costing one of its own. Sent first,
@@ -209,7 +216,7 @@ impl StoreJob {
         let foreign: Vec<&NewOutput> = outputs
             .iter()
             .map(|(o, _)| o)
-            .filter(|o| is_foreign(&id, o))
+            .filter(|o| !is_refused(o) && is_foreign(&id, o))
             .collect();
         if outputs.is_empty() || !foreign.is_empty() {
             let message = if outputs.is_empty() {
@@ -237,7 +244,8 @@ impl StoreJob {
         let mut first_error = None;
         let mut marks = Vec::new();
         for (o, _) in outputs.iter().filter(|(_, stored)| !stored) {
-            let (mark, trouble, err) = self.store_one(o).await?;
+            let refusal = refusals.get(&(o.node_id.clone(), o.idx));
+            let (mark, trouble, err) = self.store_one(o, refusal).await?;
             marks.push(mark);
             if trouble > worst {
                 worst = trouble;
@@ -316,11 +324,16 @@ impl StoreJob {
         }
         // Each output this run tried is either stored under its key, kept at its fallback path, or
         // neither; removing what is not there is no error.
-        for (o, _) in outputs.iter().filter(|(_, stored)| !stored) {
+        for (o, _) in outputs
+            .iter()
+            .filter(|(o, stored)| !stored && !is_refused(o))
+        {
             if let Err(e) = self.store.delete(&o.storage_key).await {
                 warn!(task.id = %id, key = %o.storage_key, error = %e, "could not remove an output of a task that ended meanwhile");
             }
-            let path = self.fallback_path(o);
+            let Ok(path) = self.fallback_path(o).await else {
+                continue;
+            };
             if let Err(e) = tokio::fs::remove_file(&path).await {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     warn!(task.id = %id, path = %path.display(), error = %e, "could not remove an output of a task that ended meanwhile");
@@ -340,15 +353,31 @@ impl StoreJob {
         Ok(())
     }
 
-    fn new_outputs(&self, files: &[FileRef]) -> Vec<NewOutput> {
-        let mut per_node: HashMap<&str, i32> = HashMap::new();
+    /// The output records of the files ComfyUI reported. A file with an unsafe name gets a record
+    /// of its own (escaped names, empty key: see [`refused_output`]) and its reason in `refusals`.
+    fn new_outputs(
+        &self,
+        files: &[FileRef],
+        refusals: &mut HashMap<(String, i32), NameError>,
+    ) -> Vec<NewOutput> {
+        let mut per_node: HashMap<String, i32> = HashMap::new();
         let mut keys = HashSet::new();
         files
             .iter()
-            .map(|f| {
-                let idx = per_node.entry(f.node_id.as_str()).or_insert(0);
+            .map(|raw| {
+                let checked = names::check_file(raw);
+                let node = names::shown_node_id(&raw.node_id);
+                let idx = per_node.entry(node.clone()).or_insert(0);
                 let this = *idx;
                 *idx += 1;
+                let f = match checked {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(task.id = %self.task_id, error = %e, "refusing an output");
+                        refusals.insert((node.clone(), this), e);
+                        return refused_output(raw, node, this);
+                    }
+                };
                 let mut key = format!("{}/{}", self.task_id, f.filename);
                 if !keys.insert(key.clone()) {
                     key = format!("{}/{}/{}-{}", self.task_id, f.node_id, this, f.filename);
@@ -375,8 +404,8 @@ impl StoreJob {
     async fn store_one(
         &self,
         o: &NewOutput,
+        refusal: Option<&NameError>,
     ) -> anyhow::Result<(OutputMark, Trouble, Option<String>)> {
-        let file = file_ref(o);
         let mut mark = OutputMark {
             node_id: o.node_id.clone(),
             idx: o.idx,
@@ -384,6 +413,24 @@ impl StoreJob {
             content_type: o.content_type.clone(),
             size: 0,
             fallback_path: None,
+        };
+        // Refused when it was recorded (this run, or one before a crash), or by the same rule now
+        // for a record that predates it: never fetched, stored or kept.
+        let checked = match refusal {
+            Some(e) => Err(e.to_string()),
+            None if is_refused(o) => Err(format!(
+                "ComfyUI reported an unsafe name for output {} of node {} (recorded as filename {}, \
+                 subfolder {}, type {})",
+                o.idx, o.node_id, o.filename, o.subfolder, o.folder_type
+            )),
+            None => names::check_file(&file_ref(o)).map_err(|e| e.to_string()),
+        };
+        let file = match checked {
+            Ok(f) => f,
+            Err(msg) => {
+                self.event("output_refused", json!({ "error": msg })).await;
+                return Ok((mark, Trouble::NotFetched, Some(msg)));
+            }
         };
         let mut fetched = None;
         let mut last_err = String::new();
@@ -441,24 +488,37 @@ impl StoreJob {
                 }
             }
         }
-        let path = self.fallback_path(o);
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        tokio::fs::write(&path, &bytes).await?;
         let msg = format!("could not store {}: {last_err}", o.storage_key);
+        let path = match self.fallback_path(o).await {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("{msg}; and not kept in the fallback folder: {e:#}");
+                warn!(task.id = %self.task_id, "{msg}");
+                return Ok((mark, Trouble::NotFetched, Some(msg)));
+            }
+        };
+        let dir = path.parent().map(std::path::Path::to_path_buf);
+        let written = bytes.clone();
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = dir {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&target, &written)
+        })
+        .await??;
         warn!(task.id = %self.task_id, path = %path.display(), "{msg}; kept in the fallback folder");
         mark.fallback_path = Some(path.display().to_string());
         Ok((mark, Trouble::NotStored, Some(msg)))
     }
 
     /// Where an output that could not be stored is kept, for an operator (or `comfyd reupload`) to
-    /// find: the fallback folder, at its ComfyUI path.
-    fn fallback_path(&self, o: &NewOutput) -> PathBuf {
-        self.cfg
-            .fallback_dir
-            .join(&o.folder_type)
-            .join(comfy_path(o))
+    /// find: the fallback folder, at its ComfyUI path, which must be safe and stay in that folder.
+    async fn fallback_path(&self, o: &NewOutput) -> anyhow::Result<PathBuf> {
+        let file = names::check_file(&file_ref(o))?;
+        let rel = format!("{}/{}", file.folder_type, file.path());
+        let root = self.cfg.fallback_dir.clone();
+        Ok(tokio::task::spawn_blocking(move || crate::paths::join_under(&root, &rel)).await??)
     }
 
     async fn event(&self, kind: &'static str, details: serde_json::Value) {
@@ -479,7 +539,7 @@ fn output_files(outputs: &[(NewOutput, bool)]) -> Vec<(String, String)> {
     outputs
         .iter()
         .map(|(o, _)| o)
-        .filter(|o| o.folder_type == "output")
+        .filter(|o| o.folder_type == "output" && !is_refused(o))
         .map(|o| (o.folder_type.clone(), comfy_path(o)))
         .collect()
 }
@@ -498,6 +558,27 @@ fn file_ref(o: &NewOutput) -> FileRef {
         subfolder: o.subfolder.clone(),
         folder_type: o.folder_type.clone(),
     }
+}
+
+/// The record of an output whose names are refused: every name sanitized (bounded, no control
+/// characters, so it is safe in any database and any log), an empty key, which no stored output has,
+/// marking it refused.
+fn refused_output(raw: &FileRef, node_id: String, idx: i32) -> NewOutput {
+    NewOutput {
+        node_id,
+        idx,
+        kind: names::sanitize(&raw.kind),
+        filename: names::sanitize(&raw.filename),
+        subfolder: names::sanitize(&raw.subfolder),
+        folder_type: names::sanitize(&raw.folder_type),
+        content_type: "application/octet-stream".into(),
+        storage_key: String::new(),
+    }
+}
+
+/// Whether an output was refused for its names (see [`refused_output`]).
+fn is_refused(o: &NewOutput) -> bool {
+    o.storage_key.is_empty()
 }
 
 /// An output that another task wrote: its subfolder is another task's (the per-task prefix is

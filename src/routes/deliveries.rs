@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde_json::json;
 
+use super::auth::{self, Admin, Submitter};
 use super::{ApiError, AppState};
 use crate::postprocess::notifier::PollNow;
 use crate::postprocess::recorder::Redeliver;
@@ -25,14 +26,10 @@ use crate::store;
 )]
 pub async fn for_task(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = store::find_task(&state.db, &id).await?.ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no task with id or client_task_id {:?}",
-            id.as_str()
-        ))
-    })?;
+    let task = auth::visible_task(&state, &caller, &id).await?;
     let mut out = Vec::new();
     for d in store::task_deliveries(&state.db, &task.id).await? {
         let attempts: Vec<_> = store::delivery_attempts(&state.db, &d.id)
@@ -69,6 +66,7 @@ the delivery's state.",
 )]
 pub async fn redeliver(
     state: web::Data<AppState>,
+    _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let horizon = chrono::Duration::seconds(
@@ -78,6 +76,8 @@ pub async fn redeliver(
             .retry_horizon_secs
             .min(i64::MAX as u64) as i64,
     );
+    // Not queued behind a database outage: the client retries.
+    super::outage::check(&state)?;
     let found = state
         .recorder
         .send(Redeliver {

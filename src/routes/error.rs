@@ -20,6 +20,13 @@ pub enum ApiError {
     /// An input is too large (an image fetched by URL, say).
     #[error("{}: {}", .0.field, .0.reason)]
     TooLarge(FieldError),
+    /// No API key, or one not in force (401 with `WWW-Authenticate: Bearer`); `invalid` when a key
+    /// was given.
+    #[error("{message}")]
+    Unauthorized { message: String, invalid: bool },
+    /// The key's scope does not cover the route.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// The request contradicts the task's state (a different body for a known client_task_id,
@@ -29,7 +36,7 @@ pub enum ApiError {
         message: String,
         task: Option<Box<TaskRecord>>,
     },
-    /// Shutting down.
+    /// Shutting down, or the database is unreachable: answered with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -57,6 +64,8 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::Unavailable(_) => "unavailable",
@@ -65,8 +74,23 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is told to wait (`Retry-After`) before it tries a 503 again: long enough not
+/// to hammer a database that is coming back, short enough that clients resume soon after it is.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+impl ApiError {
+    /// The database cannot be reached now (see [`crate::db_health`]).
+    pub fn database_unreachable() -> ApiError {
+        ApiError::Unavailable("the database is unreachable; retry later".into())
+    }
+}
+
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
+        if crate::db_health::is_unreachable(&e) {
+            tracing::debug!(error = %e, "request failed: database unreachable");
+            return ApiError::database_unreachable();
+        }
         ApiError::Internal(e.into())
     }
 }
@@ -83,6 +107,8 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,7 +127,25 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized { invalid, .. } = self {
+            // RFC 6750: the scheme, and whether the token given was the trouble.
+            response.insert_header((
+                actix_web::http::header::WWW_AUTHENTICATE,
+                if *invalid {
+                    r#"Bearer realm="comfyd", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="comfyd""#
+                },
+            ));
+        }
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                RETRY_AFTER_SECS.to_string(),
+            ));
+        }
+        response.json(body)
     }
 }
 

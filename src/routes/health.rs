@@ -1,10 +1,17 @@
-//! Liveness and the backends' state.
+//! Liveness, readiness and the backends' state.
+
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
+use super::auth::Admin;
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::Snapshot;
+
+/// Longest `/readyz` waits for the database to answer its probe.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /healthz`: 200 while comfyd serves and its supervisor answers (even with every backend down:
 /// tasks are still accepted and queued), 503 while shutting down.
@@ -51,7 +58,68 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
     )
 )]
-pub async fn backends(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn backends(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
     let snap = state.supervisor.send(Snapshot).await?;
     Ok(HttpResponse::Ok().json(snap))
+}
+
+/// `GET /readyz`: 200 when comfyd can take and run tasks now; else 503 (with `Retry-After`) in the
+/// API's error shape, saying why: shutting down, database unreachable (the Recorder's last write
+/// failed for want of it, or it does not answer a query within a second), or no backend up. For a
+/// load balancer: unlike `/healthz`, which stays 200 while the process serves.
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let snap = state.supervisor.send(Snapshot).await?;
+    let up = snap.backends.iter().filter(|b| b.up).count();
+    let mut reasons = Vec::new();
+    let mut details = Vec::new();
+    if !state.accepting() {
+        reasons.push("shutting_down");
+        details.push("comfyd is shutting down".to_string());
+    }
+    let database = match state.db_health.unreachable() {
+        Some(why) => Err(why),
+        None => match actix_rt::time::timeout(
+            READY_PROBE_TIMEOUT,
+            state.db.execute_unprepared("SELECT 1"),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+            Err(_) => Err(format!(
+                "database unreachable: no answer within {} ms",
+                READY_PROBE_TIMEOUT.as_millis()
+            )),
+        },
+    };
+    if let Err(why) = &database {
+        reasons.push("database_unreachable");
+        details.push(why.clone());
+    }
+    if up == 0 {
+        reasons.push("no_backend_up");
+        details.push(format!(
+            "none of the {} backends is up",
+            snap.backends.len()
+        ));
+    }
+    let mut body = json!({
+        "database": if database.is_ok() { "ok" } else { "unreachable" },
+        "backends_up": up,
+        "backends": snap.backends.len(),
+        "queued": snap.queued,
+    });
+    if reasons.is_empty() {
+        body["status"] = json!("ready");
+        return Ok(HttpResponse::Ok().json(body));
+    }
+    body["error"] = json!("not_ready");
+    body["message"] = json!(format!("not ready: {}", details.join("; ")));
+    body["reasons"] = json!(reasons);
+    Ok(HttpResponse::ServiceUnavailable()
+        .insert_header((
+            actix_web::http::header::RETRY_AFTER,
+            super::error::RETRY_AFTER_SECS.to_string(),
+        ))
+        .json(body))
 }

@@ -6,15 +6,19 @@
 //! - `GET {prefix}/tasks`, `GET {prefix}/tasks/{id}`, `GET {prefix}/tasks/{id}/events`,
 //!   `POST {prefix}/tasks/{id}/cancel`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
-//! - `GET {prefix}/backends`, `GET /healthz`
+//! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`
 //! - `GET /openapi.json` (the OpenAPI document), `GET /docs` (it as a page), `GET /docs/ui.js`: at the
 //!   root like the original's, and the same under the prefix
+//!
+//! Each handler says who may call it by taking an [`auth::Submitter`] or [`auth::Admin`] argument.
 
+pub mod auth;
 pub mod deliveries;
 pub mod docs;
 pub mod error;
 pub mod health;
 pub mod openapi;
+pub mod outage;
 pub mod submit;
 pub mod tasks;
 pub mod workflows;
@@ -70,8 +74,12 @@ pub struct AppState {
     pub notifier: Addr<Notifier>,
     pub workflows: Workflows,
     pub outbound: Outbound,
+    /// The API keys in force (none: every route is open).
+    pub keys: auth::ApiKeys,
     /// False once shutdown began: submits answer 503.
     pub accepting: Arc<AtomicBool>,
+    /// Whether the database takes writes: while not, submits answer 503 at once.
+    pub db_health: crate::db_health::DbHealth,
 }
 
 impl AppState {
@@ -86,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
         .route("/openapi.json", web::get().to(openapi::openapi_json))
         .route("/docs", web::get().to(docs::page))
         .route("/docs/ui.js", web::get().to(docs::script))
+        .route("/readyz", web::get().to(health::readyz))
         .service(
             web::scope(prefix)
                 .route("", web::post().to(submit::submit_original))

@@ -10,10 +10,10 @@ use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::auth::{Caller, Submitter};
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::Enqueue;
 use crate::outbound::OutboundError;
-use crate::postprocess::recorder::InsertTask;
 use crate::store::{self, Inserted, NewTask};
 use crate::task::{InputFile, TaskRecord};
 use crate::workflow::{sniff_image, FieldError, ImageSource, Workflow};
@@ -50,6 +50,7 @@ that comfyd fetches.",
 )]
 pub async fn submit_original(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -88,7 +89,7 @@ pub async fn submit_original(
         return Err(ApiError::Invalid(errors));
     };
     // The original answered 200 with the record whether or not the task was new.
-    let (record, _created) = accept(&state, &workflow, submit, errors).await?;
+    let (record, _created) = accept(&state, &caller, &workflow, submit, errors).await?;
     Ok(HttpResponse::Ok().json(record))
 }
 
@@ -117,6 +118,7 @@ workflow also has its own route in this document, with its parameters spelled ou
 )]
 pub async fn submit_typed(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     name: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -134,7 +136,7 @@ pub async fn submit_typed(
     let Some(submit) = read_common(&state, obj, &[], &mut errors) else {
         return Err(ApiError::Invalid(errors));
     };
-    let (record, created) = accept(&state, &workflow, submit, errors).await?;
+    let (record, created) = accept(&state, &caller, &workflow, submit, errors).await?;
     Ok(if created {
         HttpResponse::Accepted()
     } else {
@@ -239,6 +241,7 @@ fn read_common(
 /// Returns the record and whether it is new (false: the same submit was already accepted).
 async fn accept(
     state: &AppState,
+    caller: &Caller,
     workflow: &Workflow,
     s: Submit,
     mut errors: Vec<FieldError>,
@@ -247,6 +250,13 @@ async fn accept(
         return Err(ApiError::Unavailable(
             "comfyd is shutting down; retry on another instance or later".into(),
         ));
+    }
+    // The callback's host is resolved now, so a refused address is a 422 rather than a webhook
+    // that never arrives.
+    if let Some(url) = &s.client_callback_url {
+        if let Err(e) = state.outbound.check_destination(url).await {
+            errors.push(field_err("client_callback_url", e.to_string()));
+        }
     }
     let resolved = match workflow.validate(&s.params) {
         Ok(r) if errors.is_empty() => r,
@@ -274,7 +284,7 @@ async fn accept(
             .await?
             .filter(|t| t.client_task_id.as_ref() == Some(ctid))
         {
-            return same_or_conflict(state, existing, &request_hash).await;
+            return same_or_conflict(state, caller, existing, &request_hash).await;
         }
     }
 
@@ -321,7 +331,11 @@ async fn accept(
     }
     for (img, bytes, ext) in &images {
         let file = format!("{}.{ext}", img.param);
-        tokio::fs::write(dir.join(&file), bytes)
+        // Through the one path helper, like every file comfyd writes (src/paths.rs).
+        let path =
+            crate::paths::join_under(&state.settings.inputs_dir(), &format!("{task_id}/{file}"))
+                .map_err(anyhow::Error::from)?;
+        tokio::fs::write(path, bytes)
             .await
             .map_err(anyhow::Error::from)?;
         inputs.push(InputFile {
@@ -357,8 +371,9 @@ async fn accept(
         output_nodes: json!(workflow.output_nodes),
         priority: s.priority,
         deadline_at: deadline,
+        owner: caller.owner(),
     };
-    let inserted = state.recorder.send(InsertTask(new)).await??;
+    let inserted = super::outage::insert_task(state, new).await?;
     match inserted {
         Inserted::New(task) => {
             state.supervisor.do_send(Enqueue {
@@ -371,16 +386,24 @@ async fn accept(
         // Lost a race with the same client_task_id: this copy's files are not needed.
         Inserted::Existing(task) | Inserted::Conflict(task) => {
             let _ = tokio::fs::remove_dir_all(&dir).await;
-            same_or_conflict(state, task, &request_hash).await
+            same_or_conflict(state, caller, task, &request_hash).await
         }
     }
 }
 
 async fn same_or_conflict(
     state: &AppState,
+    caller: &Caller,
     existing: crate::entity::task::Model,
     request_hash: &str,
 ) -> Result<(TaskRecord, bool), ApiError> {
+    // client_task_ids are unique across keys: another key's task is not shown, only refused.
+    if !caller.may_see(&existing) {
+        return Err(ApiError::Conflict {
+            message: "client_task_id is already used by another API key's task".into(),
+            task: None,
+        });
+    }
     let outputs = store::task_outputs(&state.db, &existing.id).await?;
     let record = TaskRecord::new(&existing, &outputs);
     if existing.request_hash == request_hash {

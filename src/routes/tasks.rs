@@ -4,15 +4,14 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::{self, Caller, Submitter};
 use super::{ApiError, AppState};
 use crate::dispatch::supervisor::{CancelOutcome, CancelTask};
 use crate::store::{self, TaskFilter};
 use crate::task::{Status, TaskRecord};
 
-async fn record(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
-    let task = store::find_task(&state.db, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no task with id or client_task_id {id:?}")))?;
+async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecord, ApiError> {
+    let task = auth::visible_task(state, caller, id).await?;
     let outputs = store::task_outputs(&state.db, &task.id).await?;
     Ok(TaskRecord::new(&task, &outputs))
 }
@@ -33,9 +32,10 @@ async fn record(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
 )]
 pub async fn get(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(record(&state, &id).await?))
+    Ok(HttpResponse::Ok().json(record(&state, &caller, &id).await?))
 }
 
 /// Filters and paging of `GET {prefix}/tasks`.
@@ -74,6 +74,7 @@ pub struct ListQuery {
 )]
 pub async fn list(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let status = match q.status.as_deref() {
@@ -92,6 +93,7 @@ pub async fn list(
         workflow: q.workflow.clone(),
         limit,
         offset: q.offset.unwrap_or(0),
+        owner: caller.listing_owner(),
     };
     let (rows, total) = store::list_tasks(&state.db, &filter).await?;
     let mut tasks = Vec::with_capacity(rows.len());
@@ -119,9 +121,10 @@ pub async fn list(
 )]
 pub async fn events(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = record(&state, &id).await?;
+    let task = record(&state, &caller, &id).await?;
     let events: Vec<_> = store::task_events(&state.db, &task.id)
         .await?
         .into_iter()
@@ -152,9 +155,12 @@ one interrupted. A cancel that lands just as ComfyUI finishes wins: what was sto
 )]
 pub async fn cancel(
     state: web::Data<AppState>,
+    Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = record(&state, &id).await?;
+    let task = record(&state, &caller, &id).await?;
+    // Not queued behind a database outage: the client retries.
+    super::outage::check(&state)?;
     match state
         .supervisor
         .send(CancelTask {
@@ -162,9 +168,11 @@ pub async fn cancel(
         })
         .await??
     {
-        CancelOutcome::Cancelled => Ok(HttpResponse::Ok().json(record(&state, &task.id).await?)),
+        CancelOutcome::Cancelled => {
+            Ok(HttpResponse::Ok().json(record(&state, &caller, &task.id).await?))
+        }
         CancelOutcome::AlreadyFinished => {
-            let now = record(&state, &task.id).await?;
+            let now = record(&state, &caller, &task.id).await?;
             Err(ApiError::Conflict {
                 message: format!("task already ended: {}", now.status),
                 task: Some(Box::new(now)),

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::auth::Submitter;
 use super::{ApiError, AppState};
 
 /// `GET {prefix}/workflows`
@@ -14,7 +15,7 @@ use super::{ApiError, AppState};
     summary = "Every loaded workflow with its parameters as a JSON Schema",
     responses((status = 200, description = "The workflows, sorted by name", body = crate::routes::openapi::schemas::WorkflowList))
 )]
-pub async fn list(state: web::Data<AppState>) -> HttpResponse {
+pub async fn list(state: web::Data<AppState>, _: Submitter) -> HttpResponse {
     let set = state.workflows.current();
     let all: Vec<_> = set.iter().map(|w| w.describe()).collect();
     HttpResponse::Ok().json(json!({ "workflows": all }))
@@ -35,6 +36,7 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
 )]
 pub async fn get(
     state: web::Data<AppState>,
+    _: Submitter,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let set = state.workflows.current();

@@ -1,7 +1,10 @@
 //! Integration tests: the real `comfyd` binary against real servers (see `support`).
 //! One test target (`cargo test --test integration`), one module per area.
 
+mod access;
 mod chaos;
+mod db_outage;
+mod hostile_backend;
 mod openapi;
 mod pipeline;
 mod postprocess;

@@ -55,6 +55,7 @@ async fn cancelled_while_storing(store_works: bool) {
         fetch_timeout_ms: 5_000,
         webhook_timeout_ms: 5_000,
         allow_private_addresses: true,
+        allow_loopback_addresses: true,
     });
     let notifier = Notifier::new(
         NotifierConfig {
@@ -79,6 +80,7 @@ async fn cancelled_while_storing(store_works: bool) {
             upload_attempts: 1,
             fallback_dir: fallback_dir.clone(),
             http_timeout: Duration::from_secs(5),
+            limits: Default::default(),
         },
         db.clone(),
         Arc::new(Store::local(store_root.clone())),

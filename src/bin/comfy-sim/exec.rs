@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use tracing::info;
 
 use crate::files;
+use crate::hostile;
 use crate::image::{self, decode_png, Image, Source};
 use crate::nodes::{self, CLEAN_CLASS};
 use crate::state::{now_ms, Frame, QueueItem, Sim};
@@ -275,8 +276,15 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
     };
     info!(prompt.id = %item.prompt_id, "prompt {} started", item.prompt_id);
 
-    let (cached, exec_ms, fail_node, hang_node) = {
+    let (cached, exec_ms, fail_node, hang_node, plan) = {
         let mut g = sim.lock();
+        // The cleaner node's prompts are left alone: they are not the jobs a test scripts.
+        let cleaning = item.prompt.values().all(|n| n["class_type"] == CLEAN_CLASS);
+        let plan = if cleaning {
+            hostile::Plan::default()
+        } else {
+            g.hostile.plan_prompt()
+        };
         g.interrupt = false;
         let used: HashSet<&String> = sigs.values().collect();
         g.cache.retain(|k, _| used.contains(k));
@@ -307,7 +315,14 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
             }
         }
         let per_node = g.config.exec_ms / (to_run.len().max(1) as u64);
-        (cached, per_node, fail_node, hang_node)
+        (cached, per_node, fail_node, hang_node, plan)
+    };
+    let first_node = order.first().map(String::as_str).unwrap_or("1");
+    hostile::send_plan(sim, client.as_deref(), &plan, first_node);
+    // In hostile mode the outputs are reported under other names (the files keep theirs).
+    let report = |ui: Value| match &plan.names {
+        Some(names) => hostile::rename_outputs(&ui, names),
+        None => ui,
     };
 
     let mut end = End::Success;
@@ -317,7 +332,7 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
             let entry = sim.lock().cache.get(&sig).cloned();
             if let Some(entry) = entry {
                 run.values.insert(id.clone(), entry.outputs);
-                if let Some(ui) = entry.ui {
+                if let Some(ui) = entry.ui.map(report) {
                     run.emit("executed", json!({"node": id, "display_node": id, "output": ui, "prompt_id": item.prompt_id}));
                     run.ui.push((id.clone(), ui));
                     run.progress_state(id, json!(1), json!(1), "finished");
@@ -365,7 +380,7 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
                     },
                 );
                 run.values.insert(id.clone(), outputs);
-                if let Some(ui) = ui {
+                if let Some(ui) = ui.map(report) {
                     run.emit("executed", json!({"node": id, "display_node": id, "output": ui, "prompt_id": item.prompt_id}));
                     run.ui.push((id.clone(), ui));
                 }

@@ -13,9 +13,11 @@
 //! - `nodes.rs`: node classes (`/object_info`) and prompt validation
 //! - `files.rs`: upload, view and save-name rules
 //! - `image.rs`: simulated images and PNG encoding
+//! - `hostile.rs`: hostile mode (unsafe names, garbage, oversized and foreign frames)
 
 mod exec;
 mod files;
+mod hostile;
 mod image;
 mod nodes;
 mod server;
@@ -57,6 +59,11 @@ struct Cli {
     /// Start with the worker paused (prompts queue, none runs).
     #[arg(long)]
     paused: bool,
+    /// Behave like a hostile server for every prompt: a comma-separated list of `traversal`,
+    /// `garbage-frames`, `oversized-frames`, `foreign-events` (see hostile.rs; `POST /sim/hostile`
+    /// scripts the same per prompt).
+    #[arg(long, value_parser = hostile::Hostile::parse)]
+    hostile: Option<hostile::Hostile>,
 }
 
 /// A fresh directory under the system temp dir.
@@ -111,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
         },
         std::env::args().collect(),
     ));
+    if let Some(h) = cli.hostile.clone() {
+        sim.lock().hostile = h;
+    }
     let server = server::start(sim, listener).context("starting the HTTP server")?;
     tracing::info!(data_dir = %root.display(), "data dir {}", root.display());
     let mut out = std::io::stdout();

@@ -35,7 +35,8 @@ pub fn start(sim: Arc<Sim>, listener: TcpListener) -> std::io::Result<actix_web:
                 web::scope("/sim")
                     .route("/config", web::post().to(sim_config))
                     .route("/script", web::post().to(sim_script))
-                    .route("/stats", web::get().to(sim_stats)),
+                    .route("/stats", web::get().to(sim_stats))
+                    .route("/hostile", web::post().to(crate::hostile::route)),
             )
     })
     .workers(2)
@@ -299,6 +300,14 @@ async fn post_history(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
 }
 
 async fn view(sim: web::Data<Sim>, q: Q) -> HttpResponse {
+    let answer = view_file(&sim, &q);
+    if answer.status() != StatusCode::OK && sim.lock().hostile.renamed {
+        return crate::hostile::view_answer();
+    }
+    answer
+}
+
+fn view_file(sim: &Sim, q: &Q) -> HttpResponse {
     let Some(raw) = q.get("filename") else {
         return HttpResponse::NotFound().finish();
     };
@@ -396,7 +405,11 @@ async fn upload_image(sim: web::Data<Sim>, mut form: Multipart) -> HttpResponse 
     if !target.duplicate && std::fs::write(&target.path, &bytes).is_err() {
         return internal_error();
     }
-    HttpResponse::Ok().json(json!({"name": target.name, "subfolder": subfolder, "type": kind}))
+    let mut answer = json!({"name": target.name, "subfolder": subfolder, "type": kind});
+    if let Some(names) = sim.lock().hostile.plan_upload() {
+        crate::hostile::rename_upload(&mut answer, &names);
+    }
+    HttpResponse::Ok().json(answer)
 }
 
 fn all_object_info(sim: &Sim) -> Vec<(&'static str, Value)> {

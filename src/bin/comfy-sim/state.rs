@@ -122,6 +122,8 @@ pub struct Inner {
     pub config: Config,
     pub script: Script,
     pub stats: Vec<PromptStat>,
+    /// Hostile mode (`--hostile`, `POST /sim/hostile`); inert by default.
+    pub hostile: crate::hostile::Hostile,
 }
 
 /// The data dir layout.
@@ -196,6 +198,7 @@ impl Sim {
                 config,
                 script: Script::default(),
                 stats: Vec::new(),
+                hostile: crate::hostile::Hostile::default(),
             }),
             wake: Notify::new(),
             dirs,

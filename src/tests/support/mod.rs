@@ -43,6 +43,7 @@ pub fn new_task(id: &str, callback: Option<&str>) -> NewTask {
         output_nodes: json!(["9"]),
         priority: 0,
         deadline_at: Utc::now() + chrono::Duration::minutes(5),
+        owner: None,
     }
 }
 

@@ -116,6 +116,12 @@ impl Sim {
         self.post("/sim/script", body).await;
     }
 
+    /// `POST /sim/hostile` (hostile mode: `names_next`, `uploads_next`, `garbage_next`,
+    /// `oversized_next`, `foreign_next`, ...; see the simulator's hostile.rs).
+    pub async fn hostile(&self, body: Value) {
+        self.post("/sim/hostile", body).await;
+    }
+
     /// The prompts this simulator received (`GET /sim/stats`).
     pub async fn prompts(&self) -> Vec<Value> {
         self.get("/sim/stats").await["prompts"]
