@@ -37,6 +37,17 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    call_with_key(env, None, method, path, body).await
+}
+
+/// [`call`], with `Authorization: Bearer <key>` when a key is given.
+async fn call_with_key(
+    env: &Env,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, BTreeMap<String, String>, Vec<u8>) {
     let url = format!("{}{path}", env.daemon.base);
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -45,6 +56,10 @@ async fn call(
         "get" => client.get(&url),
         "post" => client.post(&url),
         other => panic!("no test request for method {other}"),
+    };
+    let req = match key {
+        Some(k) => req.insert_header(("Authorization", format!("Bearer {k}"))),
+        None => req,
     };
     let mut resp = match body {
         Some(b) => req.send_json(b).await,
@@ -475,6 +490,106 @@ async fn each_workflows_typed_route_carries_its_schema_and_follows_a_reload() {
 }
 
 /// `src` and `href` attribute values of a page.
+/// With API keys configured, every operation the document marks with the `api_key` requirement
+/// answers 401 without a key (403 with a submit key where it documents 403), as documented; the
+/// ones it leaves open (the document, its page, the health checks) answer without one.
+#[actix_web::test]
+async fn with_api_keys_the_document_says_which_routes_need_one_and_the_docs_stay_open() {
+    // Arrange
+    let (submit_key, admin_key) = ("key-of-app-0123456789", "key-of-ops-0123456789");
+    let mut vars = std::collections::HashMap::new();
+    vars.insert("ROUTE_PREFIX".to_string(), PREFIX.to_string());
+    vars.insert(
+        "COMFYD_API_KEYS".to_string(),
+        format!(
+            "app:submit:{},ops:admin:{}",
+            comfyd::routes::auth::hash_key(submit_key),
+            comfyd::routes::auth::hash_key(admin_key)
+        ),
+    );
+    let env = env(EnvOpts {
+        exec_ms: 50,
+        env: vars,
+        ..Default::default()
+    })
+    .await;
+
+    // Act + Assert: the document and its page are open, at the root and under the prefix.
+    let doc = openapi(&env).await;
+    for path in [
+        "/openapi.json".to_string(),
+        "/docs".to_string(),
+        "/docs/ui.js".to_string(),
+        format!("{PREFIX}/openapi.json"),
+        format!("{PREFIX}/docs"),
+    ] {
+        let (status, _, _) = call(&env, "get", &path, None).await;
+        assert_eq!(status, 200, "GET {path} without a key");
+    }
+    let (status, _, _) = call(&env, "get", &format!("{PREFIX}/tasks"), None).await;
+    assert_eq!(status, 401, "GET {PREFIX}/tasks without a key");
+
+    // Every documented operation, without a key, and with a submit key where a 403 is documented.
+    let mut keyed = 0;
+    let mut admin_only = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        // Any id will do: the key is checked before the path is looked at.
+        let concrete = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, op) in item.as_object().expect("path item") {
+            let body = (method == "post").then(|| json!({}));
+            let (status, headers, bytes) = call(&env, method, &concrete, body.as_ref()).await;
+            let reply: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if op["security"].is_null() {
+                assert_ne!(status, 401, "{method} {path} is documented open: {reply}");
+                assert_ne!(status, 403, "{method} {path} is documented open: {reply}");
+                if reply.is_object() {
+                    assert_documented(&doc, method, path, status, &reply);
+                }
+                continue;
+            }
+            keyed += 1;
+            assert_eq!(status, 401, "{method} {concrete} without a key: {reply}");
+            assert_eq!(
+                headers.get("www-authenticate").map(String::as_str),
+                Some(r#"Bearer realm="comfyd""#),
+                "{method} {path}"
+            );
+            assert_documented(&doc, method, path, status, &reply);
+            let (status, _, bytes) =
+                call_with_key(&env, Some(submit_key), method, &concrete, body.as_ref()).await;
+            let reply: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if op["responses"]["403"].is_object() {
+                admin_only += 1;
+                assert_eq!(
+                    status, 403,
+                    "{method} {concrete} with a submit key: {reply}"
+                );
+                assert_documented(&doc, method, path, status, &reply);
+                let (status, _, bytes) =
+                    call_with_key(&env, Some(admin_key), method, &concrete, body.as_ref()).await;
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {concrete} with an admin key: {status} {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            } else {
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {concrete} with a submit key: {status} {reply}"
+                );
+            }
+        }
+    }
+    assert!(
+        keyed > 10 && admin_only >= 2,
+        "{keyed} keyed, {admin_only} admin-only"
+    );
+}
+
 fn links(page: &str) -> Vec<String> {
     let mut out = Vec::new();
     for attr in ["src=\"", "href=\"", "spec-url=\""] {

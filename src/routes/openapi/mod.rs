@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Paths};
 use utoipa::OpenApi;
 
@@ -25,7 +26,13 @@ use super::AppState;
 use crate::workflow::WorkflowSet;
 
 /// Paths of the document that are mounted at the root rather than under the route prefix.
-pub const ROOT_PATHS: [&str; 4] = ["/healthz", "/openapi.json", "/docs", "/docs/ui.js"];
+pub const ROOT_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/docs",
+    "/docs/ui.js",
+];
 
 /// The handlers and what they say about themselves. Paths are relative to the route prefix, except
 /// [`ROOT_PATHS`]; `/` is the prefix itself (the original service's submit).
@@ -37,8 +44,12 @@ pub const ROOT_PATHS: [&str; 4] = ["/healthz", "/openapi.json", "/docs", "/docs/
 get its outputs (stored in S3 or a local folder) and a webhook when it ends.\n\n\
 Errors are JSON (`ErrorBody`): `{\"error\", \"message\", \"fields\": [{\"field\", \"reason\"}]}`. \
 Every typed route `POST {prefix}/workflows/<name>/tasks` below is one loaded workflow, with its \
-parameters; the document follows the workflow set in force (reloaded on SIGHUP)."
+parameters; the document follows the workflow set in force (reloaded on SIGHUP).\n\n\
+When API keys are configured, operations marked with the `api_key` security requirement need \
+`Authorization: Bearer <key>`: a submit key for most, an admin key where the requirement names \
+the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
     ),
+    modifiers(&BearerKeys),
     paths(
         super::submit::submit_original,
         super::submit::submit_typed,
@@ -52,6 +63,7 @@ parameters; the document follows the workflow set in force (reloaded on SIGHUP).
         super::deliveries::redeliver,
         super::health::backends,
         super::health::healthz,
+        super::health::readyz,
         openapi_json,
         super::docs::page,
         super::docs::script,
@@ -68,6 +80,27 @@ parameters; the document follows the workflow set in force (reloaded on SIGHUP).
     )
 )]
 pub struct ApiDoc;
+
+/// The name of the API keys' security scheme, as the handlers' `security(..)` attributes spell it.
+pub const SECURITY_SCHEME: &str = "api_key";
+
+/// Adds the API keys' scheme (`Authorization: Bearer <key>`, see `routes/auth.rs`) to the components.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, doc: &mut Document) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API key (`comfyd keys add`, or `[auth] keys`), when keys are configured; \
+without any, every route is open.",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(SECURITY_SCHEME, SecurityScheme::Http(scheme));
+    }
+}
 
 /// The webhook, described as an operation the client's server answers (OpenAPI `webhooks`).
 #[derive(OpenApi)]
