@@ -18,10 +18,14 @@ use crate::store;
     operation_id = "task_deliveries",
     summary = "A task's webhooks, each with every attempt",
     params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The task's deliveries", body = crate::routes::openapi::schemas::TaskDeliveries),
         (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn for_task(
@@ -58,10 +62,15 @@ pub async fn for_task(
     description = "The same message with the same `webhook-id`, with a fresh retry horizon, whatever \
 the delivery's state.",
     params(("id" = String, Path, description = "The delivery's id (its `webhook-id`)")),
+    security(("api_key" = ["admin"])),
     responses(
         (status = 202, description = "Queued for sending now", body = crate::routes::openapi::schemas::Redelivery),
         (status = 404, description = "No delivery has that id", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 403, description = "API keys are configured and the key is a submit key: this route needs an admin key", body = crate::routes::error::ErrorBody),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn redeliver(

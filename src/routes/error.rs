@@ -259,17 +259,23 @@ pub struct ErrorBody {
 
 /// The `error` of an [`ErrorBody`], one per status: 400 `bad_request` (the body or query is not
 /// what it should be), 422 `invalid_request` (fields are wrong; all are listed), 413 `too_large`,
-/// 404 `not_found`, 409 `conflict`, 503 `unavailable` (shutting down), 500 `internal` (nothing
-/// said about the cause; it is logged).
+/// 401 `unauthorized` (API keys are configured and the request has none, or one not in force),
+/// 403 `forbidden` (a submit key on an admin route), 404 `not_found`, 409 `conflict`,
+/// 503 `unavailable` (shutting down or the database unreachable, with `Retry-After`), 503 `busy`
+/// (other requests hold the memory budget for bodies and images, with `Retry-After`), 500 `internal`
+/// (nothing said about the cause; it is logged).
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     BadRequest,
     InvalidRequest,
     TooLarge,
+    Unauthorized,
+    Forbidden,
     NotFound,
     Conflict,
     Unavailable,
+    Busy,
     Internal,
 }
 

@@ -53,9 +53,13 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     tag = "Service",
     operation_id = "backends",
     summary = "Each ComfyUI server, up or down, with its jobs",
+    security(("api_key" = ["admin"])),
     responses(
         (status = 200, description = "The supervisor's view", body = crate::dispatch::supervisor::SnapshotView),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 403, description = "API keys are configured and the key is a submit key: this route needs an admin key", body = crate::routes::error::ErrorBody),
     )
 )]
 pub async fn backends(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
@@ -67,6 +71,23 @@ pub async fn backends(state: web::Data<AppState>, _: Admin) -> Result<HttpRespon
 /// API's error shape, saying why: shutting down, database unreachable (the Recorder's last write
 /// failed for want of it, or it does not answer a query within a second), or no backend up. For a
 /// load balancer: unlike `/healthz`, which stays 200 while the process serves.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "Service",
+    operation_id = "readyz",
+    summary = "Readiness, for a load balancer",
+    description = "200 when comfyd can take and run tasks now; 503 otherwise, saying why in `reasons`: \
+shutting down, the database unreachable (the last write failed for want of it, or it does not answer \
+a query within a second), no backend up. Unlike `/healthz`, which stays 200 while the process serves.",
+    responses(
+        (status = 200, description = "Ready (`status` is `ready`)", body = crate::routes::openapi::schemas::Readiness),
+        (status = 503, description = "Not ready (`error` is `not_ready`; `reasons` and `message` say why); retry after `Retry-After` seconds",
+            body = crate::routes::openapi::schemas::Readiness,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let snap = state.supervisor.send(Snapshot).await?;
     let up = snap.backends.iter().filter(|b| b.up).count();

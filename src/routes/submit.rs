@@ -40,14 +40,17 @@ task and answers as soon as it is recorded, with status 200 whether the task is 
 was already accepted. Image parameters take base64, a `data:image/...;base64,` URL, or an http(s) URL \
 that comfyd fetches.",
     request_body(content = crate::routes::openapi::schemas::OriginalSubmit, content_type = "application/json"),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The task, recorded (new, or the one this submit already made)", body = crate::task::TaskRecord),
         (status = 400, description = "The body is not a JSON object (or not JSON)", body = crate::routes::error::ErrorBody),
         (status = 409, description = "`client_task_id` is already used by a task with a different request; `task` holds it", body = crate::routes::error::ErrorBody),
         (status = 413, description = "The body, or an image fetched by URL, is too large", body = crate::routes::error::ErrorBody),
         (status = 422, description = "Fields are wrong (an unknown workflow, a parameter out of range, ...); `fields` lists every one", body = crate::routes::error::ErrorBody),
-        (status = 503, description = "comfyd is shutting down", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 503, description = "comfyd is shutting down, or the database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn submit_original(
@@ -112,6 +115,7 @@ pub async fn submit_original(
 workflow also has its own route in this document, with its parameters spelled out.",
     params(("name" = String, Path, description = "The workflow's name")),
     request_body(content = crate::routes::openapi::schemas::TypedSubmit, content_type = "application/json"),
+    security(("api_key" = [])),
     responses(
         (status = 202, description = "Accepted: the task is recorded and queued", body = crate::task::TaskRecord),
         (status = 200, description = "The same submit was already accepted: that task", body = crate::task::TaskRecord),
@@ -120,8 +124,10 @@ workflow also has its own route in this document, with its parameters spelled ou
         (status = 409, description = "`client_task_id` is already used by a task with a different request; `task` holds it", body = crate::routes::error::ErrorBody),
         (status = 413, description = "The body, or an image fetched by URL, is too large", body = crate::routes::error::ErrorBody),
         (status = 422, description = "Fields are wrong; `fields` lists every one", body = crate::routes::error::ErrorBody),
-        (status = 503, description = "comfyd is shutting down", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 503, description = "comfyd is shutting down, or the database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn submit_typed(

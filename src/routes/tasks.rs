@@ -25,10 +25,14 @@ async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecor
     operation_id = "get_task",
     summary = "A task's status and outputs",
     params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The task", body = crate::task::TaskRecord),
         (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn get(
@@ -71,11 +75,15 @@ const MAX_OFFSET: u64 = i64::MAX as u64;
     operation_id = "list_tasks",
     summary = "Tasks, newest first, with the total count",
     params(ListQuery),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "One page of tasks", body = crate::routes::openapi::schemas::TaskList),
         (status = 400, description = "The query string is malformed (an unknown parameter, a non-number)", body = crate::routes::error::ErrorBody),
         (status = 422, description = "`status` is not a status, or `limit` is out of range", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn list(
@@ -120,10 +128,14 @@ pub async fn list(
     operation_id = "task_events",
     summary = "A task's flow, step by step",
     params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The task's events, oldest first", body = crate::routes::openapi::schemas::TaskEvents),
         (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn events(
@@ -153,11 +165,15 @@ pub async fn events(
     description = "A queued task is removed, a dispatched one deleted from the ComfyUI queue, a running \
 one interrupted. A cancel that lands just as ComfyUI finishes wins: what was stored meanwhile is removed.",
     params(("id" = String, Path, description = "comfyd's task id, or the client's `client_task_id`")),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The cancelled task", body = crate::task::TaskRecord),
         (status = 404, description = "No task has that id or client_task_id", body = crate::routes::error::ErrorBody),
         (status = 409, description = "The task had already ended (or its outputs are being stored); `task` holds it", body = crate::routes::error::ErrorBody),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn cancel(

@@ -13,7 +13,12 @@ use super::{ApiError, AppState};
     tag = "Workflows",
     operation_id = "list_workflows",
     summary = "Every loaded workflow with its parameters as a JSON Schema",
-    responses((status = 200, description = "The workflows, sorted by name", body = crate::routes::openapi::schemas::WorkflowList))
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The workflows, sorted by name", body = crate::routes::openapi::schemas::WorkflowList),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+    )
 )]
 pub async fn list(state: web::Data<AppState>, _: Submitter) -> HttpResponse {
     let set = state.workflows.current();
@@ -29,9 +34,12 @@ pub async fn list(state: web::Data<AppState>, _: Submitter) -> HttpResponse {
     operation_id = "get_workflow",
     summary = "One workflow with its parameters as a JSON Schema",
     params(("name" = String, Path, description = "The workflow's name")),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The workflow", body = crate::routes::openapi::schemas::WorkflowDescription),
         (status = 404, description = "No workflow has that name", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
     )
 )]
 pub async fn get(

@@ -6,6 +6,7 @@ mod battery;
 mod chaos;
 mod db_outage;
 mod hostile_backend;
+mod openapi;
 mod original;
 mod pipeline;
 mod postprocess;

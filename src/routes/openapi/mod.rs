@@ -6,15 +6,19 @@
 //! [`ApiDoc`] lists the handlers. [`document`] then puts the configured prefix in front of the paths,
 //! adds the webhook comfyd sends (`webhooks`, with its Standard Webhooks headers) and one typed route
 //! per loaded workflow (`POST {prefix}/workflows/<name>/tasks`) described with that workflow's own
-//! parameter schema. It is built on each request from the workflow set in force, so it follows
-//! SIGHUP reloads; building it takes well under a millisecond.
+//! parameter schema. It is built once per workflow set (a reload brings a new set, so the document
+//! follows SIGHUP reloads) and kept serialised: building it takes about 16 ms in a debug build.
 
 pub mod schemas;
 #[cfg(test)]
 mod tests;
 
+use std::sync::{Arc, Mutex, Weak};
+
 use actix_web::{web, HttpResponse};
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Paths};
 use utoipa::OpenApi;
 
@@ -22,7 +26,13 @@ use super::AppState;
 use crate::workflow::WorkflowSet;
 
 /// Paths of the document that are mounted at the root rather than under the route prefix.
-pub const ROOT_PATHS: [&str; 4] = ["/healthz", "/openapi.json", "/docs", "/docs/ui.js"];
+pub const ROOT_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/docs",
+    "/docs/ui.js",
+];
 
 /// The handlers and what they say about themselves. Paths are relative to the route prefix, except
 /// [`ROOT_PATHS`]; `/` is the prefix itself (the original service's submit).
@@ -34,8 +44,12 @@ pub const ROOT_PATHS: [&str; 4] = ["/healthz", "/openapi.json", "/docs", "/docs/
 get its outputs (stored in S3 or a local folder) and a webhook when it ends.\n\n\
 Errors are JSON (`ErrorBody`): `{\"error\", \"message\", \"fields\": [{\"field\", \"reason\"}]}`. \
 Every typed route `POST {prefix}/workflows/<name>/tasks` below is one loaded workflow, with its \
-parameters; the document follows the workflow set in force (reloaded on SIGHUP)."
+parameters; the document follows the workflow set in force (reloaded on SIGHUP).\n\n\
+When API keys are configured, operations marked with the `api_key` security requirement need \
+`Authorization: Bearer <key>`: a submit key for most, an admin key where the requirement names \
+the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
     ),
+    modifiers(&BearerKeys),
     paths(
         super::submit::submit_original,
         super::submit::submit_typed,
@@ -49,6 +63,7 @@ parameters; the document follows the workflow set in force (reloaded on SIGHUP).
         super::deliveries::redeliver,
         super::health::backends,
         super::health::healthz,
+        super::health::readyz,
         openapi_json,
         super::docs::page,
         super::docs::script,
@@ -65,6 +80,27 @@ parameters; the document follows the workflow set in force (reloaded on SIGHUP).
     )
 )]
 pub struct ApiDoc;
+
+/// The name of the API keys' security scheme, as the handlers' `security(..)` attributes spell it.
+pub const SECURITY_SCHEME: &str = "api_key";
+
+/// Adds the API keys' scheme (`Authorization: Bearer <key>`, see `routes/auth.rs`) to the components.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, doc: &mut Document) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API key (`comfyd keys add`, or `[auth] keys`), when keys are configured; \
+without any, every route is open.",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(SECURITY_SCHEME, SecurityScheme::Http(scheme));
+    }
+}
 
 /// The webhook, described as an operation the client's server answers (OpenAPI `webhooks`).
 #[derive(OpenApi)]
@@ -110,11 +146,30 @@ fn task_ended() {}
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
 )]
 pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
-    let doc = document(
-        &state.settings.server.route_prefix,
-        &state.workflows.current(),
-    );
-    HttpResponse::Ok().json(doc)
+    let set = state.workflows.current();
+    let prefix = &state.settings.server.route_prefix;
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(cached(prefix, &set))
+}
+
+/// The last document built, for the set (held weakly, so a replaced set is freed) and prefix it
+/// was built for.
+type Cached = Option<(Weak<WorkflowSet>, String, Bytes)>;
+static CACHE: Mutex<Cached> = Mutex::new(None);
+
+/// The serialised document for this prefix and set, built on the first request after a reload.
+fn cached(prefix: &str, set: &Arc<WorkflowSet>) -> Bytes {
+    // A poisoned lock only means a build panicked; the cache is then rebuilt below.
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((built_for, built_prefix, bytes)) = cache.as_ref() {
+        if built_prefix == prefix && built_for.upgrade().is_some_and(|s| Arc::ptr_eq(&s, set)) {
+            return bytes.clone();
+        }
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&document(prefix, set)).unwrap_or_default());
+    *cache = Some((Arc::downgrade(set), prefix.to_string(), bytes.clone()));
+    bytes
 }
 
 /// The document for a route prefix (as the config normalises it: no trailing slash, possibly empty)
@@ -190,7 +245,7 @@ fn add_workflow_routes(doc: &mut Value, prefix: &str, workflows: &WorkflowSet) {
         op.insert("operationId".into(), format!("submit_{}", w.name).into());
         op.insert(
             "summary".into(),
-            format!("Submit a `{}` task", w.name).into(),
+            format!("Submit a task to `{}`", w.name).into(),
         );
         op.insert("description".into(), w.description.clone().into());
         op.remove("parameters");

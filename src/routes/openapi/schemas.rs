@@ -33,7 +33,7 @@ pub struct OriginalSubmit {
     #[schema(format = "uri")]
     pub client_callback_url: Option<String>,
     /// The workflow's parameters, checked against its JSON Schema (`GET {prefix}/workflows/{name}`).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<BTreeMap<String, Value>>,
     /// Higher runs first; first come first served within a priority.
     #[schema(minimum = -1000, maximum = 1000, default = 0)]
@@ -45,7 +45,7 @@ pub struct OriginalSubmit {
 pub struct TypedSubmit {
     /// The workflow's parameters, checked against its JSON Schema. Each loaded workflow's own route
     /// below shows its parameters.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<BTreeMap<String, Value>>,
     pub client_task_id: Option<ClientTaskId>,
     /// Where the task's record is POSTed when it ends (see the `taskEnded` webhook).
@@ -178,3 +178,35 @@ pub struct Health {
 /// What a webhook carries: the task's record, the same JSON as `GET {prefix}/tasks/{id}`.
 #[derive(ToSchema)]
 pub struct WebhookPayload(pub TaskRecord);
+
+/// `GET /readyz`: the same fields whether ready (200) or not (503); a 503 adds `error`, `message`
+/// and `reasons`.
+#[derive(ToSchema)]
+pub struct Readiness {
+    /// `ready`; only on a 200.
+    #[schema(example = "ready")]
+    pub status: Option<String>,
+    /// `ok` or `unreachable`.
+    #[schema(example = "ok")]
+    pub database: String,
+    pub backends_up: u64,
+    pub backends: u64,
+    /// Tasks waiting in comfyd's queue.
+    pub queued: u64,
+    /// `not_ready`; only on a 503.
+    #[schema(example = "not_ready")]
+    pub error: Option<String>,
+    /// Every reason in one readable line; only on a 503.
+    pub message: Option<String>,
+    /// Only on a 503.
+    pub reasons: Option<Vec<ReadinessReason>>,
+}
+
+/// Why comfyd is not ready.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessReason {
+    ShuttingDown,
+    DatabaseUnreachable,
+    NoBackendUp,
+}

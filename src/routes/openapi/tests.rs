@@ -183,6 +183,48 @@ fn rendered(e: ApiError) -> (u16, Value) {
     (status, serde_json::from_slice(&bytes).expect("JSON body"))
 }
 
+/// One `ApiError` of each variant. The match has no catch-all, so a new variant does not compile
+/// until it is listed here, and then the test below asks for its kind and status to be documented.
+fn one_of_each() -> Vec<ApiError> {
+    let field = || FieldError {
+        field: "params.steps".into(),
+        reason: "must be at most 100".into(),
+    };
+    let errors = vec![
+        ApiError::BadRequest("no".into()),
+        ApiError::Invalid(vec![field()]),
+        ApiError::TooLarge(field()),
+        ApiError::Unauthorized {
+            message: "no".into(),
+            invalid: false,
+        },
+        ApiError::Forbidden("no".into()),
+        ApiError::NotFound("no".into()),
+        ApiError::Conflict {
+            message: "no".into(),
+            task: None,
+        },
+        ApiError::Unavailable("no".into()),
+        ApiError::Busy("no".into()),
+        ApiError::Internal(anyhow::anyhow!("boom")),
+    ];
+    for e in &errors {
+        match e {
+            ApiError::BadRequest(_)
+            | ApiError::Invalid(_)
+            | ApiError::TooLarge(_)
+            | ApiError::Unauthorized { .. }
+            | ApiError::Forbidden(_)
+            | ApiError::NotFound(_)
+            | ApiError::Conflict { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::Busy(_)
+            | ApiError::Internal(_) => {}
+        }
+    }
+    errors
+}
+
 #[test]
 fn the_error_body_schema_is_what_every_api_error_renders() {
     let doc = document("/api/v1", &shipped());
@@ -194,22 +236,7 @@ fn the_error_body_schema_is_what_every_api_error_renders() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    let field = || FieldError {
-        field: "params.steps".into(),
-        reason: "must be at most 100".into(),
-    };
-    let errors = [
-        ApiError::BadRequest("no".into()),
-        ApiError::Invalid(vec![field()]),
-        ApiError::TooLarge(field()),
-        ApiError::NotFound("no".into()),
-        ApiError::Conflict {
-            message: "no".into(),
-            task: None,
-        },
-        ApiError::Unavailable("no".into()),
-        ApiError::Internal(anyhow::anyhow!("boom")),
-    ];
+    let errors = one_of_each();
     // Statuses that some operation documents with an ErrorBody.
     let mut documented = BTreeSet::new();
     for item in doc["paths"].as_object().expect("paths").values() {
@@ -255,6 +282,93 @@ fn the_error_body_schema_is_what_every_api_error_renders() {
     );
 }
 
+/// Every operation as (path, method, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            out.push((path.clone(), method.clone(), op.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn keyed_operations_say_so_and_document_401_and_403_where_they_answer_it() {
+    let doc = document("/api/v1", &shipped());
+    let scheme = &doc["components"]["securitySchemes"][SECURITY_SCHEME];
+    assert_eq!(scheme["type"], "http", "{scheme}");
+    assert_eq!(scheme["scheme"], "bearer", "{scheme}");
+    assert!(doc["security"].is_null(), "no document-wide requirement");
+    let error_body = |op: &Value, status: &str| {
+        op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+            == "#/components/schemas/ErrorBody"
+    };
+    let mut keyed = 0;
+    for (path, method, op) in operations(&doc) {
+        let name = format!("{method} {path}");
+        if ROOT_PATHS.contains(&path.as_str()) {
+            // These must stay reachable without a key (a load balancer, a browser on /docs).
+            assert!(op["security"].is_null(), "{name} asks for a key");
+            assert!(op["responses"]["401"].is_null(), "{name} documents 401");
+            continue;
+        }
+        let reqs = op["security"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} has no security requirement"));
+        assert_eq!(reqs.len(), 1, "{name}: {reqs:?}");
+        let roles = reqs[0][SECURITY_SCHEME]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: not the {SECURITY_SCHEME} scheme: {reqs:?}"));
+        keyed += 1;
+        assert!(error_body(&op, "401"), "{name} does not document 401");
+        assert!(
+            op["responses"]["401"]["headers"]["WWW-Authenticate"].is_object(),
+            "{name}: 401 without its WWW-Authenticate"
+        );
+        // Only an admin route refuses a valid key (a submit key); elsewhere another key's task is
+        // a 404, so a 403 there would be untrue.
+        let admin = roles == &[Value::from("admin")];
+        assert!(admin || roles.is_empty(), "{name}: roles {roles:?}");
+        assert_eq!(
+            error_body(&op, "403"),
+            admin,
+            "{name}: 403 documented iff the route needs an admin key"
+        );
+    }
+    assert!(keyed > 10, "only {keyed} keyed operations");
+}
+
+#[test]
+fn each_503_with_retry_after_documents_the_header() {
+    let doc = document("/api/v1", &shipped());
+    let header = |op: &Value| op["responses"]["503"]["headers"]["Retry-After"].clone();
+    // Routes that read or write the database answer 503 with Retry-After while it is unreachable.
+    for (path, method) in [
+        ("/api/v1", "post"),
+        ("/api/v1/workflows/{name}/tasks", "post"),
+        ("/api/v1/tasks", "get"),
+        ("/api/v1/tasks/{id}", "get"),
+        ("/api/v1/tasks/{id}/events", "get"),
+        ("/api/v1/tasks/{id}/cancel", "post"),
+        ("/api/v1/tasks/{id}/deliveries", "get"),
+        ("/api/v1/deliveries/{id}/redeliver", "post"),
+        ("/readyz", "get"),
+    ] {
+        let h = header(&doc["paths"][path][method]);
+        assert_eq!(h["schema"]["type"], "integer", "{method} {path}: {h}");
+    }
+    // And no 503 claims a Retry-After that is not sent (/healthz's 503 has none).
+    assert!(header(&doc["paths"]["/healthz"]["get"]).is_null());
+    let r = &doc["paths"]["/readyz"]["get"]["responses"];
+    for status in ["200", "503"] {
+        assert_eq!(
+            r[status]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Readiness"
+        );
+    }
+}
+
 #[test]
 fn the_docs_page_loads_only_what_comfyd_serves() {
     let page = include_str!("../docs_ui/index.html");
@@ -271,4 +385,23 @@ fn the_docs_page_loads_only_what_comfyd_serves() {
             );
         }
     }
+}
+
+#[test]
+fn the_served_document_is_kept_per_workflow_set() {
+    let set = Arc::new(shipped());
+    let first = cached("/api/v1", &set);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&first).expect("JSON"),
+        document("/api/v1", &set)
+    );
+    // The same set: the same bytes, not a new build.
+    assert_eq!(cached("/api/v1", &set).as_ptr(), first.as_ptr());
+    // A reload (a new set, even with the same workflows) or another prefix: built again.
+    let reloaded = Arc::new(shipped());
+    assert_ne!(cached("/api/v1", &reloaded).as_ptr(), first.as_ptr());
+    let other = cached("/svc", &reloaded);
+    assert!(
+        serde_json::from_slice::<Value>(&other).expect("JSON")["paths"]["/svc/tasks"].is_object()
+    );
 }
