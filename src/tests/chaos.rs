@@ -444,3 +444,113 @@ async fn jobs_a_backend_refuses_run_on_another_backend() {
     }
     assert_each_ended_once(&env, &ids).await;
 }
+
+/// Submits one task and answers its id and the prompt id the immediate answer promised.
+async fn submit_one(env: &crate::pipeline::Env) -> (String, String) {
+    let r = env
+        .daemon
+        .submit(
+            json!({ "service_type": "solid", "client_callback_url": env.hook.url,
+                        "params": { "color": 1 } }),
+        )
+        .await;
+    let id = r["id"].as_str().expect("id").to_string();
+    let p1 = r["comfyui_task_id"]
+        .as_str()
+        .filter(|p| uuid::Uuid::parse_str(p).is_ok())
+        .unwrap_or_else(|| panic!("the immediate answer carries the prompt id: {r}"))
+        .to_string();
+    (id, p1)
+}
+
+/// A task whose first attempt under `p1` was lost ended `done` under a new prompt id, the one the
+/// simulator ran it under, and its record, webhook and `requeued` event all name that id.
+async fn assert_ran_under_a_new_prompt_id(
+    env: &crate::pipeline::Env,
+    sim: &crate::support::sim::Sim,
+    id: &str,
+    p1: &str,
+) {
+    let t = env.daemon.wait_terminal(id, 60).await;
+    assert_eq!(t["status"], "done", "{t}\n{}", env.daemon.log());
+    assert_eq!(t["attempts"], 2, "{t}");
+    let p2 = t["comfyui_task_id"]
+        .as_str()
+        .expect("prompt id")
+        .to_string();
+    assert_ne!(p2, p1, "a re-dispatch runs under a new prompt id");
+    let ran: Vec<(String, Value)> = sim
+        .prompts()
+        .await
+        .into_iter()
+        .map(|p| {
+            (
+                p["prompt_id"].as_str().unwrap_or("").to_string(),
+                p["outcome"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        vec![(p2.clone(), json!("success"))],
+        "the simulator ran the job once, under the id the record shows"
+    );
+    let hooks = webhooks(env, id, 1).await;
+    assert_eq!(
+        hooks[0].body["comfyui_task_id"],
+        p2.as_str(),
+        "{}",
+        hooks[0].body
+    );
+    assert_eq!(hooks[0].body["status"], "done", "{}", hooks[0].body);
+    let (status, events) = env.daemon.get(&format!("/tasks/{id}/events")).await;
+    assert_eq!(status, 200, "{events}");
+    let events = events["events"].as_array().cloned().unwrap_or_default();
+    let requeued: Vec<&Value> = events.iter().filter(|e| e["kind"] == "requeued").collect();
+    assert_eq!(requeued.len(), 1, "{events:?}");
+    assert_eq!(requeued[0]["details"]["next_prompt_id"], p2.as_str());
+    let dispatched: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "dispatched")
+        .map(|e| &e["details"]["prompt_id"])
+        .collect();
+    assert_eq!(dispatched, vec![&json!(p1), &json!(p2)], "{events:?}");
+}
+
+#[actix_web::test]
+async fn a_job_its_restarted_backend_forgot_runs_again_under_a_new_prompt_id() {
+    let mut env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 1500,
+        ..Default::default()
+    })
+    .await;
+    let (id, p1) = submit_one(&env).await;
+    eventually(10, "the first attempt running", || async {
+        env.sims[0]
+            .prompts()
+            .await
+            .iter()
+            .any(|p| p["prompt_id"] == p1.as_str() && !p["started_ms"].is_null())
+            .then_some(())
+    })
+    .await;
+    // The restarted simulator knows nothing of the first attempt: what it reports afterwards is
+    // only what comfyd sent it again.
+    env.sims[0].restart().await;
+    assert_ran_under_a_new_prompt_id(&env, &env.sims[0], &id, &p1).await;
+}
+
+#[actix_web::test]
+async fn a_job_its_backend_refused_runs_under_a_new_prompt_id() {
+    let env = env(EnvOpts {
+        backends: 1,
+        exec_ms: 20,
+        ..Default::default()
+    })
+    .await;
+    // A refused `POST /prompt` is not recorded by the simulator, so only the retry shows there.
+    env.sims[0].script(json!({ "reject_next": 1 })).await;
+    let (id, p1) = submit_one(&env).await;
+    assert_ran_under_a_new_prompt_id(&env, &env.sims[0], &id, &p1).await;
+}
