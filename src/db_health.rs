@@ -162,6 +162,9 @@ mod tests {
         assert!(code_unreachable(false, "53100"));
         assert!(!code_unreachable(false, "23505"));
         assert!(!code_unreachable(false, "57014"));
+        // NUL in text or jsonb: the write is wrong, retrying it would not help (see stored_text).
+        assert!(!code_unreachable(false, "22021"));
+        assert!(!code_unreachable(false, "22P05"));
     }
 
     #[test]

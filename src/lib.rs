@@ -31,6 +31,7 @@ pub mod routes;
 pub mod startup;
 pub mod storage;
 pub mod store;
+pub mod stored_text;
 pub mod task;
 pub mod telemetry;
 pub mod workflow;

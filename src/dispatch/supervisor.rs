@@ -370,7 +370,7 @@ impl Supervisor {
                     },
                     event: Some(Event::new(
                         "requeued",
-                        json!({ "reason": reason, "next_prompt_id": next }),
+                        json!({ "reason": crate::stored_text::message(&reason), "next_prompt_id": next }),
                     )),
                 })
                 .await

@@ -22,6 +22,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::store::{Event, OutputMark, TaskPatch};
+use crate::stored_text;
 use crate::task::{error_code, Status};
 use recorder::{Finish, Recorder};
 
@@ -84,6 +85,10 @@ impl Finisher {
         message: String,
         details: Value,
     ) -> anyhow::Result<bool> {
+        // Every failure passes here, whatever its source: the one place where outside text (a
+        // ComfyUI error, node_errors, an S3 error) becomes a stored message, event and webhook.
+        let message = stored_text::message(&message);
+        let details = stored_text::details(details);
         tracing::info!(task.id = %task_id, error_code = code, "task {task_id} failed: {message}");
         let patch = TaskPatch {
             error_code: Some(code),

@@ -262,6 +262,8 @@ impl StoreJob {
             Trouble::NotStored => error_code::UPLOAD_FAILED,
             Trouble::NotFetched => error_code::RETRIEVAL_FAILED,
         };
+        // A fetch or storage error may quote what a server said: stored like every failure's text.
+        let first_error = first_error.map(|e| crate::stored_text::message(&e));
         let patch = TaskPatch {
             comfyui_filepath: Some(comfy_path(first)),
             s3_key: first_stored.then(|| first.storage_key.clone()),

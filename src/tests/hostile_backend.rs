@@ -331,3 +331,76 @@ async fn an_oversized_frame_makes_comfyd_reconnect_and_the_task_still_ends() {
     webhooks(&s.env, &first, 1).await;
     s.assert_no_panic();
 }
+
+/// Checks one task that failed on a server's NUL-laden error text: failed in seconds with `code`,
+/// its message readable (NUL replaced, within 16 KiB), the same in its webhook and `failed` event,
+/// and no NUL anywhere in what was stored; returns the task.
+async fn assert_failed_readably(s: &Setup, id: &str, code: i64) -> Value {
+    let t = s.env.daemon.wait_terminal(id, 15).await;
+    assert_eq!(t["status"], "failed", "{t}\n{}", s.env.daemon.log());
+    assert_eq!(t["error_code"], code, "{t}");
+    let msg = t["error_message"].as_str().expect("error_message");
+    assert!(msg.contains("hostile\u{FFFD}message\u{FFFD}"), "{msg:.200}");
+    assert!(!msg.contains('\0'), "{msg:.200}");
+    assert!(msg.len() <= 16 << 10, "{} bytes", msg.len());
+    assert!(
+        msg.ends_with("bytes cut)"),
+        "the cut is said: {}",
+        &msg[msg.len() - 60..]
+    );
+    let stored = t.to_string();
+    assert!(!stored.contains("\\u0000"), "NUL stored: {stored:.400}");
+    assert!(
+        stored.len() < (16 + 64 + 16) << 10,
+        "{} bytes",
+        stored.len()
+    );
+    let hooks = webhooks(&s.env, id, 1).await;
+    assert_eq!(hooks[0].body["status"], "failed");
+    assert_eq!(hooks[0].body["error_code"], code);
+    assert_eq!(hooks[0].body["error_message"], msg);
+    let (status, ev) = s.env.daemon.get(&format!("/tasks/{id}/events")).await;
+    assert_eq!(status, 200, "{ev}");
+    let failed: Vec<&Value> = ev["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{ev:.400}");
+    assert_eq!(failed[0]["details"]["message"], msg);
+    t
+}
+
+/// PostgreSQL refuses NUL in text and jsonb, and not as an outage: a server's error text stored as
+/// sent would make the task's last write fail for good and leave the task running.
+#[actix_web::test]
+async fn nul_in_a_servers_error_text_is_replaced_and_bounded_on_postgres() {
+    // Arrange: the first POST /prompt is refused (400) with NUL in its message and node_errors,
+    // the first prompt that runs fails with NUL in its execution_error; both messages are 256 KiB.
+    let s = setup(30, true).await;
+    s.env.sims[0]
+        .hostile(json!({ "nul_rejects_next": 1, "nul_errors_next": 1 }))
+        .await;
+
+    // Act: one task per hostile answer (one backend takes them in order), then an ordinary one.
+    let refused = s.solid(0).await;
+    let t = assert_failed_readably(&s, &refused, 1).await;
+    let failed = s.solid(1).await;
+    let f = assert_failed_readably(&s, &failed, 10).await;
+    let fine = s.solid(2).await;
+
+    // Assert: the details are kept, NUL replaced in keys and values.
+    let node = &t["error_details"]["node_errors"]["1\u{FFFD}"];
+    assert_eq!(node["class_type"], "Save\u{FFFD}Image", "{t:.600}");
+    assert_eq!(node["errors"][0]["details"], "x\u{FFFD}y");
+    assert_eq!(f["error_details"]["exception_type"], "Runtime\u{FFFD}Error");
+    assert_eq!(f["error_details"]["node_type"], "Save\u{FFFD}Image");
+    assert!(f["error_message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("Runtime\u{FFFD}Error: hostile")));
+    let t = s.env.daemon.wait_terminal(&fine, 30).await;
+    assert_eq!(t["status"], "done", "{t}\n{}", s.env.daemon.log());
+    s.assert_no_panic();
+    s.env.daemon.assert_no_panics();
+}

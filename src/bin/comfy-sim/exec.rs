@@ -309,6 +309,9 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
                 g.script.fail_next -= 1;
                 fail_node = to_run.last().map(|s| s.to_string());
             }
+            if plan.nul_error && fail_node.is_none() {
+                fail_node = to_run.last().map(|s| s.to_string());
+            }
             if g.script.hang_next > 0 {
                 g.script.hang_next -= 1;
                 hang_node = to_run.first().map(|s| s.to_string());
@@ -391,13 +394,17 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
                 let inputs = current_inputs(&item.prompt, id);
                 let mut traceback = executor_frames();
                 traceback.extend(e.frames);
-                let extra = json!({
-                    "exception_message": format!("{}\n", e.message),
-                    "exception_type": e.kind,
-                    "traceback": traceback,
-                    "current_inputs": inputs,
-                    "current_outputs": ids,
-                });
+                let extra = if plan.nul_error {
+                    hostile::nul_error_data()
+                } else {
+                    json!({
+                        "exception_message": format!("{}\n", e.message),
+                        "exception_type": e.kind,
+                        "traceback": traceback,
+                        "current_inputs": inputs,
+                        "current_outputs": ids,
+                    })
+                };
                 end = End::Error(run.event_data(id, extra));
                 break;
             }

@@ -1,7 +1,8 @@
 //! Hostile mode: the simulator plays a compromised, spoofed or buggy ComfyUI server, so that tests
 //! (and anyone trying comfyd) can check that nothing it says leaves comfyd's folders or stops comfyd.
 //!
-//! Switched on for every prompt with `--hostile traversal,garbage-frames,oversized-frames,foreign-events`
+//! Switched on for every prompt with
+//! `--hostile traversal,garbage-frames,oversized-frames,foreign-events,nul-errors`
 //! (any subset), or per prompt through `POST /sim/hostile` (see [`route`]). Without either, nothing here
 //! changes what the simulator sends.
 //!
@@ -11,7 +12,11 @@
 //!   ([`garbage_frames`]): broken JSON, wrong types, deep nesting, binary junk;
 //! - `oversized-frames`: its client gets one very large text frame (64 MiB unless set);
 //! - `foreign-events`: its client gets a whole run of events (`execution_start`, `executing`,
-//!   `executed` with an unsafe output, `execution_success`, ...) for a prompt id nobody sent.
+//!   `executed` with an unsafe output, `execution_success`, ...) for a prompt id nobody sent;
+//! - `nul-errors`: the prompt fails with an `execution_error` whose message, type, node type and
+//!   traceback carry NUL and whose message is very long ([`nul_error_data`]). Per prompt only,
+//!   `nul_rejects_next` makes `POST /prompt` answer 400 with such text in `error` and `node_errors`
+//!   ([`nul_reject_body`]).
 
 use std::collections::VecDeque;
 
@@ -62,6 +67,7 @@ pub struct Hostile {
     pub garbage_frames: bool,
     pub oversized_frames: bool,
     pub foreign_events: bool,
+    pub nul_errors: bool,
     /// Names for the next prompts' outputs, one entry per prompt.
     pub names_next: VecDeque<Names>,
     /// Names for the next upload answers, one entry per upload.
@@ -69,6 +75,9 @@ pub struct Hostile {
     pub garbage_next: u64,
     pub oversized_next: u64,
     pub foreign_next: u64,
+    pub nul_errors_next: u64,
+    /// How many of the next `POST /prompt` (cleaner prompts aside) answer 400 with NUL text.
+    pub nul_rejects_next: u64,
     pub oversized_bytes: Option<usize>,
     /// Set once an output was reported under another name: from then on `/view` serves bytes for
     /// any name it is asked for, as a hostile server would ([`view_answer`]).
@@ -84,6 +93,8 @@ pub struct Plan {
     pub garbage: bool,
     pub oversized: Option<usize>,
     pub foreign: bool,
+    /// Fail the prompt's last node with [`nul_error_data`].
+    pub nul_error: bool,
 }
 
 fn take(counter: &mut u64) -> bool {
@@ -107,10 +118,11 @@ impl Hostile {
                 "garbage-frames" => self.garbage_frames = true,
                 "oversized-frames" => self.oversized_frames = true,
                 "foreign-events" => self.foreign_events = true,
+                "nul-errors" => self.nul_errors = true,
                 other => {
                     return Err(format!(
                         "unknown hostile mode {other:?} (traversal, garbage-frames, \
-                         oversized-frames, foreign-events)"
+                         oversized-frames, foreign-events, nul-errors)"
                     ))
                 }
             }
@@ -139,7 +151,13 @@ impl Hostile {
             garbage: take(&mut self.garbage_next) || self.garbage_frames,
             oversized: oversized.then(|| self.oversized_bytes.unwrap_or(OVERSIZED_BYTES)),
             foreign: take(&mut self.foreign_next) || self.foreign_events,
+            nul_error: take(&mut self.nul_errors_next) || self.nul_errors,
         }
+    }
+
+    /// Whether the `POST /prompt` that arrives now is refused with [`nul_reject_body`].
+    pub fn plan_reject(&mut self) -> bool {
+        take(&mut self.nul_rejects_next)
     }
 
     /// Names to answer the upload that arrives now with.
@@ -279,6 +297,41 @@ pub fn foreign_events(node: &str) -> Vec<Frame> {
     .collect()
 }
 
+/// Size of the message [`nul_error_data`] and [`nul_reject_body`] carry: far over what comfyd stores.
+pub const NUL_MESSAGE_BYTES: usize = 256 << 10;
+
+/// A message with NUL in it, [`NUL_MESSAGE_BYTES`] long.
+fn nul_message() -> String {
+    let mut m = String::from("hostile\u{0}message\u{0}: ");
+    while m.len() < NUL_MESSAGE_BYTES {
+        m.push_str("long\u{0}");
+    }
+    m
+}
+
+/// What `execution_error` carries in `nul-errors` mode (merged over the usual event data): NUL in
+/// every text field, a message of [`NUL_MESSAGE_BYTES`], a traceback of many NUL lines.
+pub fn nul_error_data() -> Value {
+    json!({
+        "exception_message": nul_message(),
+        "exception_type": "Runtime\u{0}Error",
+        "node_type": "Save\u{0}Image",
+        "traceback": vec!["  File \"nodes.py\", line 1\u{0}\n"; 2000],
+        "current_inputs": {"\u{0}": ["\u{0}"]},
+    })
+}
+
+/// A 400 answer to `POST /prompt` with NUL in its message, details and `node_errors`.
+pub fn nul_reject_body() -> Value {
+    json!({
+        "error": {"type": "prompt_outputs_failed_validation", "message": nul_message(),
+                  "details": "bad\u{0}details", "extra_info": {}},
+        "node_errors": {"1\u{0}": {"errors": [{"type": "value_not_in_list",
+            "message": nul_message(), "details": "x\u{0}y", "extra_info": {"input_name": "\u{0}"}}],
+            "dependent_outputs": ["1"], "class_type": "Save\u{0}Image"}},
+    })
+}
+
 /// Sends the frames of `plan` (garbage, oversized, foreign) to the socket of `client`.
 pub fn send_plan(sim: &Sim, client: Option<&str>, plan: &Plan, node: &str) {
     let g = sim.lock();
@@ -302,7 +355,7 @@ pub fn send_plan(sim: &Sim, client: Option<&str>, plan: &Plan, node: &str) {
 
 /// `POST /sim/hostile`: `{"modes": "traversal,...", "names_next": [{filename?, subfolder?, type?}],
 /// "uploads_next": [...], "garbage_next": n, "oversized_next": n, "foreign_next": n,
-/// "oversized_bytes": n, "off": true}`. Lists and counts add to what is scripted; `off` clears all.
+/// "nul_errors_next": n, "nul_rejects_next": n, "oversized_bytes": n, "off": true}`. Lists and counts add to what is scripted; `off` clears all.
 pub async fn route(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields, default)]
@@ -314,6 +367,8 @@ pub async fn route(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
         garbage_next: u64,
         oversized_next: u64,
         foreign_next: u64,
+        nul_errors_next: u64,
+        nul_rejects_next: u64,
         oversized_bytes: Option<usize>,
     }
     let req: Req = match serde_json::from_slice(&body) {
@@ -335,6 +390,8 @@ pub async fn route(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
     h.garbage_next += req.garbage_next;
     h.oversized_next += req.oversized_next;
     h.foreign_next += req.foreign_next;
+    h.nul_errors_next += req.nul_errors_next;
+    h.nul_rejects_next += req.nul_rejects_next;
     if req.oversized_bytes.is_some() {
         h.oversized_bytes = req.oversized_bytes;
     }
@@ -383,6 +440,40 @@ mod tests {
         assert_eq!(out["images"][0]["subfolder"], "s");
         assert_eq!(out["images"][0]["type"], "temp");
         assert_eq!(out["text"][0], "not a file");
+    }
+
+    #[test]
+    fn nul_errors_are_planned_once_and_carry_nul_everywhere() {
+        let mut h = Hostile {
+            nul_errors_next: 1,
+            nul_rejects_next: 1,
+            ..Default::default()
+        };
+        assert!(h.plan_prompt().nul_error);
+        assert!(!h.plan_prompt().nul_error);
+        assert!(h.plan_reject() && !h.plan_reject());
+        assert!(
+            Hostile::parse("nul-errors")
+                .expect("valid")
+                .plan_prompt()
+                .nul_error
+        );
+        let e = nul_error_data();
+        let m = e["exception_message"].as_str().expect("message");
+        assert!(m.contains('\0') && m.len() >= NUL_MESSAGE_BYTES);
+        for f in ["exception_type", "node_type"] {
+            assert!(e[f].as_str().expect("text").contains('\0'), "{f}");
+        }
+        let r = nul_reject_body();
+        assert!(r["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains('\0'));
+        assert!(r["node_errors"]
+            .as_object()
+            .expect("node_errors")
+            .keys()
+            .all(|k| k.contains('\0')));
     }
 
     #[test]

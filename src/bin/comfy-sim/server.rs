@@ -128,6 +128,15 @@ async fn post_prompt(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
     if prompt.values().any(|n| !n.is_object()) {
         return internal_error();
     }
+    // Hostile mode: refused with NUL in the answer's text (the cleaner's prompts are not the ones
+    // a test scripts).
+    let cleaning = prompt
+        .values()
+        .all(|n| n["class_type"] == nodes::CLEAN_CLASS);
+    if !cleaning && sim.lock().hostile.plan_reject() {
+        info!("prompt {prompt_id} rejected: hostile");
+        return HttpResponse::BadRequest().json(crate::hostile::nul_reject_body());
+    }
     let accepted = match nodes::validate(&prompt, &sim.dirs.input) {
         Ok(a) => a,
         Err(body) => {
