@@ -50,7 +50,7 @@ that comfyd fetches.",
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
         (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
-        (status = 503, description = "comfyd is shutting down, or the database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "comfyd is shutting down, the database is unreachable, or other requests hold the memory budget for bodies and images (`busy`); retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn submit_original(
@@ -127,7 +127,7 @@ workflow also has its own route in this document, with its parameters spelled ou
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
         (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
-        (status = 503, description = "comfyd is shutting down, or the database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "comfyd is shutting down, the database is unreachable, or other requests hold the memory budget for bodies and images (`busy`); retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn submit_typed(
