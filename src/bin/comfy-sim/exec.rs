@@ -317,7 +317,13 @@ async fn execute(sim: &Arc<Sim>, item: QueueItem) {
                 hang_node = to_run.first().map(|s| s.to_string());
             }
         }
-        let per_node = g.config.exec_ms / (to_run.len().max(1) as u64);
+        // Deleting a file takes no GPU time: on a real server a cleaner prompt ends in
+        // milliseconds, so it does not take a job's `exec_ms` here either.
+        let per_node = if cleaning {
+            0
+        } else {
+            g.config.exec_ms / (to_run.len().max(1) as u64)
+        };
         (cached, per_node, fail_node, hang_node, plan)
     };
     let first_node = order.first().map(String::as_str).unwrap_or("1");

@@ -484,13 +484,19 @@ fn summarize(
         .fold(f64::MIN, f64::max);
     if out.accepted > 0 && last_finish > start {
         out.makespan_ms = Some(last_finish - start);
-        // Each backend's speed as measured (mean execution time), else as configured.
+        // Each backend's speed as measured (mean execution time of the jobs' prompts: not of
+        // comfyd's file-cleanup prompts, one per job and taking no GPU time), else as configured.
+        let job_prompts: HashSet<&str> = hooks
+            .iter()
+            .filter_map(|h| h.prompt_id.as_deref())
+            .collect();
         let speeds: Vec<f64> = stats
             .iter()
             .zip(exec_configured)
             .map(|(ps, conf)| {
                 let runs: Vec<f64> = ps
                     .iter()
+                    .filter(|p| job_prompts.contains(p.prompt_id.as_str()))
                     .filter_map(|p| Some(p.finished_ms? - p.started_ms?))
                     .collect();
                 if runs.is_empty() {
