@@ -37,17 +37,7 @@ async fn submit_n(env: &crate::pipeline::Env, n: usize, workflow: &str) -> Vec<S
 async fn assert_each_ended_once(env: &crate::pipeline::Env, ids: &[String]) {
     let db = env.db.connect().await;
     for id in ids {
-        let events = store::task_events(&db, id).await.expect("events");
-        let terminal = events
-            .iter()
-            .filter(|e| matches!(e.kind.as_str(), "stored" | "failed" | "cancelled"))
-            .count();
-        assert_eq!(
-            terminal,
-            1,
-            "task {id}: {:?}",
-            events.iter().map(|e| &e.kind).collect::<Vec<_>>()
-        );
+        crate::support::assert_one_terminal_event(&db, id).await;
         let hooks = webhooks(env, id, 1).await;
         let distinct: HashSet<&str> = hooks
             .iter()

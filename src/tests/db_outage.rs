@@ -19,7 +19,6 @@ use crate::support::db::TestDb;
 use crate::support::free_port;
 use crate::support::sim::Sim;
 use crate::support::webhook::WebhookReceiver;
-use comfyd::store;
 
 /// Tasks submitted in a run, at [`SUBMIT_EVERY`]; the outage begins once [`BEFORE_OUTAGE`] are in.
 const TASKS: usize = 120;
@@ -492,17 +491,7 @@ async fn assert_outage_handled(run: &Run, daemon: &Daemon, hook: &WebhookReceive
     let (_, all) = daemon.get("/tasks?limit=1").await;
     assert_eq!(all["total"], TASKS, "tasks recorded: {all}");
     for id in &run.ids {
-        let events = store::task_events(&db, id).await.expect("events");
-        let terminal = events
-            .iter()
-            .filter(|e| matches!(e.kind.as_str(), "stored" | "failed" | "cancelled"))
-            .count();
-        assert_eq!(
-            terminal,
-            1,
-            "task {id}: {:?}",
-            events.iter().map(|e| &e.kind).collect::<Vec<_>>()
-        );
+        crate::support::assert_one_terminal_event(&db, id).await;
         let hooks = crate::support::eventually(
             deadline
                 .saturating_duration_since(Instant::now())

@@ -65,3 +65,18 @@ where
         actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The task ended exactly once: one terminal event (`stored`, `failed` or `cancelled`) in the database.
+pub async fn assert_one_terminal_event(db: &sea_orm::DatabaseConnection, id: &str) {
+    let events = comfyd::store::task_events(db, id).await.expect("events");
+    let terminal = events
+        .iter()
+        .filter(|e| matches!(e.kind.as_str(), "stored" | "failed" | "cancelled"))
+        .count();
+    assert_eq!(
+        terminal,
+        1,
+        "task {id}: {:?}",
+        events.iter().map(|e| &e.kind).collect::<Vec<_>>()
+    );
+}
