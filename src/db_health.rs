@@ -4,8 +4,8 @@
 //! The Recorder sets it: down when a write fails because the database cannot be reached (server
 //! stopped, connection lost, file unwritable or full), up again once a write or probe commits. The
 //! routes read it to answer 503 at once instead of queueing submits behind an outage
-//! (`/readyz`, submits, cancels); the `Supervisor` watches its recoveries to reconcile what it
-//! believes with what the database holds (see `Supervisor::reconcile`).
+//! (`/readyz`, submits, cancels); the `Dispatcher` watches its recoveries to reconcile what it
+//! believes with what the database holds (see `Dispatcher::reconcile`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

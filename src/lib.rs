@@ -4,35 +4,33 @@
 //! - [`config`]: settings from `config/*.toml`, `.env` and the environment.
 //! - [`workflow`]: workflows as data: manifests, parameter validation, graph rendering.
 //! - [`comfy`]: the ComfyUI protocol (serde types and HTTP calls); only `dispatch::backend` uses it.
-//! - [`dispatch`]: the `Supervisor` (durable queue, routing) and one `Backend` actor per ComfyUI server.
+//! - [`dispatch`]: the `Dispatcher` (durable queue, routing) and one `Backend` actor per ComfyUI server.
 //! - [`postprocess`]: actors after execution: `Uploader`, `Recorder`, `Cleaner`, `Notifier`.
-//! - [`storage`]: where outputs go: S3 or a local folder.
+//! - [`blob`]: where outputs go: S3 or a local folder.
 //! - [`paths`]: the one way a relative name becomes a path comfyd writes (it cannot leave its root).
 //! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
-//! - [`store`] and [`entity`]: the database; [`db_health`]: whether it takes writes right now.
-//! - [`routes`]: the HTTP API (API keys: `routes::auth`); [`keys`]: the `comfyd keys` commands.
+//! - [`db`] and [`entity`]: the database; [`db_health`]: whether it takes writes right now.
+//! - [`routes`]: the HTTP API (API keys: `routes::auth`); [`cli`]: the operator commands.
 //! - [`budget`]: the memory requests may hold at once (request bodies, input images).
 //! - [`startup`]: builds and runs the application.
 
+pub mod blob;
 pub mod budget;
+pub mod cli;
 pub mod comfy;
 pub mod config;
+pub mod db;
 pub mod db_health;
 pub mod dispatch;
 pub mod dotenv;
 pub mod entity;
-pub mod keys;
 pub mod outbound;
 pub mod paths;
 pub mod pg_nodelay;
 pub mod postprocess;
-pub mod reupload;
 pub mod routes;
 pub mod startup;
-pub mod storage;
-pub mod store;
 pub mod stored_text;
 pub mod task;
 pub mod telemetry;
 pub mod workflow;
-pub mod workflow_check;

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|_| ExitCode::SUCCESS),
             Command::Reupload => {
-                let r = comfyd::reupload::run(&settings).await?;
+                let r = comfyd::cli::reupload::run(&settings).await?;
                 println!(
                     "{} outputs stored, {} tasks done, {} still failing",
                     r.stored, r.tasks_done, r.still_failing
@@ -107,17 +107,19 @@ fn main() -> ExitCode {
                 command: WorkflowCommand::Check { backend, dir },
             } => {
                 let dir = dir.unwrap_or(settings.workflows.dir);
-                Ok(comfyd::workflow_check::run(&dir, backend.as_deref()).await)
+                Ok(comfyd::cli::workflows_check::run(&dir, backend.as_deref()).await)
             }
             Command::Keys { command } => {
                 match command {
                     KeyCommand::Add { name, scope } => {
-                        comfyd::keys::add(&settings, &name, &scope).await?
+                        comfyd::cli::keys::add(&settings, &name, &scope).await?
                     }
-                    KeyCommand::Generate { name, scope } => comfyd::keys::generate(&name, &scope)?,
-                    KeyCommand::List => comfyd::keys::list(&settings).await?,
+                    KeyCommand::Generate { name, scope } => {
+                        comfyd::cli::keys::generate(&name, &scope)?
+                    }
+                    KeyCommand::List => comfyd::cli::keys::list(&settings).await?,
                     KeyCommand::Revoke { id_or_name } => {
-                        comfyd::keys::revoke(&settings, &id_or_name).await?;
+                        comfyd::cli::keys::revoke(&settings, &id_or_name).await?;
                     }
                 }
                 Ok(ExitCode::SUCCESS)

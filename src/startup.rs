@@ -1,7 +1,7 @@
 //! Builds the application (database, workflows, actors, HTTP server) and runs it until a signal.
 //!
 //! ```text
-//! client ─HTTP─► routes ─Enqueue─► Supervisor ─Run/Adopt/Cancel─► Backend ×N ─ws+HTTP─► ComfyUI ×N
+//! client ─HTTP─► routes ─Enqueue─► Dispatcher ─Run/Adopt/Cancel─► Backend ×N ─ws+HTTP─► ComfyUI ×N
 //!                  │                   ▲  ◄── BackendState / JobStarted / JobEnded ──┘
 //!                  │ InsertTask        │ JobEnded(Success) → Uploader ─► store (S3 / local)
 //!                  ▼                   │                        │
@@ -25,11 +25,12 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use tracing::{error, info, warn};
 
+use crate::blob::{BlobStore, S3Settings};
 use crate::budget::MemoryBudget;
 use crate::config::{redact_url, Settings};
 use crate::dispatch::backend::BackendConfig;
-use crate::dispatch::supervisor::{
-    AttachBackends, Snapshot, StopDispatching, Supervisor, SupervisorConfig,
+use crate::dispatch::dispatcher::{
+    AttachBackends, Dispatcher, DispatcherConfig, Snapshot, StopDispatching,
 };
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::postprocess::cleaner::Cleaner;
@@ -37,10 +38,10 @@ use crate::postprocess::notifier::{Notifier, NotifierConfig};
 use crate::postprocess::recorder::{Flush, Recorder};
 use crate::postprocess::uploader::{InProgress, Uploader, UploaderConfig};
 use crate::postprocess::{Finisher, Pipeline};
-use crate::routes::{self, AppState, Workflows};
-use crate::storage::{S3Settings, Store};
+use crate::routes::{self, AppState};
+use crate::workflow::Catalog;
 use crate::workflow::WorkflowSet;
-use crate::{store, telemetry};
+use crate::{db, telemetry};
 
 /// A built, listening application.
 pub struct Application {
@@ -60,7 +61,7 @@ impl Application {
         std::fs::create_dir_all(settings.inputs_dir())?;
 
         let url = settings.database_url();
-        let db = store::connect(&url, settings.database.max_connections)
+        let db = db::connect(&url, settings.database.max_connections)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
         let workflows = WorkflowSet::load_dir(&settings.workflows.dir).map_err(|e| {
@@ -86,7 +87,7 @@ impl Application {
             allow_loopback_addresses: settings.url_policy.allow_loopback(),
         });
 
-        let writer = store::connect_writer(&url)
+        let writer = db::connect_writer(&url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
         let recorder = Recorder::new(writer, db.clone());
@@ -132,8 +133,8 @@ impl Application {
             cleaner,
             health: db_health.clone(),
         };
-        let supervisor = Supervisor::new(
-            SupervisorConfig {
+        let dispatcher = Dispatcher::new(
+            DispatcherConfig {
                 max_in_flight: settings.comfyui.max_in_flight,
                 max_attempts: settings.comfyui.max_attempts,
                 inputs_dir: settings.inputs_dir(),
@@ -156,16 +157,16 @@ impl Application {
                 cleanup: settings.cleanup.enabled,
             })
             .collect();
-        supervisor.send(AttachBackends(backends)).await?;
+        dispatcher.send(AttachBackends(backends)).await?;
         let keys = start_api_keys(&settings, &db).await?;
 
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db,
             recorder,
-            supervisor,
+            dispatcher,
             notifier,
-            workflows: Workflows::new(workflows),
+            workflows: Catalog::new(workflows),
             outbound,
             keys,
             accepting: Arc::new(AtomicBool::new(true)),
@@ -243,7 +244,7 @@ impl Application {
         }
         notify(&[sd_notify::NotifyState::Stopping]);
         state.accepting.store(false, Ordering::SeqCst);
-        let _ = state.supervisor.send(StopDispatching).await;
+        let _ = state.dispatcher.send(StopDispatching).await;
         let deadline =
             Instant::now() + Duration::from_secs(state.settings.server.shutdown_timeout_secs);
         loop {
@@ -308,13 +309,13 @@ async fn start_api_keys(
 }
 
 /// The output store the settings describe: S3 when a bucket is set, else the local folder.
-pub fn build_store(settings: &Settings) -> anyhow::Result<Store> {
+pub fn build_store(settings: &Settings) -> anyhow::Result<BlobStore> {
     let s = &settings.storage;
     if s.s3_bucket.is_empty() {
-        return Ok(Store::local(settings.local_store_dir()));
+        return Ok(BlobStore::local(settings.local_store_dir()));
     }
     let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_string());
-    Store::s3(&S3Settings {
+    BlobStore::s3(&S3Settings {
         bucket: s.s3_bucket.clone(),
         region: s.s3_region.clone(),
         endpoint_url: non_empty(&s.s3_endpoint_url),
@@ -351,7 +352,7 @@ fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Under systemd with WatchdogSec, pings at half the interval, but only while the supervisor actor
+/// Under systemd with WatchdogSec, pings at half the interval, but only while the dispatcher actor
 /// answers: a wedged actor system stops the pings and systemd restarts comfyd.
 fn start_watchdog(state: web::Data<AppState>) {
     let mut usec = 0;
@@ -363,13 +364,13 @@ fn start_watchdog(state: web::Data<AppState>) {
         loop {
             actix_rt::time::sleep(every).await;
             let alive = matches!(
-                actix_rt::time::timeout(every, state.supervisor.send(Snapshot)).await,
+                actix_rt::time::timeout(every, state.dispatcher.send(Snapshot)).await,
                 Ok(Ok(_))
             );
             if alive {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             } else {
-                warn!("supervisor did not answer; withholding the watchdog ping");
+                warn!("dispatcher did not answer; withholding the watchdog ping");
             }
         }
     });

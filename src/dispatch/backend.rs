@@ -2,12 +2,12 @@
 //! process), the HTTP client, the prompts comfyd has in flight there, and the server's queue depth.
 //! It is the only part of comfyd that speaks the ComfyUI protocol.
 //!
-//! Talks to: the `Supervisor`, which sends `Run`, `Adopt` and `Cancel` and receives `BackendState`,
+//! Talks to: the `Dispatcher`, which sends `Run`, `Adopt` and `Cancel` and receives `BackendState`,
 //! `JobStarted` and `JobEnded`; the `Cleaner`, which sends `Clean`.
 //!
 //! ComfyUI replays nothing after a reconnect and forgets everything when it restarts, so after every
 //! (re)connect the backend asks `/queue` and `/history` about each prompt it holds: finished ones are
-//! settled from history, vanished ones are reported lost (and re-dispatched by the supervisor).
+//! settled from history, vanished ones are reported lost (and re-dispatched by the dispatcher).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ use futures_util::stream::{SplitSink, StreamExt};
 use serde_json::{Map, Value};
 use tracing::{debug, info, warn};
 
-use super::supervisor::{BackendState, JobEnded, JobOutcome, JobStarted, Supervisor};
+use super::dispatcher::{BackendState, Dispatcher, JobEnded, JobOutcome, JobStarted};
 use crate::comfy::protocol::{self, HistoryOutcome};
 use crate::comfy::ws_limit::BoundedCodec;
 use crate::comfy::{ComfyClient, ComfyError, FileRef, Limits, WsEvent};
@@ -122,7 +122,7 @@ pub struct Backend {
     cfg: BackendConfig,
     client: Rc<ComfyClient>,
     client_id: String,
-    supervisor: Addr<Supervisor>,
+    dispatcher: Addr<Dispatcher>,
     ws: Option<WsSink>,
     /// The read side of the current connection, stopped when it is dropped: after a protocol error
     /// the codec would keep failing, and a dropped connection's frames are of no use.
@@ -148,12 +148,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(cfg: BackendConfig, supervisor: Addr<Supervisor>) -> Backend {
+    pub fn new(cfg: BackendConfig, dispatcher: Addr<Dispatcher>) -> Backend {
         let client = Rc::new(ComfyClient::new(&cfg.url, cfg.http_timeout).with_limits(cfg.limits));
         Backend {
             client,
             client_id: uuid::Uuid::new_v4().simple().to_string(),
-            supervisor,
+            dispatcher,
             ws: None,
             reader: None,
             garbage: 0,
@@ -173,7 +173,7 @@ impl Backend {
     }
 
     fn report_state(&self) {
-        self.supervisor.do_send(BackendState {
+        self.dispatcher.do_send(BackendState {
             backend: self.cfg.name.clone(),
             up: self.up,
             queue_remaining: self.queue_remaining,
@@ -182,7 +182,7 @@ impl Backend {
 
     fn end_job(&mut self, prompt_id: &str, outcome: JobOutcome) {
         if let Some(job) = self.jobs.remove(prompt_id) {
-            self.supervisor.do_send(JobEnded {
+            self.dispatcher.do_send(JobEnded {
                 backend: self.cfg.name.clone(),
                 task_id: job.task_id,
                 prompt_id: prompt_id.to_string(),
@@ -471,7 +471,7 @@ impl Backend {
         if let Some(job) = self.jobs.get_mut(prompt_id) {
             if !job.started {
                 job.started = true;
-                self.supervisor.do_send(JobStarted {
+                self.dispatcher.do_send(JobStarted {
                     backend: self.cfg.name.clone(),
                     task_id: job.task_id.clone(),
                     prompt_id: prompt_id.to_string(),
@@ -688,7 +688,7 @@ impl Handler<Cancel> for Backend {
     type Result = ();
 
     fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) {
-        // The supervisor already recorded the cancel; a deleted pending prompt sends no events at all.
+        // The dispatcher already recorded the cancel; a deleted pending prompt sends no events at all.
         self.jobs.remove(&msg.prompt_id);
         let client = self.client.clone();
         let name = self.cfg.name.clone();

@@ -1,4 +1,4 @@
-//! Dispatch: the [`supervisor::Supervisor`] (comfyd's queue and routing) and one [`backend::Backend`]
+//! Dispatch: the [`dispatcher::Dispatcher`] (comfyd's queue and routing) and one [`backend::Backend`]
 //! actor per ComfyUI server.
 pub mod backend;
-pub mod supervisor;
+pub mod dispatcher;

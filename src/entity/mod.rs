@@ -1,4 +1,4 @@
-//! sea-orm entities, one module per table (schema in `migration/`). Queries live in `crate::store`.
+//! sea-orm entities, one module per table (schema in `migration/`). Queries live in `crate::db`.
 pub mod api_key;
 pub mod delivery;
 pub mod delivery_attempt;

@@ -21,7 +21,7 @@ use actix::Addr;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::store::{Event, OutputMark, TaskPatch};
+use crate::db::{Event, OutputMark, TaskPatch};
 use crate::stored_text;
 use crate::task::{error_code, Status};
 use recorder::{Finish, Recorder};
@@ -121,7 +121,7 @@ impl Finisher {
     }
 }
 
-/// Handles on every post-processing actor, for the supervisor and the routes.
+/// Handles on every post-processing actor, for the dispatcher and the routes.
 #[derive(Clone)]
 pub struct Pipeline {
     pub finisher: Finisher,

@@ -10,7 +10,7 @@
 //! (a job's end, the claim of the next) share it; and a write nobody waits on ([`Write::can_linger`])
 //! waits up to [`LINGER`] for company ([`START_HOLD`] for a job's `running` mark). If a batch fails,
 //! each of its writes is applied again on its own, so only the faulty one reports an error.
-//! SQLite never sees two writers. Readers (routes, recovery) query through `crate::store` directly.
+//! SQLite never sees two writers. Readers (routes, recovery) query through `crate::db` directly.
 //!
 //! # When the database cannot be reached
 //!
@@ -22,10 +22,10 @@
 //! one simply waits longer. Retrying is safe because every status change is conditional: a write
 //! that did commit although its answer was lost (the connection dropped during COMMIT) is found
 //! not to apply the second time; what its sender then does not know is put right by the
-//! Supervisor's reconciliation after the outage (`Supervisor::reconcile`). New tasks are the
+//! Dispatcher's reconciliation after the outage (`Dispatcher::reconcile`). New tasks are the
 //! exception: their submitters are answered at once with the error (the route answers 503 and the
 //! client retries), and while the outage lasts new tasks are refused without being queued. With
-//! nothing to retry, a probe ([`store::probe_write`]) tells when the database is back. The outage
+//! nothing to retry, a probe ([`db::probe_write`]) tells when the database is back. The outage
 //! and its end are published in [`DbHealth`].
 
 use std::collections::{HashMap, HashSet};
@@ -37,12 +37,12 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::oneshot;
 
 use super::retry_delay;
-use crate::db_health::{is_unreachable, DbHealth};
-use crate::entity::task;
-use crate::store::{
+use crate::db::{
     self, Appends, AttemptOutcome, Event, Finished, Inserted, NewOutput, NewTask, OutputMark,
     TaskPatch,
 };
+use crate::db_health::{is_unreachable, DbHealth};
+use crate::entity::task;
 use crate::task::Status;
 
 /// Most writes in one transaction: short transactions keep the wait of a write that arrives behind a
@@ -68,7 +68,7 @@ const LINGER: Duration = Duration::from_millis(100);
 /// recovery treats `dispatched` and `running` alike.
 const START_HOLD: Duration = Duration::from_secs(1);
 
-/// How long after a commit the write-ahead log is checkpointed (SQLite; see `store::checkpoint`).
+/// How long after a commit the write-ahead log is checkpointed (SQLite; see `db::checkpoint`).
 ///
 /// In two steps, because the Recorder's own commits do not checkpoint (a checkpoint writes and syncs
 /// the database file, and every write queued behind it would wait): first on the shared pool, beside
@@ -80,13 +80,13 @@ const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
 /// First wait before writing again after the database could not be reached; doubled on each
 /// failure up to [`RETRY_MAX`], with jitter. Each attempt itself waits up to the pool's acquire
-/// timeout (`store::ACQUIRE_TIMEOUT`) for a connection, so a database that is back is found
+/// timeout (`db::ACQUIRE_TIMEOUT`) for a connection, so a database that is back is found
 /// within about two seconds.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 pub struct Recorder {
-    /// The Recorder's own connection ([`crate::store::connect_writer`]).
+    /// The Recorder's own connection ([`crate::db::connect_writer`]).
     db: DatabaseConnection,
     /// The shared pool, where checkpoints run beside the writes.
     readers: DatabaseConnection,
@@ -134,7 +134,7 @@ impl Recorder {
         self.checkpoint_pending = true;
         ctx.run_later(CHECKPOINT_AFTER, |act, ctx| {
             let readers = act.readers.clone();
-            async move { store::checkpoint(&readers).await }
+            async move { db::checkpoint(&readers).await }
                 .into_actor(act)
                 .map(|res, act, _| {
                     act.checkpoint_pending = false;
@@ -252,15 +252,15 @@ impl Recorder {
                 let settle = std::mem::take(&mut act.checkpoint_settle);
                 async move {
                     if retry {
-                        store::renew_connections(&db).await;
+                        db::renew_connections(&db).await;
                     }
                     if settle {
-                        if let Err(e) = store::checkpoint(&db).await {
+                        if let Err(e) = db::checkpoint(&db).await {
                             tracing::warn!(error = %e, "database checkpoint failed");
                         }
                     }
                     if probe {
-                        return match store::probe_write(&db).await {
+                        return match db::probe_write(&db).await {
                             Ok(()) => Outcome::Answered { wrote: true },
                             Err(error) => Outcome::Unreachable {
                                 error,
@@ -414,22 +414,21 @@ impl Write {
     async fn apply<C: ConnectionTrait>(&self, c: &C, ap: &mut Appends) -> Result<Written, DbErr> {
         Ok(match self {
             Write::InsertTask(t) => {
-                let mut one = store::insert_tasks(c, &[t], ap).await?;
+                let mut one = db::insert_tasks(c, &[t], ap).await?;
                 Written::Inserted(one.pop().ok_or(DbErr::RecordNotInserted)?)
             }
             Write::Transition(m) => Written::Applied(
-                store::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref(), ap)
+                db::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref(), ap)
                     .await?,
             ),
             Write::Claim(m) => {
-                Written::Claimed(store::claim(c, &m.task_id, &m.patch, &m.event, ap).await?)
+                Written::Claimed(db::claim(c, &m.task_id, &m.patch, &m.event, ap).await?)
             }
             Write::RecordExecuted(m) => Written::Applied(
-                store::record_executed(c, &m.task_id, None, &m.from, &m.outputs, &m.event, ap)
-                    .await?,
+                db::record_executed(c, &m.task_id, None, &m.from, &m.outputs, &m.event, ap).await?,
             ),
             Write::Finish(m) => Written::Finished(
-                store::finish(
+                db::finish(
                     c,
                     &m.task_id,
                     &m.from,
@@ -443,11 +442,11 @@ impl Write {
                 .await?,
             ),
             Write::RecordAttempt(a) => {
-                store::record_attempt(c, a, ap).await?;
+                db::record_attempt(c, a, ap).await?;
                 Written::Done
             }
             Write::Redeliver(m) => {
-                Written::Applied(store::redeliver(c, &m.delivery_id, m.give_up_at).await?)
+                Written::Applied(db::redeliver(c, &m.delivery_id, m.give_up_at).await?)
             }
             Write::RecordEvent(m) => {
                 ap.event(&m.task_id, &m.event);
@@ -460,7 +459,7 @@ impl Write {
                 };
                 let (id, from) = (&m.task_id, &[Status::Dispatched]);
                 let event = m.event();
-                store::transition(c, id, from, Status::Running, &patch, Some(&event), ap).await?;
+                db::transition(c, id, from, Status::Running, &patch, Some(&event), ap).await?;
                 Written::Done
             }
             Write::Flush => Written::Done,
@@ -670,7 +669,7 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
         })
         .collect();
     if !new.is_empty() {
-        let inserted = store::insert_tasks(&txn, &new, &mut appends).await?;
+        let inserted = db::insert_tasks(&txn, &new, &mut appends).await?;
         results.extend(inserted.into_iter().map(Written::Inserted));
     }
     let mut rest: Vec<Option<Written>> = batch[new.len()..].iter().map(|_| None).collect();
@@ -712,7 +711,7 @@ async fn write_together(db: &DatabaseConnection, batch: &[Pending]) -> Result<Ve
 
 /// How a batch's writes are applied: one by one, except that a task's `RecordExecuted` is written as
 /// one with the `MarkStarted` right before it and the `Finish` after it, when the batch has them
-/// (see `store::complete`).
+/// (see `db::complete`).
 #[derive(Debug, PartialEq)]
 enum Step {
     One(usize),
@@ -797,9 +796,9 @@ async fn complete<C: ConnectionTrait>(
     };
     let start = start_event
         .as_ref()
-        .map(|(at, event)| store::Started { at: *at, event });
+        .map(|(at, event)| db::Started { at: *at, event });
     let together = match (executed, finish) {
-        (Write::RecordExecuted(e), Some(Write::Finish(f))) => store::complete(
+        (Write::RecordExecuted(e), Some(Write::Finish(f))) => db::complete(
             c,
             &e.task_id,
             start,
@@ -816,7 +815,7 @@ async fn complete<C: ConnectionTrait>(
         .await?
         .map(|finished| Some(Written::Finished(finished))),
         (Write::RecordExecuted(e), None) if start.is_some() => {
-            store::record_executed(c, &e.task_id, start, &e.from, &e.outputs, &e.event, ap)
+            db::record_executed(c, &e.task_id, start, &e.from, &e.outputs, &e.event, ap)
                 .await?
                 .then_some(None)
         }

@@ -24,10 +24,10 @@ use tracing::{error, info, warn};
 use super::cleaner::{CleanFiles, Cleaner};
 use super::recorder::{RecordEvent, RecordExecuted, Recorder};
 use super::Finisher;
+use crate::blob::BlobStore;
 use crate::comfy::names::{self, NameError};
 use crate::comfy::{ComfyClient, FileRef, Limits};
-use crate::storage::Store;
-use crate::store::{self, Event, NewOutput, OutputMark, TaskPatch};
+use crate::db::{self, Event, NewOutput, OutputMark, TaskPatch};
 use crate::task::{error_code, Status};
 
 /// Tasks stored at once, at most: outputs are held in memory while they are stored, so this bounds
@@ -52,7 +52,7 @@ pub struct UploaderConfig {
 pub struct Uploader {
     cfg: UploaderConfig,
     db: DatabaseConnection,
-    store: Arc<Store>,
+    store: Arc<BlobStore>,
     recorder: Addr<Recorder>,
     cleaner: Addr<Cleaner>,
     finisher: Finisher,
@@ -67,7 +67,7 @@ impl Uploader {
     pub fn new(
         cfg: UploaderConfig,
         db: DatabaseConnection,
-        store: Arc<Store>,
+        store: Arc<BlobStore>,
         recorder: Addr<Recorder>,
         cleaner: Addr<Cleaner>,
         finisher: Finisher,
@@ -163,7 +163,7 @@ impl Uploader {
 struct StoreJob {
     cfg: UploaderConfig,
     db: DatabaseConnection,
-    store: Arc<Store>,
+    store: Arc<BlobStore>,
     recorder: Addr<Recorder>,
     cleaner: Addr<Cleaner>,
     finisher: Finisher,
@@ -207,7 +207,7 @@ impl StoreJob {
                 outputs.into_iter().map(|o| (o, false)).collect()
             }
             // Recovery of a task left in `executed`: its outputs were recorded then.
-            None => store::task_outputs(&self.db, &id)
+            None => db::task_outputs(&self.db, &id)
                 .await?
                 .iter()
                 .map(|o| (NewOutput::from(o), o.stored))
@@ -315,14 +315,14 @@ impl StoreJob {
     /// task whose outputs are recorded (a replay of one that had ended) keeps them.
     async fn discard_unrecorded(&self, outputs: &[(NewOutput, bool)]) -> anyhow::Result<()> {
         let id = &self.task_id;
-        let Some(task) = store::get_task(&self.db, id).await? else {
+        let Some(task) = db::get_task(&self.db, id).await? else {
             return Ok(());
         };
         let ended = matches!(
             Status::parse(&task.status),
             Some(Status::Failed | Status::Cancelled)
         );
-        if !ended || !store::task_outputs(&self.db, id).await?.is_empty() {
+        if !ended || !db::task_outputs(&self.db, id).await?.is_empty() {
             return Ok(());
         }
         // Each output this run tried is either stored under its key, kept at its fallback path, or
@@ -611,7 +611,7 @@ impl Handler<InProgress> for Uploader {
 #[cfg(test)]
 mod tests {
     use super::is_foreign;
-    use crate::store::NewOutput;
+    use crate::db::NewOutput;
 
     fn out(subfolder: &str) -> NewOutput {
         NewOutput {

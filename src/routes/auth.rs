@@ -25,8 +25,8 @@ use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 use crate::config::AuthSettings;
+use crate::db;
 use crate::entity::task;
-use crate::store;
 
 /// How often keys added or revoked in the database are picked up.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
@@ -121,7 +121,7 @@ impl ApiKeys {
 
     /// Reads the database's keys again.
     pub async fn refresh<C: ConnectionTrait>(&self, db: &C) -> Result<(), DbErr> {
-        let rows = store::all_api_keys(db).await?;
+        let rows = db::all_api_keys(db).await?;
         let fresh = FromDatabase {
             any: !rows.is_empty(),
             active: rows
@@ -256,7 +256,7 @@ pub async fn visible_task(
     caller: &Caller,
     id: &str,
 ) -> Result<task::Model, ApiError> {
-    store::find_task(&state.db, id)
+    db::find_task(&state.db, id)
         .await?
         .filter(|t| caller.may_see(t))
         .ok_or_else(|| ApiError::NotFound(format!("no task with id or client_task_id {id:?}")))

@@ -8,12 +8,12 @@ use serde_json::json;
 
 use super::auth::Admin;
 use super::{ApiError, AppState};
-use crate::dispatch::supervisor::Snapshot;
+use crate::dispatch::dispatcher::Snapshot;
 
 /// Longest `/readyz` waits for the database to answer its probe.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `GET /healthz`: 200 while comfyd serves and its supervisor answers (even with every backend down:
+/// `GET /healthz`: 200 while comfyd serves and its dispatcher answers (even with every backend down:
 /// tasks are still accepted and queued), 503 while shutting down.
 #[utoipa::path(
     get,
@@ -21,7 +21,7 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
     tag = "Service",
     operation_id = "healthz",
     summary = "Liveness",
-    description = "200 while comfyd serves and its supervisor answers, even with every backend down \
+    description = "200 while comfyd serves and its dispatcher answers, even with every backend down \
 (tasks are still accepted and queued); 503 while shutting down.",
     responses(
         (status = 200, description = "Serving", body = crate::routes::openapi::schemas::Health),
@@ -30,7 +30,7 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
     )
 )]
 pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let snap = state.supervisor.send(Snapshot).await?;
+    let snap = state.dispatcher.send(Snapshot).await?;
     let up = snap.backends.iter().filter(|b| b.up).count();
     let body = json!({
         "status": if state.accepting() { "ok" } else { "stopping" },
@@ -55,7 +55,7 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     summary = "Each ComfyUI server, up or down, with its jobs",
     security(("api_key" = ["admin"])),
     responses(
-        (status = 200, description = "The supervisor's view", body = crate::dispatch::supervisor::SnapshotView),
+        (status = 200, description = "The dispatcher's view", body = crate::dispatch::dispatcher::SnapshotView),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
         (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
@@ -63,7 +63,7 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     )
 )]
 pub async fn backends(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
-    let snap = state.supervisor.send(Snapshot).await?;
+    let snap = state.dispatcher.send(Snapshot).await?;
     Ok(HttpResponse::Ok().json(snap))
 }
 
@@ -89,7 +89,7 @@ a query within a second), no backend up. Unlike `/healthz`, which stays 200 whil
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let snap = state.supervisor.send(Snapshot).await?;
+    let snap = state.dispatcher.send(Snapshot).await?;
     let up = snap.backends.iter().filter(|b| b.up).count();
     let mut reasons = Vec::new();
     let mut details = Vec::new();

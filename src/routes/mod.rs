@@ -25,7 +25,7 @@ pub mod tasks;
 pub mod workflows;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::web;
@@ -33,48 +33,22 @@ use sea_orm::DatabaseConnection;
 
 use crate::budget::MemoryBudget;
 use crate::config::Settings;
-use crate::dispatch::supervisor::Supervisor;
+use crate::dispatch::dispatcher::Dispatcher;
 use crate::outbound::Outbound;
 use crate::postprocess::notifier::Notifier;
 use crate::postprocess::recorder::Recorder;
-use crate::workflow::WorkflowSet;
+use crate::workflow::Catalog;
 
 pub use error::ApiError;
-
-/// The workflow set in force; replaced whole on reload, so a request sees one consistent set.
-#[derive(Clone)]
-pub struct Workflows(Arc<RwLock<Arc<WorkflowSet>>>);
-
-impl Workflows {
-    pub fn new(set: WorkflowSet) -> Workflows {
-        Workflows(Arc::new(RwLock::new(Arc::new(set))))
-    }
-
-    pub fn current(&self) -> Arc<WorkflowSet> {
-        // A poisoned lock only means a reload panicked; the set it holds is still whole.
-        match self.0.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn replace(&self, set: WorkflowSet) {
-        let set = Arc::new(set);
-        match self.0.write() {
-            Ok(mut g) => *g = set,
-            Err(p) => *p.into_inner() = set,
-        }
-    }
-}
 
 /// What every handler can reach.
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DatabaseConnection,
     pub recorder: Addr<Recorder>,
-    pub supervisor: Addr<Supervisor>,
+    pub dispatcher: Addr<Dispatcher>,
     pub notifier: Addr<Notifier>,
-    pub workflows: Workflows,
+    pub workflows: Catalog,
     pub outbound: Outbound,
     /// The API keys in force (none: every route is open).
     pub keys: auth::ApiKeys,

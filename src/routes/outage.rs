@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{ApiError, AppState};
-use crate::dispatch::supervisor::Enqueue;
+use crate::db::{Inserted, NewTask};
+use crate::dispatch::dispatcher::Enqueue;
 use crate::postprocess::recorder::InsertTask;
-use crate::store::{Inserted, NewTask};
 
 /// 503 at once while the Recorder finds the database unreachable, rather than queueing a write
 /// behind the outage.
@@ -31,13 +31,13 @@ pub async fn insert_task(state: &AppState, new: NewTask) -> Result<Inserted, Api
     let task_id = new.id.clone();
     let (tx, rx) = oneshot::channel();
     let recorder = state.recorder.clone();
-    let supervisor = state.supervisor.clone();
+    let dispatcher = state.dispatcher.clone();
     // On a task of its own, so that the answer is awaited even after the submit gave up on it.
     actix_rt::spawn(async move {
         let written = recorder.send(InsertTask(new)).await;
         if let Err(Ok(Ok(Inserted::New(task)))) = tx.send(written) {
             tracing::warn!(task.id = %task.id, "task {} was recorded after its submit was answered 503; running it", task.id);
-            supervisor.do_send(Enqueue {
+            dispatcher.do_send(Enqueue {
                 prompt_id: task.comfyui_task_id.clone(),
                 task_id: task.id,
                 priority: task.priority,

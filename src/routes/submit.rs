@@ -14,9 +14,9 @@ use super::auth::{Caller, Submitter};
 use super::input::{budget_error, check_storable, JsonBody};
 use super::{ApiError, AppState};
 use crate::budget::Reservation;
-use crate::dispatch::supervisor::Enqueue;
+use crate::db::{self, Inserted, NewTask};
+use crate::dispatch::dispatcher::Enqueue;
 use crate::outbound::OutboundError;
-use crate::store::{self, Inserted, NewTask};
 use crate::task::{InputFile, TaskRecord};
 use crate::workflow::{list_unknown, probe, FieldError, ImageLimits, ImageSource, Workflow};
 
@@ -263,7 +263,7 @@ fn read_common(
     })
 }
 
-/// Validates the params, fetches images, records the task and hands it to the supervisor.
+/// Validates the params, fetches images, records the task and hands it to the dispatcher.
 /// Returns the record and whether it is new (false: the same submit was already accepted).
 /// Fetched images are counted in `held`, the request's share of the memory budget.
 async fn accept(
@@ -305,7 +305,7 @@ async fn accept(
         .iter()
         .any(|i| matches!(i.source, ImageSource::Url(_)));
     if let Some(ctid) = s.client_task_id.as_ref().filter(|_| fetches) {
-        if let Some(existing) = store::find_task(&state.db, ctid)
+        if let Some(existing) = db::find_task(&state.db, ctid)
             .await?
             .filter(|t| t.client_task_id.as_ref() == Some(ctid))
         {
@@ -418,7 +418,7 @@ async fn accept(
     let inserted = super::outage::insert_task(state, new).await?;
     match inserted {
         Inserted::New(task) => {
-            state.supervisor.do_send(Enqueue {
+            state.dispatcher.do_send(Enqueue {
                 task_id: task.id.clone(),
                 priority: task.priority,
                 prompt_id: task.comfyui_task_id.clone(),
@@ -447,7 +447,7 @@ async fn same_or_conflict(
             task: None,
         });
     }
-    let outputs = store::task_outputs(&state.db, &existing.id).await?;
+    let outputs = db::task_outputs(&state.db, &existing.id).await?;
     let record = TaskRecord::new(&existing, &outputs);
     if existing.request_hash == request_hash {
         Ok((record, false))

@@ -3,7 +3,9 @@
 
 mod access;
 mod battery;
+mod blob;
 mod chaos;
+mod db;
 mod db_outage;
 mod hostile_backend;
 mod openapi;
@@ -11,7 +13,5 @@ mod original;
 mod pipeline;
 mod postprocess;
 mod queue;
-mod storage;
-mod store;
 mod support;
 mod workflows_api;

@@ -13,7 +13,7 @@ use crate::support::s3::S3Server;
 use crate::support::sim::Sim;
 use crate::support::webhook::WebhookReceiver;
 use crate::support::{eventually, free_port};
-use comfyd::store;
+use comfyd::db;
 
 pub const BUCKET: &str = "comfyd-test";
 
@@ -103,7 +103,7 @@ pub fn png_base64(w: u32, h: u32) -> String {
 /// The kinds of a task's recorded events, in order.
 pub async fn event_kinds(env: &Env, id: &str) -> Vec<String> {
     let db = env.db.connect().await;
-    store::task_events(&db, id)
+    db::task_events(&db, id)
         .await
         .expect("events")
         .into_iter()
@@ -163,13 +163,10 @@ async fn text2img_end_to_end(postgres: bool) {
     assert!(bytes.starts_with(b"\x89PNG"));
     // The rows really are in the database.
     let db = env.db.connect().await;
-    let row = store::get_task(&db, &id)
-        .await
-        .expect("query")
-        .expect("row");
+    let row = db::get_task(&db, &id).await.expect("query").expect("row");
     assert_eq!(row.status, "done");
     assert_eq!(row.workflow, "text2img");
-    let outputs = store::task_outputs(&db, &id).await.expect("outputs");
+    let outputs = db::task_outputs(&db, &id).await.expect("outputs");
     assert_eq!(outputs.len(), 1);
     assert!(outputs[0].stored);
     assert_eq!(outputs[0].size as usize, bytes.len());

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use actix::Actor;
 use chrono::Utc;
+use comfyd::blob::BlobStore;
 use comfyd::comfy::FileRef;
+use comfyd::db::{self, Event, TaskPatch};
 use comfyd::outbound::{Outbound, OutboundSettings};
 use comfyd::postprocess::cleaner::Cleaner;
 use comfyd::postprocess::notifier::{Notifier, NotifierConfig};
 use comfyd::postprocess::recorder::{Claim, InsertTask, MarkStarted, RecordEvent, Recorder};
 use comfyd::postprocess::uploader::{InProgress, StoreOutputs, Uploader, UploaderConfig};
 use comfyd::postprocess::Finisher;
-use comfyd::storage::Store;
-use comfyd::store::{self, Event, TaskPatch};
 use comfyd::task::Status;
 use serde_json::json;
 
@@ -41,8 +41,8 @@ async fn cancelled_while_storing(store_works: bool) {
     // Arrange: the actors as the daemon wires them, on a fresh database and a local store (whose
     // root is a plain file when it must fail).
     let test_db = TestDb::sqlite();
-    let db = store::connect(test_db.url(), 4).await.expect("database");
-    let writer = store::connect_writer(test_db.url()).await.expect("writer");
+    let db = db::connect(test_db.url(), 4).await.expect("database");
+    let writer = db::connect_writer(test_db.url()).await.expect("writer");
     let dirs = tempfile::tempdir().expect("dirs");
     let store_root = dirs.path().join("store");
     if !store_works {
@@ -83,7 +83,7 @@ async fn cancelled_while_storing(store_works: bool) {
             limits: Default::default(),
         },
         db.clone(),
-        Arc::new(Store::local(store_root.clone())),
+        Arc::new(BlobStore::local(store_root.clone())),
         recorder.clone(),
         cleaner,
         finisher.clone(),
@@ -119,7 +119,7 @@ async fn cancelled_while_storing(store_works: bool) {
         let db = db.clone();
         let id = id.clone();
         async move {
-            let events = store::task_events(&db, &id).await.expect("events");
+            let events = db::task_events(&db, &id).await.expect("events");
             events
                 .iter()
                 .any(|e| e.kind == "outputs_discarded")
@@ -134,12 +134,9 @@ async fn cancelled_while_storing(store_works: bool) {
     .await;
 
     // Assert
-    let task = store::get_task(&db, &id)
-        .await
-        .expect("read")
-        .expect("task");
+    let task = db::get_task(&db, &id).await.expect("read").expect("task");
     assert_eq!(task.status, "cancelled");
-    assert!(store::task_outputs(&db, &id)
+    assert!(db::task_outputs(&db, &id)
         .await
         .expect("outputs")
         .is_empty());
@@ -168,10 +165,10 @@ async fn cancelled_while_storing(store_works: bool) {
 /// queued after it (another task's webhook attempt or event), must not wait with it.
 #[actix_web::test]
 async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
-    // Arrange: a task on a backend (claimed), as the supervisor leaves it.
+    // Arrange: a task on a backend (claimed), as the dispatcher leaves it.
     let test_db = TestDb::sqlite();
-    let db = store::connect(test_db.url(), 4).await.expect("database");
-    let writer = store::connect_writer(test_db.url()).await.expect("writer");
+    let db = db::connect(test_db.url(), 4).await.expect("database");
+    let writer = db::connect_writer(test_db.url()).await.expect("writer");
     let recorder = Recorder::new(writer, db.clone()).start();
     let id = insert_task(&recorder).await;
     let claimed = recorder
@@ -210,10 +207,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
         .expect("event written");
 
     // Assert: the event was written on its own; the mark is still waiting for the job's end.
-    let task = store::get_task(&db, &id)
-        .await
-        .expect("read")
-        .expect("task");
+    let task = db::get_task(&db, &id).await.expect("read").expect("task");
     assert_eq!(task.status, "dispatched", "the event waited for the mark");
     assert!(!mark.is_finished());
     // With no end coming, the mark is written once its hold is over.
@@ -221,10 +215,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
         .expect("join")
         .expect("recorder")
         .expect("mark written");
-    let task = store::get_task(&db, &id)
-        .await
-        .expect("read")
-        .expect("task");
+    let task = db::get_task(&db, &id).await.expect("read").expect("task");
     assert_eq!(task.status, "running");
 }
 

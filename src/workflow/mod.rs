@@ -13,6 +13,7 @@
 //!
 //! The HTTP routes and the dispatcher only call this API; they never look inside a manifest.
 
+mod catalog;
 mod check;
 mod image;
 mod manifest;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use catalog::Catalog;
 pub use check::check_against_object_info;
 pub use image::{set_image, sniff_image, ImageParam, ImageSource};
 pub use params::{

@@ -541,7 +541,7 @@ fn summarize(
 
 /// Creates the bucket comfyd writes to (comfyd expects it to exist).
 async fn create_bucket(s3: &procs::S3Proc, bucket: &str) -> anyhow::Result<()> {
-    let settings = comfyd::storage::S3Settings {
+    let settings = comfyd::blob::S3Settings {
         bucket: bucket.to_owned(),
         region: "us-east-1".to_owned(),
         endpoint_url: Some(s3.endpoint.clone()),

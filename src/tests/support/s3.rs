@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use comfyd::storage::S3Settings;
+use comfyd::blob::S3Settings;
 use tempfile::TempDir;
 
 /// How long `start`/`restart` wait for the server to accept connections.
@@ -54,7 +54,7 @@ impl S3Server {
         panic!("s3s-fs did not start; see {}", server.log_path().display());
     }
 
-    /// Settings for a comfyd `Store::s3` that writes to `bucket` on this server.
+    /// Settings for a comfyd `BlobStore::s3` that writes to `bucket` on this server.
     pub fn settings(&self, bucket: &str) -> S3Settings {
         S3Settings {
             bucket: bucket.to_owned(),

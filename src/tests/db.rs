@@ -3,9 +3,7 @@
 //! with SQLite as one text of several statements, with PostgreSQL one statement each.
 
 use chrono::Utc;
-use comfyd::store::{
-    self, Appends, AttemptOutcome, Event, NewOutput, NewTask, OutputMark, TaskPatch,
-};
+use comfyd::db::{self, Appends, AttemptOutcome, Event, NewOutput, NewTask, OutputMark, TaskPatch};
 use comfyd::task::Status;
 use sea_orm::TransactionTrait;
 use serde_json::json;
@@ -18,14 +16,14 @@ fn new_task(id: &str) -> NewTask {
 }
 
 async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
-    let conn = store::connect(db.url(), 2).await.expect("database");
+    let conn = db::connect(db.url(), 2).await.expect("database");
     let id = format!("t_{}", uuid::Uuid::new_v4().simple());
     let task = new_task(&id);
 
     // A task accepted and failed in one transaction: two events and one webhook, appended.
     let txn = conn.begin().await.expect("begin");
     let mut appends = Appends::default();
-    store::insert_tasks(&txn, &[&task], &mut appends)
+    db::insert_tasks(&txn, &[&task], &mut appends)
         .await
         .expect("insert");
     let patch = TaskPatch {
@@ -34,7 +32,7 @@ async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
         finished_at: Some(Utc::now()),
         ..Default::default()
     };
-    let finished = store::finish(
+    let finished = db::finish(
         &txn,
         &id,
         &[Status::Queued],
@@ -57,11 +55,9 @@ async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
     let kinds = |events: Vec<comfyd::entity::task_event::Model>| {
         events.into_iter().map(|e| e.kind).collect::<Vec<_>>()
     };
-    let events = store::task_events(&conn, &id).await.expect("events");
+    let events = db::task_events(&conn, &id).await.expect("events");
     assert_eq!(kinds(events), ["accepted", "failed"]);
-    let deliveries = store::task_deliveries(&conn, &id)
-        .await
-        .expect("deliveries");
+    let deliveries = db::task_deliveries(&conn, &id).await.expect("deliveries");
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].id, delivery.id);
     assert_eq!(deliveries[0].status, "pending");
@@ -82,22 +78,20 @@ async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
         new_status: "delivered",
         next_attempt_at: Utc::now(),
     };
-    store::record_attempt(&txn, &outcome, &mut appends)
+    db::record_attempt(&txn, &outcome, &mut appends)
         .await
         .expect("attempt");
     appends.write(&txn).await.expect("appends written");
     txn.commit().await.expect("commit");
 
-    let attempts = store::delivery_attempts(&conn, &delivery.id)
+    let attempts = db::delivery_attempts(&conn, &delivery.id)
         .await
         .expect("attempts");
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status_code, Some(204));
-    let deliveries = store::task_deliveries(&conn, &id)
-        .await
-        .expect("deliveries");
+    let deliveries = db::task_deliveries(&conn, &id).await.expect("deliveries");
     assert_eq!(deliveries[0].status, "delivered");
-    let events = store::task_events(&conn, &id).await.expect("events");
+    let events = db::task_events(&conn, &id).await.expect("events");
     assert_eq!(kinds(events), ["accepted", "failed", "notified"]);
 
     // Nothing appended: writing is a no-op.
@@ -119,14 +113,14 @@ async fn appends_are_written_at_the_end_of_their_transaction_with_postgres() {
     appends_are_written_at_the_end_of_their_transaction(TestDb::postgres().await).await;
 }
 
-/// A job's outputs recorded as it ends (`store::complete`) go in with the appends: the rows read as
+/// A job's outputs recorded as it ends (`db::complete`) go in with the appends: the rows read as
 /// the webhook's payload lists them, in (node, index) order, with what storing each came to.
 async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db: TestDb) {
-    let conn = store::connect(db.url(), 2).await.expect("database");
+    let conn = db::connect(db.url(), 2).await.expect("database");
     let id = format!("t_{}", uuid::Uuid::new_v4().simple());
     let txn = conn.begin().await.expect("begin");
     let mut appends = Appends::default();
-    store::insert_tasks(&txn, &[&new_task(&id)], &mut appends)
+    db::insert_tasks(&txn, &[&new_task(&id)], &mut appends)
         .await
         .expect("insert");
     let claim = TaskPatch {
@@ -135,7 +129,7 @@ async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db:
         dispatched_at: Some(Utc::now()),
         ..Default::default()
     };
-    let claimed = store::claim(
+    let claimed = db::claim(
         &txn,
         &id,
         &claim,
@@ -185,7 +179,7 @@ async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db:
     };
     let txn = conn.begin().await.expect("begin");
     let mut appends = Appends::default();
-    let finished = store::complete(
+    let finished = db::complete(
         &txn,
         &id,
         None,
@@ -205,7 +199,7 @@ async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db:
     appends.write(&txn).await.expect("appends written");
     txn.commit().await.expect("commit");
 
-    let rows = store::task_outputs(&conn, &id).await.expect("outputs");
+    let rows = db::task_outputs(&conn, &id).await.expect("outputs");
     let listed: Vec<_> = rows
         .iter()
         .map(|o| (o.idx, o.stored, o.size, o.fallback_path.clone()))

@@ -1,7 +1,7 @@
 //! Where outputs go: an S3-compatible bucket or a local folder.
 //!
-//! [`Store`] is the one place that writes output bytes; the `Uploader` (in `postprocess`) calls
-//! [`Store::put`] for every output image and `/healthz` calls [`Store::check`]. Writes are idempotent
+//! [`BlobStore`] is the one place that writes output bytes; the `Uploader` (in `postprocess`) calls
+//! [`BlobStore::put`] for every output image and `/healthz` calls [`BlobStore::check`]. Writes are idempotent
 //! (same key, same result), so post-processing can retry them freely.
 //!
 //! The S3 client is built without the SDK's default features (one TLS library: rustls with ring),
@@ -9,7 +9,7 @@
 //! ([`S3Thread`]), whatever runtime awaits it: the SDK costs 0.2 to 0.6 ms of CPU per PutObject
 //! (signing, its orchestrator, the HTTP exchange), and on the actors' thread that time would hold up
 //! the Recorder, which commits every submit. The SDK's connection tasks live on that thread too, so
-//! a `Store` works from any runtime, short-lived ones included.
+//! a `BlobStore` works from any runtime, short-lived ones included.
 
 use std::fmt;
 use std::io;
@@ -144,7 +144,7 @@ impl S3Settings {
 
 /// Where outputs are written.
 #[derive(Clone, Debug)]
-pub enum Store {
+pub enum BlobStore {
     /// A folder on this machine; keys become relative paths under `root`.
     Local {
         /// Folder that holds every output.
@@ -165,7 +165,7 @@ pub enum Store {
 
 /// A failed storage operation.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum BlobError {
     /// The key is empty, too long, absolute, or has `.`/`..`/empty segments.
     #[error("invalid storage key: {0}")]
     InvalidKey(&'static str),
@@ -195,13 +195,13 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
+impl BlobError {
     /// Whether retrying the same operation later may succeed (an outage rather than a bad
     /// request, bad credentials or a missing bucket).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::InvalidKey(_) | StoreError::Escapes(_) => false,
-            StoreError::Io { source, .. } => !matches!(
+            BlobError::InvalidKey(_) | BlobError::Escapes(_) => false,
+            BlobError::Io { source, .. } => !matches!(
                 source.kind(),
                 io::ErrorKind::PermissionDenied
                     | io::ErrorKind::InvalidInput
@@ -209,18 +209,18 @@ impl StoreError {
                     | io::ErrorKind::NotADirectory
                     | io::ErrorKind::IsADirectory
             ),
-            StoreError::S3 { transient, .. } => *transient,
+            BlobError::S3 { transient, .. } => *transient,
         }
     }
 
-    fn io(path: &Path, source: io::Error) -> StoreError {
-        StoreError::Io {
+    fn io(path: &Path, source: io::Error) -> BlobError {
+        BlobError::Io {
             path: path.to_path_buf(),
             source,
         }
     }
 
-    fn s3<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> StoreError
+    fn s3<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> BlobError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -252,7 +252,7 @@ impl StoreError {
             Some(status) => format!("{message} (HTTP {status})"),
             None => message,
         };
-        StoreError::S3 {
+        BlobError::S3 {
             operation,
             message,
             status,
@@ -261,16 +261,16 @@ impl StoreError {
     }
 }
 
-impl Store {
+impl BlobStore {
     /// A store that writes under `root` (created on first write).
-    pub fn local(root: PathBuf) -> Store {
-        Store::Local { root }
+    pub fn local(root: PathBuf) -> BlobStore {
+        BlobStore::Local { root }
     }
 
     /// A store that writes to the bucket in `settings`. Builds the client and starts its thread;
     /// no network yet.
-    pub fn s3(settings: &S3Settings) -> io::Result<Store> {
-        Ok(Store::S3 {
+    pub fn s3(settings: &S3Settings) -> io::Result<BlobStore> {
+        Ok(BlobStore::S3 {
             client: settings.client(),
             thread: S3Thread::start()?,
             bucket: settings.bucket.clone(),
@@ -281,11 +281,11 @@ impl Store {
     /// Stores `bytes` under `key` (prefix applied). Idempotent: the same key again overwrites.
     ///
     /// Keys are relative, `/`-separated paths such as `jobs/<id>/0.png`.
-    pub async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StoreError> {
+    pub async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), BlobError> {
         validate_key(key)?;
         match self {
-            Store::Local { root } => put_local(root, key, bytes).await,
-            Store::S3 {
+            BlobStore::Local { root } => put_local(root, key, bytes).await,
+            BlobStore::S3 {
                 client,
                 thread,
                 bucket,
@@ -306,17 +306,17 @@ impl Store {
 
     /// Removes what is stored under `key` (prefix applied); nothing there is no error. For outputs
     /// that no task record refers to (see `Uploader`).
-    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         validate_key(key)?;
         match self {
-            Store::Local { root } => {
+            BlobStore::Local { root } => {
                 let path = crate::paths::join_under(root, key)?;
                 match tokio::fs::remove_file(&path).await {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io(&path, e)),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(BlobError::io(&path, e)),
                     _ => Ok(()),
                 }
             }
-            Store::S3 {
+            BlobStore::S3 {
                 client,
                 thread,
                 bucket,
@@ -335,21 +335,21 @@ impl Store {
 
     /// Checks that the store can take writes now: the bucket answers `HeadBucket`, or the folder
     /// exists (or can be created) and a probe file can be written. For `/healthz`-style checks.
-    pub async fn check(&self) -> Result<(), StoreError> {
+    pub async fn check(&self) -> Result<(), BlobError> {
         match self {
-            Store::Local { root } => {
+            BlobStore::Local { root } => {
                 tokio::fs::create_dir_all(root)
                     .await
-                    .map_err(|e| StoreError::io(root, e))?;
+                    .map_err(|e| BlobError::io(root, e))?;
                 let probe = root.join(format!(".comfyd-check-{}", uuid::Uuid::new_v4()));
                 tokio::fs::write(&probe, b"ok")
                     .await
-                    .map_err(|e| StoreError::io(&probe, e))?;
+                    .map_err(|e| BlobError::io(&probe, e))?;
                 tokio::fs::remove_file(&probe)
                     .await
-                    .map_err(|e| StoreError::io(&probe, e))
+                    .map_err(|e| BlobError::io(&probe, e))
             }
-            Store::S3 {
+            BlobStore::S3 {
                 client,
                 thread,
                 bucket,
@@ -365,14 +365,14 @@ impl Store {
     /// Where outputs go, for logs: `s3://bucket/prefix` or `file:///path`.
     pub fn describe(&self) -> String {
         match self {
-            Store::Local { root } => {
+            BlobStore::Local { root } => {
                 let absolute = std::path::absolute(root).unwrap_or_else(|_| root.clone());
                 format!("file://{}", absolute.display())
             }
-            Store::S3 {
+            BlobStore::S3 {
                 bucket, key_prefix, ..
             } if key_prefix.is_empty() => format!("s3://{bucket}"),
-            Store::S3 {
+            BlobStore::S3 {
                 bucket, key_prefix, ..
             } => format!("s3://{bucket}/{key_prefix}"),
         }
@@ -381,14 +381,14 @@ impl Store {
     /// `"s3"` or `"local"`, for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            Store::Local { .. } => "local",
-            Store::S3 { .. } => "s3",
+            BlobStore::Local { .. } => "local",
+            BlobStore::S3 { .. } => "s3",
         }
     }
 }
 
 /// The thread the S3 client's calls run on: a current-thread tokio runtime of its own. It stops
-/// when the last clone of its [`Store`] is dropped; a call under way then ends with an error.
+/// when the last clone of its [`BlobStore`] is dropped; a call under way then ends with an error.
 #[derive(Clone, Debug)]
 pub struct S3Thread {
     runtime: tokio::runtime::Handle,
@@ -421,19 +421,19 @@ impl S3Thread {
     /// Runs an S3 SDK call on the S3 thread and answers its outcome here, its error named after
     /// `operation`. A caller that stops waiting does not stop the call, which is harmless: every S3
     /// write here is idempotent.
-    async fn call<F, T, E>(&self, operation: &'static str, call: F) -> Result<T, StoreError>
+    async fn call<F, T, E>(&self, operation: &'static str, call: F) -> Result<T, BlobError>
     where
         F: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>> + Send + 'static,
         T: Send + 'static,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let outcome = self.runtime.spawn(call).await.map_err(|e| StoreError::S3 {
+        let outcome = self.runtime.spawn(call).await.map_err(|e| BlobError::S3 {
             operation,
             message: format!("the call did not complete on the S3 thread: {e}"),
             status: None,
             transient: true,
         })?;
-        outcome.map_err(|e| StoreError::s3(operation, e))
+        outcome.map_err(|e| BlobError::s3(operation, e))
     }
 }
 
@@ -447,23 +447,23 @@ fn full_key(prefix: &str, key: &str) -> String {
 }
 
 /// Refuses keys that could escape the root folder or that S3 and a folder would treat differently.
-fn validate_key(key: &str) -> Result<(), StoreError> {
+fn validate_key(key: &str) -> Result<(), BlobError> {
     if key.is_empty() {
-        return Err(StoreError::InvalidKey("empty"));
+        return Err(BlobError::InvalidKey("empty"));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(StoreError::InvalidKey("longer than 1024 bytes"));
+        return Err(BlobError::InvalidKey("longer than 1024 bytes"));
     }
     if key.contains('\0') || key.contains('\\') {
-        return Err(StoreError::InvalidKey("contains NUL or a backslash"));
+        return Err(BlobError::InvalidKey("contains NUL or a backslash"));
     }
     if key.starts_with('/') || Path::new(key).is_absolute() {
-        return Err(StoreError::InvalidKey("absolute path"));
+        return Err(BlobError::InvalidKey("absolute path"));
     }
     for segment in key.split('/') {
         match segment {
-            "" => return Err(StoreError::InvalidKey("empty path segment")),
-            "." | ".." => return Err(StoreError::InvalidKey("`.` or `..` segment")),
+            "" => return Err(BlobError::InvalidKey("empty path segment")),
+            "." | ".." => return Err(BlobError::InvalidKey("`.` or `..` segment")),
             _ => {}
         }
     }
@@ -472,13 +472,13 @@ fn validate_key(key: &str) -> Result<(), StoreError> {
         .components()
         .all(|c| matches!(c, Component::Normal(_)))
     {
-        return Err(StoreError::InvalidKey("not a plain relative path"));
+        return Err(BlobError::InvalidKey("not a plain relative path"));
     }
     Ok(())
 }
 
 /// Writes `root/key` atomically: a temporary file beside the target, synced, then renamed over it.
-async fn put_local(root: &Path, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+async fn put_local(root: &Path, key: &str, bytes: Bytes) -> Result<(), BlobError> {
     // One blocking task for the whole write: each tokio::fs call is a thread hand-off of its own.
     let (root_dir, key) = (root.to_path_buf(), key.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -486,22 +486,22 @@ async fn put_local(root: &Path, key: &str, bytes: Bytes) -> Result<(), StoreErro
         put_local_blocking(&path, &bytes)
     })
     .await
-    .map_err(|e| StoreError::io(root, io::Error::other(e)))?
+    .map_err(|e| BlobError::io(root, io::Error::other(e)))?
 }
 
-fn put_local_blocking(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+fn put_local_blocking(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     // validate_key guarantees at least one normal component, so there is a parent and a name.
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(StoreError::InvalidKey("not a plain relative path"));
+        return Err(BlobError::InvalidKey("not a plain relative path"));
     };
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| BlobError::io(dir, e))?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
         uuid::Uuid::new_v4().simple()
     ));
     let renamed = write_synced(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e)));
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| BlobError::io(path, e)));
     if renamed.is_err() {
         // Best effort: the temporary file may not exist, and the original error matters more.
         let _ = std::fs::remove_file(&tmp);
@@ -510,11 +510,11 @@ fn put_local_blocking(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Writes and syncs a file, so that what the rename publishes is complete even after a power loss.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     use std::io::Write as _;
-    let mut file = std::fs::File::create(path).map_err(|e| StoreError::io(path, e))?;
-    file.write_all(bytes).map_err(|e| StoreError::io(path, e))?;
-    file.sync_all().map_err(|e| StoreError::io(path, e))
+    let mut file = std::fs::File::create(path).map_err(|e| BlobError::io(path, e))?;
+    file.write_all(bytes).map_err(|e| BlobError::io(path, e))?;
+    file.sync_all().map_err(|e| BlobError::io(path, e))
 }
 
 #[cfg(test)]
@@ -548,7 +548,7 @@ mod tests {
             "a\0b",
         ] {
             assert!(
-                matches!(validate_key(key), Err(StoreError::InvalidKey(_))),
+                matches!(validate_key(key), Err(BlobError::InvalidKey(_))),
                 "{key:?} should be refused"
             );
         }
@@ -593,16 +593,16 @@ mod tests {
 
     #[actix_rt::test]
     async fn describe_and_kind_name_the_destination() {
-        let store = Store::s3(&s3_settings("/comfyd/out/")).expect("S3 thread starts");
+        let store = BlobStore::s3(&s3_settings("/comfyd/out/")).expect("S3 thread starts");
         assert_eq!(store.describe(), "s3://outputs/comfyd/out");
         assert_eq!(store.kind(), "s3");
         assert_eq!(
-            Store::s3(&s3_settings(""))
+            BlobStore::s3(&s3_settings(""))
                 .expect("S3 thread starts")
                 .describe(),
             "s3://outputs"
         );
-        let local = Store::local(PathBuf::from("/var/lib/comfyd"));
+        let local = BlobStore::local(PathBuf::from("/var/lib/comfyd"));
         assert_eq!(local.describe(), "file:///var/lib/comfyd");
         assert_eq!(local.kind(), "local");
     }
@@ -611,7 +611,7 @@ mod tests {
     async fn local_put_writes_creates_folders_and_overwrites() {
         // Arrange
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::local(dir.path().join("outputs"));
+        let store = BlobStore::local(dir.path().join("outputs"));
 
         // Act
         store
@@ -637,12 +637,12 @@ mod tests {
     async fn local_put_refuses_escaping_keys_and_writes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("outputs");
-        let store = Store::local(root.clone());
+        let store = BlobStore::local(root.clone());
         let err = store
             .put("../escape.png", Bytes::from_static(b"x"), "image/png")
             .await
             .expect_err("must refuse");
-        assert!(matches!(err, StoreError::InvalidKey(_)));
+        assert!(matches!(err, BlobError::InvalidKey(_)));
         assert!(!err.is_transient());
         assert!(!dir.path().join("escape.png").exists());
         assert!(!root.exists());
@@ -654,7 +654,7 @@ mod tests {
         let outside = tempfile::tempdir().expect("outside");
         let dir = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(outside.path(), dir.path().join("task")).expect("symlink");
-        let store = Store::local(dir.path().to_path_buf());
+        let store = BlobStore::local(dir.path().to_path_buf());
 
         // Act
         let err = store
@@ -663,7 +663,7 @@ mod tests {
             .expect_err("must refuse");
 
         // Assert
-        assert!(matches!(err, StoreError::Escapes(_)), "{err}");
+        assert!(matches!(err, BlobError::Escapes(_)), "{err}");
         assert!(!err.is_transient());
         assert_eq!(std::fs::read_dir(outside.path()).expect("dir").count(), 0);
     }
@@ -671,7 +671,7 @@ mod tests {
     #[actix_rt::test]
     async fn local_check_passes_on_a_writable_folder_and_fails_on_a_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::local(dir.path().join("new/folder"));
+        let store = BlobStore::local(dir.path().join("new/folder"));
         store.check().await.expect("writable folder");
         assert_eq!(
             std::fs::read_dir(dir.path().join("new/folder"))
@@ -683,17 +683,17 @@ mod tests {
 
         let file = dir.path().join("plain-file");
         std::fs::write(&file, b"x").expect("write");
-        let err = Store::local(file)
+        let err = BlobStore::local(file)
             .check()
             .await
             .expect_err("a file is not a folder");
-        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        assert!(matches!(err, BlobError::Io { .. }), "{err}");
     }
 
     #[actix_rt::test]
     async fn s3_put_to_a_closed_port_is_a_transient_error() {
         // Port 1 on loopback refuses connections: the SDK retries, then reports a dispatch failure.
-        let store = Store::s3(&s3_settings("")).expect("S3 thread starts");
+        let store = BlobStore::s3(&s3_settings("")).expect("S3 thread starts");
         let err = store
             .put("a.png", Bytes::from_static(b"x"), "image/png")
             .await
@@ -701,7 +701,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                StoreError::S3 {
+                BlobError::S3 {
                     operation: "PutObject",
                     ..
                 }

@@ -1,7 +1,7 @@
-//! `Store` against a real S3-compatible server (`s3s-fs`, see `support::s3`), and a local folder.
+//! `BlobStore` against a real S3-compatible server (`s3s-fs`, see `support::s3`), and a local folder.
 
 use bytes::Bytes;
-use comfyd::storage::{Store, StoreError};
+use comfyd::blob::{BlobError, BlobStore};
 
 use crate::support::s3::S3Server;
 
@@ -14,7 +14,7 @@ async fn s3_put_stores_bytes_and_content_type_under_the_prefix() {
     server.create_bucket(BUCKET).await;
     let mut settings = server.settings(BUCKET);
     settings.key_prefix = "/comfyd/out/".to_owned();
-    let store = Store::s3(&settings).expect("S3 thread starts");
+    let store = BlobStore::s3(&settings).expect("S3 thread starts");
 
     // Act
     store
@@ -51,9 +51,9 @@ async fn delete_removes_one_key_and_a_missing_key_is_no_error() {
     server.create_bucket(BUCKET).await;
     let mut settings = server.settings(BUCKET);
     settings.key_prefix = "out".to_owned();
-    let s3 = Store::s3(&settings).expect("S3 thread starts");
+    let s3 = BlobStore::s3(&settings).expect("S3 thread starts");
     let dir = tempfile::tempdir().expect("local root");
-    let local = Store::local(dir.path().to_path_buf());
+    let local = BlobStore::local(dir.path().to_path_buf());
     for store in [&s3, &local] {
         for key in ["t/0.png", "t/1.png"] {
             store
@@ -79,7 +79,7 @@ async fn delete_removes_one_key_and_a_missing_key_is_no_error() {
     assert!(dir.path().join("t/1.png").exists());
     assert!(matches!(
         local.delete("../outside").await,
-        Err(StoreError::InvalidKey(_))
+        Err(BlobError::InvalidKey(_))
     ));
 }
 
@@ -88,7 +88,7 @@ async fn s3_put_fails_transiently_while_the_server_is_down_and_works_after_resta
     // Arrange
     let mut server = S3Server::start().await;
     server.create_bucket(BUCKET).await;
-    let store = Store::s3(&server.settings(BUCKET)).expect("S3 thread starts");
+    let store = BlobStore::s3(&server.settings(BUCKET)).expect("S3 thread starts");
     store.check().await.expect("healthy before the outage");
 
     // Act: outage
@@ -104,7 +104,7 @@ async fn s3_put_fails_transiently_while_the_server_is_down_and_works_after_resta
     assert!(
         matches!(
             err,
-            StoreError::S3 {
+            BlobError::S3 {
                 operation: "PutObject",
                 ..
             }
@@ -129,7 +129,7 @@ async fn s3_wrong_secret_or_missing_bucket_is_a_permanent_error() {
 
     let mut wrong = server.settings(BUCKET);
     wrong.secret_access_key = Some("not-the-secret".to_owned());
-    let err = Store::s3(&wrong)
+    let err = BlobStore::s3(&wrong)
         .expect("S3 thread starts")
         .put("a.png", Bytes::from_static(b"x"), "image/png")
         .await
@@ -138,7 +138,7 @@ async fn s3_wrong_secret_or_missing_bucket_is_a_permanent_error() {
     assert!(
         matches!(
             err,
-            StoreError::S3 {
+            BlobError::S3 {
                 status: Some(403),
                 ..
             }
@@ -146,7 +146,7 @@ async fn s3_wrong_secret_or_missing_bucket_is_a_permanent_error() {
         "{err}"
     );
 
-    let err = Store::s3(&server.settings("no-such-bucket"))
+    let err = BlobStore::s3(&server.settings("no-such-bucket"))
         .expect("S3 thread starts")
         .check()
         .await
@@ -157,13 +157,13 @@ async fn s3_wrong_secret_or_missing_bucket_is_a_permanent_error() {
 
 #[actix_web::test]
 async fn s3_store_built_on_one_thread_works_from_another_arbiter() {
-    // comfyd builds the Store on the System thread and uses it from actors and actix-web
+    // comfyd builds the BlobStore on the System thread and uses it from actors and actix-web
     // workers on other threads, each with its own current-thread runtime. Here the first call
     // comes from an arbiter whose runtime is then shut down: the connection it used lives on the
     // store's own thread, so the next caller, on another runtime, is served as well.
     let server = S3Server::start().await;
     server.create_bucket(BUCKET).await;
-    let store = Store::s3(&server.settings(BUCKET)).expect("S3 thread starts");
+    let store = BlobStore::s3(&server.settings(BUCKET)).expect("S3 thread starts");
 
     let arbiter = actix_rt::Arbiter::new();
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -1,4 +1,4 @@
-//! `Supervisor`: comfyd's dispatch queue and the rule that routes each task to a backend.
+//! `Dispatcher`: comfyd's dispatch queue and the rule that routes each task to a backend.
 //!
 //! It owns the queue of task ids (priority first, then arrival; rebuilt from the database at start),
 //! the latest health and load of every backend, and which task each backend holds. It hands a backend a
@@ -11,7 +11,7 @@
 //!
 //! After a database outage ends (see `crate::db_health`), it reconciles: what the database holds of
 //! unfinished tasks is resumed as at a start, except what it is running now (see
-//! [`Supervisor::reconcile`]).
+//! [`Dispatcher::reconcile`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -27,11 +27,11 @@ use tracing::{error, info, warn};
 use super::backend::{self, Backend};
 use crate::comfy::protocol::ExecutionError;
 use crate::comfy::FileRef;
+use crate::db::{self, Event, TaskPatch};
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
 use crate::postprocess::recorder::{Claim, Flush, MarkStarted, Transition};
 use crate::postprocess::uploader::StoreOutputs;
 use crate::postprocess::Pipeline;
-use crate::store::{self, Event, TaskPatch};
 use crate::task::{error_code, InputFile, Status};
 
 /// A backend that failed to take a job (HTTP error, connection refused) gets none for this long, so the
@@ -40,9 +40,9 @@ const BACKEND_COOLDOWN: Duration = Duration::from_secs(1);
 /// How often tasks past their deadline are looked for.
 const DEADLINE_SWEEP: Duration = Duration::from_secs(2);
 
-/// Settings the supervisor routes by.
+/// Settings the dispatcher routes by.
 #[derive(Debug, Clone)]
-pub struct SupervisorConfig {
+pub struct DispatcherConfig {
     pub max_in_flight: usize,
     pub max_attempts: i32,
     pub inputs_dir: PathBuf,
@@ -83,8 +83,8 @@ impl Slot {
     }
 }
 
-pub struct Supervisor {
-    cfg: SupervisorConfig,
+pub struct Dispatcher {
+    cfg: DispatcherConfig,
     db: DatabaseConnection,
     pipeline: Pipeline,
     slots: Vec<Slot>,
@@ -116,16 +116,16 @@ struct Unfinished {
 impl Unfinished {
     async fn read(db: &DatabaseConnection) -> Result<Unfinished, sea_orm::DbErr> {
         Ok(Unfinished {
-            queued: store::queued_tasks(db).await?,
-            on_backend: store::tasks_in(db, &Status::ON_BACKEND).await?,
-            executed: store::tasks_in(db, &[Status::Executed]).await?,
+            queued: db::queued_tasks(db).await?,
+            on_backend: db::tasks_in(db, &Status::ON_BACKEND).await?,
+            executed: db::tasks_in(db, &[Status::Executed]).await?,
         })
     }
 }
 
-impl Supervisor {
-    pub fn new(cfg: SupervisorConfig, db: DatabaseConnection, pipeline: Pipeline) -> Supervisor {
-        Supervisor {
+impl Dispatcher {
+    pub fn new(cfg: DispatcherConfig, db: DatabaseConnection, pipeline: Pipeline) -> Dispatcher {
+        Dispatcher {
             cfg,
             db,
             pipeline,
@@ -349,7 +349,7 @@ impl Supervisor {
         let recorder = self.pipeline.recorder.clone();
         let max = self.cfg.max_attempts;
         async move {
-            let Some(task) = store::get_task(&db, &task_id).await? else {
+            let Some(task) = db::get_task(&db, &task_id).await? else {
                 return Ok(None);
             };
             if task.attempts >= max {
@@ -517,7 +517,7 @@ impl Supervisor {
     /// stopped on its backend. Tasks whose outputs are being stored are left to finish.
     fn sweep_deadlines(&mut self, ctx: &mut Context<Self>) {
         let db = self.db.clone();
-        async move { store::overdue_tasks(&db, Utc::now()).await }
+        async move { db::overdue_tasks(&db, Utc::now()).await }
             .into_actor(self)
             .map(|res, act, ctx| {
                 let overdue = match res {
@@ -584,7 +584,7 @@ impl Supervisor {
     }
 }
 
-impl Actor for Supervisor {
+impl Actor for Dispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -600,12 +600,12 @@ impl Actor for Supervisor {
     }
 }
 
-/// A database outage ended: reconcile (see [`Supervisor::reconcile`]).
+/// A database outage ended: reconcile (see [`Dispatcher::reconcile`]).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 struct Reconcile;
 
-impl Handler<Reconcile> for Supervisor {
+impl Handler<Reconcile> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, _: Reconcile, ctx: &mut Context<Self>) {
@@ -618,7 +618,7 @@ impl Handler<Reconcile> for Supervisor {
 #[rtype(result = "()")]
 pub struct AttachBackends(pub Vec<backend::BackendConfig>);
 
-impl Handler<AttachBackends> for Supervisor {
+impl Handler<AttachBackends> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: AttachBackends, ctx: &mut Context<Self>) {
@@ -653,7 +653,7 @@ pub struct Enqueue {
     pub prompt_id: Option<String>,
 }
 
-impl Handler<Enqueue> for Supervisor {
+impl Handler<Enqueue> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
@@ -671,7 +671,7 @@ pub struct BackendState {
     pub queue_remaining: u32,
 }
 
-impl Handler<BackendState> for Supervisor {
+impl Handler<BackendState> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: BackendState, ctx: &mut Context<Self>) {
@@ -695,7 +695,7 @@ pub struct JobStarted {
     pub prompt_id: String,
 }
 
-impl Handler<JobStarted> for Supervisor {
+impl Handler<JobStarted> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: JobStarted, ctx: &mut Context<Self>) {
@@ -746,7 +746,7 @@ pub struct JobEnded {
     pub outcome: JobOutcome,
 }
 
-impl Handler<JobEnded> for Supervisor {
+impl Handler<JobEnded> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: JobEnded, ctx: &mut Context<Self>) {
@@ -844,7 +844,7 @@ pub struct CancelTask {
     pub task_id: String,
 }
 
-impl Handler<CancelTask> for Supervisor {
+impl Handler<CancelTask> for Dispatcher {
     type Result = ResponseActFuture<Self, Result<CancelOutcome, anyhow::Error>>;
 
     fn handle(&mut self, msg: CancelTask, _ctx: &mut Context<Self>) -> Self::Result {
@@ -881,7 +881,7 @@ pub struct BackendView {
     pub queue_remaining: u32,
 }
 
-/// The supervisor's view of things.
+/// The dispatcher's view of things.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     pub queued: usize,
@@ -893,7 +893,7 @@ pub struct SnapshotView {
 #[rtype(result = "SnapshotView")]
 pub struct Snapshot;
 
-impl Handler<Snapshot> for Supervisor {
+impl Handler<Snapshot> for Dispatcher {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _: Snapshot, _ctx: &mut Context<Self>) -> Self::Result {
@@ -919,7 +919,7 @@ impl Handler<Snapshot> for Supervisor {
 #[rtype(result = "()")]
 pub struct StopDispatching;
 
-impl Handler<StopDispatching> for Supervisor {
+impl Handler<StopDispatching> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, _: StopDispatching, _ctx: &mut Context<Self>) {

@@ -774,7 +774,7 @@ pub async fn list_tasks(
 }
 
 /// Queued tasks in dispatch order (priority first, then age), with the prompt id each will run
-/// under: how the Supervisor rebuilds its queue.
+/// under: how the Dispatcher rebuilds its queue.
 pub async fn queued_tasks(
     db: &DatabaseConnection,
 ) -> Result<Vec<(String, i32, Option<String>)>, DbErr> {

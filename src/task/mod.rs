@@ -5,10 +5,14 @@
 //! to do next: queued = dispatch; dispatched/running = ask the backend about the prompt id; executed =
 //! fetch and store the outputs recorded for it; a terminal status = nothing (its webhook has its own outbox).
 
+pub mod ids;
+
 use serde::{Deserialize, Serialize};
 
 use crate::entity::{output, task};
 use crate::workflow::Target;
+
+pub use ids::{BackendName, PromptId, TaskId};
 
 /// A task's status, stored as its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
