@@ -24,7 +24,9 @@
 //! - `stats.rs`: percentiles, idle time, ideal makespan (unit-tested)
 //! - `report.rs`: the Markdown tables and the targets
 
+mod outcome;
 mod pg;
+mod proc_stats;
 mod procs;
 mod receiver;
 mod report;
@@ -36,7 +38,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 
-use crate::scenario::{Outcome, StoreKind};
+use crate::outcome::Outcome;
+use crate::scenario::StoreKind;
 
 /// Command line.
 #[derive(Parser, Debug)]
@@ -148,12 +151,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize().context("resolving --dir")?;
-    let file_cost = procs::file_cost_us(&dir)
+    let file_cost = proc_stats::file_cost_us(&dir)
         .with_context(|| format!("making probe files in {}", dir.display()))?;
 
     // Whether the client and the receiver may run ahead of the processes they measure.
-    let favoured = procs::favour_this_thread();
-    procs::unfavour_this_thread();
+    let favoured = proc_stats::favour_this_thread();
+    proc_stats::unfavour_this_thread();
     let receiver = receiver::Receiver::start().context("starting the webhook receiver")?;
     // The header is taken now: the commit and load at the start are the ones that matter.
     let mut header = machine(&chrono::Utc::now());
@@ -161,13 +164,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         " Run folders in {} ({}), where making a file (a folder, the file written and synced, \
          then renamed, as the local store does) costs {file_cost:.0} µs of CPU.",
         dir.display(),
-        procs::filesystem_type(&dir),
+        proc_stats::filesystem_type(&dir),
     ));
     header.push_str(&if favoured {
         format!(
             " The bench's client (while it submits) and webhook receiver ran at nice {}, so \
              that their own waits for a core do not count as comfyd's latency.",
-            procs::OBSERVER_NICE
+            proc_stats::OBSERVER_NICE
         )
     } else {
         " The bench's client and webhook receiver ran at the normal priority (a higher one \
@@ -308,6 +311,6 @@ fn machine(started: &chrono::DateTime<chrono::Utc>) -> String {
     format!(
         "Run {} UTC at commit {commit}; {cpus} CPUs ({model}), {mem_gib} RAM; load average at start {}.",
         started.format("%Y-%m-%d %H:%M"),
-        procs::load_average()
+        proc_stats::load_average()
     )
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Deserialize;
 
-use crate::procs::now_ms;
+use crate::proc_stats::now_ms;
 
 /// One webhook as received.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ impl Receiver {
         let shared = hooks.clone();
         let server = HttpServer::new(move || {
             // Runs on the receiver's worker thread: a webhook's arrival is timed when it is read.
-            crate::procs::favour_this_thread();
+            crate::proc_stats::favour_this_thread();
             App::new()
                 .app_data(web::Data::new(shared.clone()))
                 .app_data(web::PayloadConfig::new(1 << 20))

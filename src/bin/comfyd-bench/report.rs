@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::scenario::{Outcome, Scenario};
+use crate::outcome::Outcome;
+use crate::scenario::Scenario;
 
 /// A target from the brief, checked against every outcome it applies to.
 struct Target {

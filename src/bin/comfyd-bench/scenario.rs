@@ -1,6 +1,6 @@
 //! The four scenarios and how one of them runs against one store: start the simulators, the S3 server
 //! if needed and comfyd; submit every job; wait for every webhook; collect the simulators' stats and
-//! comfyd's `/proc` figures; turn them into an [`Outcome`].
+//! comfyd's `/proc` figures; turn them into an `Outcome` (outcome.rs).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::outcome::{summarize, Outcome, SimStats, Submitted};
+use crate::proc_stats;
 use crate::procs::{self, Binaries, Children, ScratchDir};
-use crate::receiver::{Hook, Receiver};
-use crate::stats::{ideal_makespan, idle_while_waiting, percentile, Span};
+use crate::receiver::Receiver;
 
 /// Submits in flight at once ("at once" = as fast as ~64 concurrent clients can);
 /// `COMFYD_BENCH_CONCURRENCY` overrides it (to see latency without queueing, for example).
@@ -95,83 +95,6 @@ pub fn all() -> Vec<Scenario> {
     ]
 }
 
-/// Everything measured in one run of one scenario against one store. Times in ms.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub scenario: String,
-    pub store: String,
-    pub submitted: usize,
-    pub accepted: usize,
-    /// Submits that failed or were refused, with the first error seen.
-    pub refused: usize,
-    pub first_error: Option<String>,
-    pub submit_p50: Option<f64>,
-    pub submit_p99: Option<f64>,
-    pub dispatch_p50: Option<f64>,
-    pub dispatch_p99: Option<f64>,
-    pub hook_p50: Option<f64>,
-    pub hook_p99: Option<f64>,
-    /// Completion -> webhook p50 of jobs that completed while submits were still arriving, and after.
-    pub hook_p50_during_submits: Option<f64>,
-    pub hook_p50_after_submits: Option<f64>,
-    /// comfyd's CPU use while nothing is submitted (timers, heartbeats), per second.
-    pub idle_cpu_ms_per_s: Option<f64>,
-    /// Share of the machine's CPU (all cores) in use from the first submit to the last webhook, %.
-    pub machine_busy_pct: Option<f64>,
-    /// comfyd's context switches (all threads) per accepted job.
-    pub ctx_switches_per_job: Option<f64>,
-    /// Instructions comfyd executed per accepted job, under callgrind (`COMFYD_BENCH_CALLGRIND`).
-    pub instructions_per_job: Option<f64>,
-    /// CPU per job of the other processes on the machine during the run: the simulators, s3s-fs, and
-    /// the bench itself (ms).
-    pub others_cpu_per_job: Vec<(String, f64)>,
-    /// comfyd's CPU per thread name during the run, largest first (ms).
-    pub thread_cpu: Vec<(String, f64)>,
-    /// Accepted jobs / (last webhook - first submit).
-    pub jobs_per_s: Option<f64>,
-    pub submit_phase_s: f64,
-    /// How long the bench's client thread waited for a core during the submit phase.
-    pub client_wait_ms: Option<f64>,
-    pub makespan_ms: Option<f64>,
-    pub ideal_ms: Option<f64>,
-    pub idle_ms: Option<f64>,
-    pub cpu_ms_per_job: Option<f64>,
-    pub peak_rss_mib: Option<f64>,
-    /// Peak RSS once every job was queued, before the backends resumed (scenario (d)).
-    pub rss_deep_queue_mib: Option<f64>,
-    pub lost: usize,
-    pub duplicated: usize,
-    /// Tasks whose webhook said something other than `done`.
-    pub not_done: usize,
-    /// Prompts the simulators received (more than `accepted` = some were dispatched again).
-    pub prompts: usize,
-    pub load_before: String,
-    pub load_after: String,
-}
-
-/// One submit as the bench saw it.
-struct Submitted {
-    sent_ms: f64,
-    latency_ms: f64,
-    accepted_ms: f64,
-    task_id: Option<String>,
-    error: Option<String>,
-}
-
-/// One prompt as `GET /sim/stats` reports it.
-#[derive(Debug, Deserialize)]
-struct PromptStat {
-    prompt_id: String,
-    received_ms: f64,
-    started_ms: Option<f64>,
-    finished_ms: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SimStats {
-    prompts: Vec<PromptStat>,
-}
-
 /// Runs `sc` against `store`. Every process it starts is gone when it returns.
 pub async fn run(
     bins: &Binaries,
@@ -184,7 +107,7 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let scratch = ScratchDir::new(dir, &format!("{}-{}", sc.key, store.name()))?;
     let mut children = Children::default();
-    let load_before = procs::load_average();
+    let load_before = proc_stats::load_average();
 
     let mut sims = Vec::new();
     for (i, ms) in sc.exec_ms.iter().enumerate() {
@@ -233,18 +156,18 @@ pub async fn run(
         })?;
 
     receiver.clear();
-    let idle_start = (procs::cpu_ms(pid)?, Instant::now());
+    let idle_start = (proc_stats::cpu_ms(pid)?, Instant::now());
     actix_rt::time::sleep(IDLE_PROBE).await;
     let idle_cpu_ms_per_s =
-        (procs::cpu_ms(pid)? - idle_start.0) / idle_start.1.elapsed().as_secs_f64();
+        (proc_stats::cpu_ms(pid)? - idle_start.0) / idle_start.1.elapsed().as_secs_f64();
     let profiler = procs::start_profiler(&mut children, pid, &label)?;
     if let Some(c) = &callgrind {
         c.start(pid)?;
     }
-    let cpu_before = procs::cpu_ms(pid)?;
-    let threads_before = procs::thread_cpu_ms(pid);
-    let switches_before = procs::context_switches(pid);
-    let machine_before = procs::machine_cpu();
+    let cpu_before = proc_stats::cpu_ms(pid)?;
+    let threads_before = proc_stats::thread_cpu_ms(pid);
+    let switches_before = proc_stats::context_switches(pid);
+    let machine_before = proc_stats::machine_cpu();
     let others = |children: &Children| -> Vec<(String, f64)> {
         let mut v: Vec<(String, f64)> = Vec::new();
         let named = children
@@ -259,7 +182,7 @@ pub async fn run(
             } else {
                 name
             };
-            let ms = procs::cpu_ms(pid).unwrap_or(0.0);
+            let ms = proc_stats::cpu_ms(pid).unwrap_or(0.0);
             match v.iter_mut().find(|(n, _)| *n == name) {
                 Some(e) => e.1 += ms,
                 None => v.push((name, ms)),
@@ -269,18 +192,18 @@ pub async fn run(
     };
     let others_before = others(&children);
     // The client measures comfyd's latency, not its own waits for a core (see
-    // `procs::OBSERVER_NICE`); it gives the favour back before it starts anything.
-    let favoured = procs::favour_this_thread();
-    let wait_before = procs::thread_run_queue_wait_ms();
+    // `proc_stats::OBSERVER_NICE`); it gives the favour back before it starts anything.
+    let favoured = proc_stats::favour_this_thread();
+    let wait_before = proc_stats::thread_run_queue_wait_ms();
     let submit_start = Instant::now();
     let submitted = submit_all(&client, &format!("{base}/api/v1"), &receiver.url, sc.jobs).await;
     let submit_phase_s = submit_start.elapsed().as_secs_f64();
-    let client_wait_ms = match (wait_before, procs::thread_run_queue_wait_ms()) {
+    let client_wait_ms = match (wait_before, proc_stats::thread_run_queue_wait_ms()) {
         (Ok(before), Ok(after)) => Some(after - before),
         _ => None,
     };
     if favoured {
-        procs::unfavour_this_thread();
+        proc_stats::unfavour_this_thread();
     }
     if std::env::var_os("COMFYD_BENCH_KEEP").is_some() {
         write_submits(&scratch.path().join("submits.csv"), &submitted)?;
@@ -290,8 +213,8 @@ pub async fn run(
     let mut rss_deep_queue_mib = None;
     let mut resume_ms = None;
     if sc.paused_then_resume {
-        rss_deep_queue_mib = procs::peak_rss_mib(pid).ok();
-        resume_ms = Some(procs::now_ms());
+        rss_deep_queue_mib = proc_stats::peak_rss_mib(pid).ok();
+        resume_ms = Some(proc_stats::now_ms());
         for s in &sims {
             client
                 .post(format!("{}/sim/config", s.url))
@@ -323,16 +246,16 @@ pub async fn run(
         children.check_alive()?;
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_after = procs::cpu_ms(pid)?;
+    let cpu_after = proc_stats::cpu_ms(pid)?;
     let instructions = callgrind.as_ref().map(|c| c.stop(pid)).transpose()?;
-    let switches = procs::context_switches(pid).saturating_sub(switches_before);
-    let machine_after = procs::machine_cpu();
+    let switches = proc_stats::context_switches(pid).saturating_sub(switches_before);
+    let machine_after = proc_stats::machine_cpu();
     let others_after = others(&children);
     let machine_total = machine_after.1.saturating_sub(machine_before.1);
     let machine_busy_pct = (machine_total > 0).then(|| {
         100.0 * machine_after.0.saturating_sub(machine_before.0) as f64 / machine_total as f64
     });
-    let mut thread_cpu: Vec<(String, f64)> = procs::thread_cpu_ms(pid)
+    let mut thread_cpu: Vec<(String, f64)> = proc_stats::thread_cpu_ms(pid)
         .into_iter()
         .map(|(name, ms)| {
             let before = threads_before.get(&name).copied().unwrap_or(0.0);
@@ -343,7 +266,7 @@ pub async fn run(
     thread_cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
     procs::stop_profiler(&mut children, profiler);
     actix_rt::time::sleep(DUPLICATE_GRACE).await;
-    let peak_rss_mib = procs::peak_rss_mib(pid).ok();
+    let peak_rss_mib = proc_stats::peak_rss_mib(pid).ok();
     let hooks = receiver.hooks();
 
     let mut stats = Vec::new();
@@ -391,152 +314,8 @@ pub async fn run(
         .map(|n| n as f64 / out.accepted as f64);
     out.rss_deep_queue_mib = rss_deep_queue_mib;
     out.load_before = load_before;
-    out.load_after = procs::load_average();
+    out.load_after = proc_stats::load_average();
     Ok(out)
-}
-
-/// Turns raw observations into the report's figures (everything except the `/proc` ones).
-fn summarize(
-    submitted: &[Submitted],
-    hooks: &[Hook],
-    stats: &[Vec<PromptStat>],
-    exec_configured: &[f64],
-    resume_ms: Option<f64>,
-) -> Outcome {
-    let ok: Vec<&Submitted> = submitted.iter().filter(|s| s.task_id.is_some()).collect();
-    let mut out = Outcome {
-        submitted: submitted.len(),
-        accepted: ok.len(),
-        refused: submitted.len() - ok.len(),
-        first_error: submitted.iter().find_map(|s| s.error.clone()),
-        prompts: stats.iter().map(Vec::len).sum(),
-        ..Outcome::default()
-    };
-    let latencies: Vec<f64> = ok.iter().map(|s| s.latency_ms).collect();
-    out.submit_p50 = percentile(&latencies, 50.0);
-    out.submit_p99 = percentile(&latencies, 99.0);
-
-    let prompts: HashMap<&str, &PromptStat> = stats
-        .iter()
-        .flatten()
-        .map(|p| (p.prompt_id.as_str(), p))
-        .collect();
-    let mut by_task: HashMap<&str, Vec<&Hook>> = HashMap::new();
-    for h in hooks {
-        by_task.entry(h.task_id.as_str()).or_default().push(h);
-    }
-    let (mut dispatch, mut to_hook) = (Vec::new(), Vec::new());
-    let (mut hook_during, mut hook_after) = (Vec::new(), Vec::new());
-    let last_accepted = ok.iter().map(|s| s.accepted_ms).fold(f64::MIN, f64::max);
-    let mut last_hook = f64::MIN;
-    for s in &ok {
-        let Some(task) = s.task_id.as_deref() else {
-            continue;
-        };
-        let Some(hs) = by_task.get(task) else {
-            out.lost += 1;
-            continue;
-        };
-        let ids: HashSet<&str> = hs.iter().map(|h| h.webhook_id.as_str()).collect();
-        if ids.len() > 1 {
-            out.duplicated += 1;
-        }
-        let first = hs
-            .iter()
-            .min_by(|a, b| a.received_ms.total_cmp(&b.received_ms))
-            .copied();
-        let Some(first) = first else { continue };
-        last_hook = last_hook.max(first.received_ms);
-        if first.status != "done" {
-            out.not_done += 1;
-        }
-        if let Some(p) = first.prompt_id.as_deref().and_then(|id| prompts.get(id)) {
-            dispatch.push(p.received_ms - s.sent_ms);
-            if let Some(f) = p.finished_ms {
-                let d = first.received_ms - f;
-                to_hook.push(d);
-                if f <= last_accepted {
-                    hook_during.push(d)
-                } else {
-                    hook_after.push(d)
-                }
-            }
-        }
-    }
-    out.dispatch_p50 = percentile(&dispatch, 50.0);
-    out.dispatch_p99 = percentile(&dispatch, 99.0);
-    out.hook_p50 = percentile(&to_hook, 50.0);
-    out.hook_p99 = percentile(&to_hook, 99.0);
-    out.hook_p50_during_submits = percentile(&hook_during, 50.0);
-    out.hook_p50_after_submits = percentile(&hook_after, 50.0);
-
-    let first_sent = ok.iter().map(|s| s.sent_ms).fold(f64::MAX, f64::min);
-    if out.accepted > 0 && last_hook > first_sent {
-        out.jobs_per_s = Some(out.accepted as f64 / ((last_hook - first_sent) / 1000.0));
-    }
-
-    // Makespan: from the moment work could start (first submit, or the resume) to the last finish.
-    let start = resume_ms.unwrap_or(first_sent);
-    let last_finish = stats
-        .iter()
-        .flatten()
-        .filter_map(|p| p.finished_ms)
-        .fold(f64::MIN, f64::max);
-    if out.accepted > 0 && last_finish > start {
-        out.makespan_ms = Some(last_finish - start);
-        // Each backend's speed as measured (mean execution time of the jobs' prompts: not of
-        // comfyd's file-cleanup prompts, one per job and taking no GPU time), else as configured.
-        let job_prompts: HashSet<&str> = hooks
-            .iter()
-            .filter_map(|h| h.prompt_id.as_deref())
-            .collect();
-        let speeds: Vec<f64> = stats
-            .iter()
-            .zip(exec_configured)
-            .map(|(ps, conf)| {
-                let runs: Vec<f64> = ps
-                    .iter()
-                    .filter(|p| job_prompts.contains(p.prompt_id.as_str()))
-                    .filter_map(|p| Some(p.finished_ms? - p.started_ms?))
-                    .collect();
-                if runs.is_empty() {
-                    *conf
-                } else {
-                    runs.iter().sum::<f64>() / runs.len() as f64
-                }
-            })
-            .collect();
-        out.ideal_ms = Some(ideal_makespan(out.accepted, &speeds));
-        let accepted: Vec<f64> = ok.iter().map(|s| s.accepted_ms).collect();
-        let started: Vec<f64> = stats
-            .iter()
-            .flatten()
-            .filter_map(|p| p.started_ms)
-            .collect();
-        let busy: Vec<Vec<Span>> = stats
-            .iter()
-            .map(|ps| {
-                ps.iter()
-                    .filter_map(|p| {
-                        Some(Span {
-                            start: p.started_ms?,
-                            end: p.finished_ms.unwrap_or(last_finish),
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
-        out.idle_ms = Some(idle_while_waiting(
-            &accepted,
-            &started,
-            &busy,
-            Span {
-                start,
-                end: last_finish,
-            },
-        ));
-    }
-    out
 }
 
 /// Creates the bucket comfyd writes to (comfyd expects it to exist).
@@ -605,7 +384,7 @@ async fn submit_all(
             });
             let request = client.post(api).send_json(&body);
             async move {
-                let sent_ms = procs::now_ms();
+                let sent_ms = proc_stats::now_ms();
                 let t0 = Instant::now();
                 let result = match request.await {
                     Ok(mut resp) => {
