@@ -5,6 +5,10 @@
 //! On by default (`cleanup.enabled`); a backend without the node is warned about and skipped. Only
 //! comfyd's own files are ever removed: a task's outputs under `comfyd/<task_id>/` and the inputs it
 //! uploaded for that task (`comfyd_<task id without dashes>_...`).
+//!
+//! Talks to: the Dispatcher and the Uploader send `CleanFiles`; the Dispatcher registers each
+//! backend it starts (`RegisterBackend`); the checked files go to that backend as [`Clean`]. The Cleaner
+//! knows a backend only as a `Recipient<Clean>`, so post-processing does not depend on dispatch.
 
 use std::collections::HashMap;
 
@@ -12,11 +16,11 @@ use actix::prelude::*;
 use tracing::warn;
 
 use crate::comfy::names;
-use crate::dispatch::backend::{Backend, Clean};
+use crate::task::ids::BackendName;
 
 pub struct Cleaner {
     enabled: bool,
-    backends: HashMap<String, Addr<Backend>>,
+    backends: HashMap<BackendName, Recipient<Clean>>,
 }
 
 impl Cleaner {
@@ -32,19 +36,28 @@ impl Actor for Cleaner {
     type Context = Context<Self>;
 }
 
+/// Deletes files on the ComfyUI host through the `Clean input and output file` node; handled by the
+/// backend actor of that host.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Clean {
+    /// (folder type, path relative to it): already checked to be relative and free of `..`.
+    pub files: Vec<(String, String)>,
+}
+
 /// Tells the cleaner where each backend actor is (sent once at start).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RegisterBackend {
-    pub name: String,
-    pub addr: Addr<Backend>,
+    pub name: BackendName,
+    pub clean: Recipient<Clean>,
 }
 
 impl Handler<RegisterBackend> for Cleaner {
     type Result = ();
 
     fn handle(&mut self, msg: RegisterBackend, _ctx: &mut Context<Self>) {
-        self.backends.insert(msg.name, msg.addr);
+        self.backends.insert(msg.name, msg.clean);
     }
 }
 
@@ -65,7 +78,7 @@ impl Handler<CleanFiles> for Cleaner {
         if !self.enabled {
             return;
         }
-        let Some(addr) = self.backends.get(&msg.backend) else {
+        let Some(backend) = self.backends.get(msg.backend.as_str()) else {
             return;
         };
         let files: Vec<(String, String)> = msg
@@ -87,7 +100,7 @@ impl Handler<CleanFiles> for Cleaner {
             })
             .collect();
         if !files.is_empty() {
-            addr.do_send(Clean { files });
+            backend.do_send(Clean { files });
         }
     }
 }
