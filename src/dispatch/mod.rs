@@ -1,7 +1,7 @@
 //! Dispatch: comfyd's queue, its routing, and one actor per ComfyUI server.
 //!
-//! - [`dispatcher::Dispatcher`]: the actor that owns the queue and hands tasks to backends (with its
-//!   start/outage [`dispatcher`]`::recovery` and deadline sweep);
+//! - [`dispatcher::Dispatcher`]: the actor that owns the queue and hands tasks to backends (in its
+//!   folder: what a job's end leads to, recovery at start and after an outage, the deadline sweep);
 //! - [`queue`]: the queue of task ids, in dispatch order (plain data);
 //! - [`routing`]: which task goes to which backend next (a pure function, tested alone);
 //! - [`backend::Backend`]: one actor per ComfyUI server, the only part that speaks its protocol;

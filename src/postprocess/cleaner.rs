@@ -128,7 +128,59 @@ pub fn owned_by_task(task_id: &str, kind: &str, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::owned_by_task;
+    use std::sync::{Arc, Mutex};
+
+    use actix::prelude::*;
+
+    use super::{owned_by_task, Clean, CleanFiles, Cleaner, RegisterBackend};
+
+    /// Stands in for a backend actor: keeps what it was asked to clean.
+    struct Host(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl Actor for Host {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Clean> for Host {
+        type Result = ();
+
+        fn handle(&mut self, msg: Clean, _ctx: &mut Context<Self>) {
+            self.0.lock().expect("not poisoned").extend(msg.files);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn the_tasks_own_files_reach_the_registered_backend() {
+        let t = "6f1c0e2a-1b2c-4d5e-8f90-0123456789ab";
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let host = Host(seen.clone()).start();
+        let cleaner = Cleaner::new(true).start();
+        cleaner
+            .send(RegisterBackend {
+                name: "gpu-1".into(),
+                clean: host.clone().recipient(),
+            })
+            .await
+            .expect("registered");
+        let own = format!("comfyd/{t}/a.png");
+        for backend in ["gpu-1", "gpu-2"] {
+            cleaner
+                .send(CleanFiles {
+                    backend: backend.into(),
+                    task_id: t.into(),
+                    files: vec![
+                        ("output".into(), own.clone()),
+                        ("output".into(), "someone-elses.png".into()),
+                    ],
+                })
+                .await
+                .expect("handled");
+        }
+        // The Host handles its mailbox in order: once this answers, the Clean sent before it was seen.
+        host.send(Clean { files: vec![] }).await.expect("handled");
+        let seen = seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen, vec![("output".to_string(), own)]);
+    }
 
     #[test]
     fn cleans_only_the_tasks_own_files() {

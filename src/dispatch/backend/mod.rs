@@ -37,7 +37,7 @@ use crate::comfy::{ComfyClient, FileRef};
 use crate::task::ids::{PromptId, TaskId};
 use events::SocketItem;
 
-// Startup builds these (it is carried by `AttachBackends`, hence defined with the messages).
+// A backend's settings: defined with the messages, since `AttachBackends` carries them.
 pub use super::messages::BackendConfig;
 
 /// First wait before reconnecting; doubled after each failure up to the configured maximum.
