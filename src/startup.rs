@@ -28,10 +28,8 @@ use tracing::{error, info, warn};
 use crate::blob::{BlobStore, S3Settings};
 use crate::budget::MemoryBudget;
 use crate::config::{redact_url, Settings};
-use crate::dispatch::backend::BackendConfig;
-use crate::dispatch::dispatcher::{
-    AttachBackends, Dispatcher, DispatcherConfig, Snapshot, StopDispatching,
-};
+use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
+use crate::dispatch::messages::{AttachBackends, BackendConfig, Snapshot, StopDispatching};
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::postprocess::cleaner::Cleaner;
 use crate::postprocess::notifier::{Notifier, NotifierConfig};
@@ -148,7 +146,7 @@ impl Application {
             .endpoints
             .iter()
             .map(|url| BackendConfig {
-                name: url.trim_end_matches('/').to_string(),
+                name: url.trim_end_matches('/').into(),
                 url: url.clone(),
                 http_timeout,
                 reconnect_max: Duration::from_millis(settings.comfyui.reconnect_max_ms),

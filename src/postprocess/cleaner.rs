@@ -5,6 +5,10 @@
 //! On by default (`cleanup.enabled`); a backend without the node is warned about and skipped. Only
 //! comfyd's own files are ever removed: a task's outputs under `comfyd/<task_id>/` and the inputs it
 //! uploaded for that task (`comfyd_<task id without dashes>_...`).
+//!
+//! Talks to: the Dispatcher and the Uploader send `CleanFiles`; the Dispatcher registers each
+//! backend it starts (`RegisterBackend`); the checked files go to that backend as [`Clean`]. The Cleaner
+//! knows a backend only as a `Recipient<Clean>`, so post-processing does not depend on dispatch.
 
 use std::collections::HashMap;
 
@@ -12,11 +16,11 @@ use actix::prelude::*;
 use tracing::warn;
 
 use crate::comfy::names;
-use crate::dispatch::backend::{Backend, Clean};
+use crate::task::ids::BackendName;
 
 pub struct Cleaner {
     enabled: bool,
-    backends: HashMap<String, Addr<Backend>>,
+    backends: HashMap<BackendName, Recipient<Clean>>,
 }
 
 impl Cleaner {
@@ -32,19 +36,28 @@ impl Actor for Cleaner {
     type Context = Context<Self>;
 }
 
+/// Deletes files on the ComfyUI host through the `Clean input and output file` node; handled by the
+/// backend actor of that host.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Clean {
+    /// (folder type, path relative to it): already checked to be relative and free of `..`.
+    pub files: Vec<(String, String)>,
+}
+
 /// Tells the cleaner where each backend actor is (sent once at start).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RegisterBackend {
-    pub name: String,
-    pub addr: Addr<Backend>,
+    pub name: BackendName,
+    pub clean: Recipient<Clean>,
 }
 
 impl Handler<RegisterBackend> for Cleaner {
     type Result = ();
 
     fn handle(&mut self, msg: RegisterBackend, _ctx: &mut Context<Self>) {
-        self.backends.insert(msg.name, msg.addr);
+        self.backends.insert(msg.name, msg.clean);
     }
 }
 
@@ -65,7 +78,7 @@ impl Handler<CleanFiles> for Cleaner {
         if !self.enabled {
             return;
         }
-        let Some(addr) = self.backends.get(&msg.backend) else {
+        let Some(backend) = self.backends.get(msg.backend.as_str()) else {
             return;
         };
         let files: Vec<(String, String)> = msg
@@ -87,7 +100,7 @@ impl Handler<CleanFiles> for Cleaner {
             })
             .collect();
         if !files.is_empty() {
-            addr.do_send(Clean { files });
+            backend.do_send(Clean { files });
         }
     }
 }
@@ -115,7 +128,59 @@ pub fn owned_by_task(task_id: &str, kind: &str, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::owned_by_task;
+    use std::sync::{Arc, Mutex};
+
+    use actix::prelude::*;
+
+    use super::{owned_by_task, Clean, CleanFiles, Cleaner, RegisterBackend};
+
+    /// Stands in for a backend actor: keeps what it was asked to clean.
+    struct Host(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl Actor for Host {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Clean> for Host {
+        type Result = ();
+
+        fn handle(&mut self, msg: Clean, _ctx: &mut Context<Self>) {
+            self.0.lock().expect("not poisoned").extend(msg.files);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn the_tasks_own_files_reach_the_registered_backend() {
+        let t = "6f1c0e2a-1b2c-4d5e-8f90-0123456789ab";
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let host = Host(seen.clone()).start();
+        let cleaner = Cleaner::new(true).start();
+        cleaner
+            .send(RegisterBackend {
+                name: "gpu-1".into(),
+                clean: host.clone().recipient(),
+            })
+            .await
+            .expect("registered");
+        let own = format!("comfyd/{t}/a.png");
+        for backend in ["gpu-1", "gpu-2"] {
+            cleaner
+                .send(CleanFiles {
+                    backend: backend.into(),
+                    task_id: t.into(),
+                    files: vec![
+                        ("output".into(), own.clone()),
+                        ("output".into(), "someone-elses.png".into()),
+                    ],
+                })
+                .await
+                .expect("handled");
+        }
+        // The Host handles its mailbox in order: once this answers, the Clean sent before it was seen.
+        host.send(Clean { files: vec![] }).await.expect("handled");
+        let seen = seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen, vec![("output".to_string(), own)]);
+    }
 
     #[test]
     fn cleans_only_the_tasks_own_files() {

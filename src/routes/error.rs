@@ -116,6 +116,12 @@ impl From<sea_orm::DbErr> for ApiError {
     }
 }
 
+impl From<crate::dispatch::messages::DispatchError> for ApiError {
+    fn from(e: crate::dispatch::messages::DispatchError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> Self {
         ApiError::Internal(e.into())

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::auth::Admin;
 use super::{ApiError, AppState};
-use crate::dispatch::dispatcher::Snapshot;
+use crate::dispatch::messages::Snapshot;
 
 /// Longest `/readyz` waits for the database to answer its probe.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -55,7 +55,7 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     summary = "Each ComfyUI server, up or down, with its jobs",
     security(("api_key" = ["admin"])),
     responses(
-        (status = 200, description = "The dispatcher's view", body = crate::dispatch::dispatcher::SnapshotView),
+        (status = 200, description = "The dispatcher's view", body = crate::dispatch::messages::SnapshotView),
         (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
         (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),

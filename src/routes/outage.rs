@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::{ApiError, AppState};
 use crate::db::{Inserted, NewTask};
-use crate::dispatch::dispatcher::Enqueue;
+use crate::dispatch::messages::Enqueue;
 use crate::postprocess::recorder::InsertTask;
 
 /// 503 at once while the Recorder finds the database unreachable, rather than queueing a write
@@ -38,8 +38,8 @@ pub async fn insert_task(state: &AppState, new: NewTask) -> Result<Inserted, Api
         if let Err(Ok(Ok(Inserted::New(task)))) = tx.send(written) {
             tracing::warn!(task.id = %task.id, "task {} was recorded after its submit was answered 503; running it", task.id);
             dispatcher.do_send(Enqueue {
-                prompt_id: task.comfyui_task_id.clone(),
-                task_id: task.id,
+                prompt_id: task.comfyui_task_id.clone().map(Into::into),
+                task_id: task.id.into(),
                 priority: task.priority,
             });
         }

@@ -15,7 +15,7 @@ use super::input::{budget_error, check_storable, JsonBody};
 use super::{ApiError, AppState};
 use crate::budget::Reservation;
 use crate::db::{self, Inserted, NewTask};
-use crate::dispatch::dispatcher::Enqueue;
+use crate::dispatch::messages::Enqueue;
 use crate::outbound::OutboundError;
 use crate::task::{InputFile, TaskRecord};
 use crate::workflow::{list_unknown, probe, FieldError, ImageLimits, ImageSource, Workflow};
@@ -419,9 +419,9 @@ async fn accept(
     match inserted {
         Inserted::New(task) => {
             state.dispatcher.do_send(Enqueue {
-                task_id: task.id.clone(),
+                task_id: task.id.clone().into(),
                 priority: task.priority,
-                prompt_id: task.comfyui_task_id.clone(),
+                prompt_id: task.comfyui_task_id.clone().map(Into::into),
             });
             tracing::info!(task.id = %task.id, workflow = %task.workflow, "task {} accepted", task.id);
             Ok((TaskRecord::new(&task, &[]), true))

@@ -8,7 +8,7 @@ use super::auth::{self, Caller, Submitter};
 use super::input::{check_storable, query_int};
 use super::{ApiError, AppState};
 use crate::db::{self, TaskFilter};
-use crate::dispatch::dispatcher::{CancelOutcome, CancelTask};
+use crate::dispatch::messages::{CancelOutcome, CancelTask};
 use crate::task::{Status, TaskRecord};
 
 async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecord, ApiError> {
@@ -187,7 +187,7 @@ pub async fn cancel(
     match state
         .dispatcher
         .send(CancelTask {
-            task_id: task.id.clone(),
+            task_id: task.id.clone().into(),
         })
         .await??
     {
