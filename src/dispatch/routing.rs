@@ -60,11 +60,16 @@ pub fn open(b: &BackendFacts, max_in_flight: usize, now: Instant) -> bool {
     b.up && b.held < max_in_flight && b.cool_until.is_none_or(|t| t <= now)
 }
 
-/// Whether `task` may run on backend `i` (of `backends`).
-pub fn may_run(backends: &[BackendFacts], i: usize, task: &TaskFacts<'_>) -> bool {
+/// Whether another backend than `i` is up: a requeued task then goes there instead.
+fn another_up(backends: &[BackendFacts], i: usize) -> bool {
+    backends.iter().enumerate().any(|(j, b)| j != i && b.up)
+}
+
+/// Whether `task` may run on backend `i`, given whether another backend is up (asked once per
+/// backend, not once per queued task: the queue can hold thousands).
+pub fn may_run(i: usize, others_up: bool, task: &TaskFacts<'_>) -> bool {
     // A requeued task goes elsewhere, unless no other backend is up (then back is better than never).
-    let elsewhere = backends.iter().enumerate().any(|(j, b)| j != i && b.up);
-    !elsewhere || task.failed_on != Some(i)
+    !others_up || task.failed_on != Some(i)
 }
 
 /// The next assignment: over the open backends, least loaded first (ties round-robin from
@@ -88,7 +93,8 @@ where
         .collect();
     candidates.sort_by_key(|&i| (backends[i].load(), (i + n - cursor) % n));
     for i in candidates {
-        if let Some(task) = queue.clone().find(|t| may_run(backends, i, t)) {
+        let others_up = another_up(backends, i);
+        if let Some(task) = queue.clone().find(|t| may_run(i, others_up, t)) {
             return Some(Choice {
                 backend: i,
                 task_id: task.task_id,
