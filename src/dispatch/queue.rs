@@ -43,17 +43,13 @@ impl Queue {
 
     /// Adds a task at the end of its priority (the caller checked it is not queued already).
     pub fn push(&mut self, task_id: TaskId, priority: i32, prompt_id: Option<PromptId>) {
-        if let Some(p) = prompt_id {
-            self.next_prompt.insert(task_id.clone(), p);
-        }
         self.seq += 1;
         let key = QueueKey {
             neg_priority: -(priority as i64),
             seq: self.seq,
-            task_id: task_id.clone(),
+            task_id,
         };
-        self.keys.insert(task_id, key.clone());
-        self.order.insert(key);
+        self.put_back(key, prompt_id);
     }
 
     /// Puts a task taken out by [`Queue::take`] back in its old place (its claim could not be
