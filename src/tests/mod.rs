@@ -8,6 +8,7 @@ mod chaos;
 mod db;
 mod db_outage;
 mod hostile_backend;
+mod layers;
 mod openapi;
 mod original;
 mod pipeline;
