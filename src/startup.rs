@@ -282,12 +282,12 @@ impl Application {
 async fn start_api_keys(
     settings: &Settings,
     db: &sea_orm::DatabaseConnection,
-) -> anyhow::Result<routes::auth::ApiKeys> {
-    let keys = routes::auth::ApiKeys::from_settings(&settings.auth);
+) -> anyhow::Result<crate::access::ApiKeys> {
+    let keys = crate::access::ApiKeys::from_settings(&settings.auth);
     keys.refresh(db).await.context("reading the API keys")?;
     if keys.enabled() {
         info!("API keys required (Authorization: Bearer)");
-    } else if !routes::auth::is_loopback_host(&settings.server.host) {
+    } else if !crate::access::is_loopback_host(&settings.server.host) {
         warn!(
             "no API keys: anyone who reaches {}:{} can submit, cancel and read every task; \
              add keys with `comfyd keys add` or [auth] keys (see README, API keys)",
@@ -297,7 +297,7 @@ async fn start_api_keys(
     let (refreshed, db) = (keys.clone(), db.clone());
     actix_rt::spawn(async move {
         loop {
-            actix_rt::time::sleep(routes::auth::REFRESH_EVERY).await;
+            actix_rt::time::sleep(crate::access::REFRESH_EVERY).await;
             if let Err(e) = refreshed.refresh(&db).await {
                 warn!(error = %e, "could not re-read the API keys; keeping the previous ones");
             }

@@ -51,7 +51,7 @@ pub struct AppState {
     pub workflows: Catalog,
     pub outbound: Outbound,
     /// The API keys in force (none: every route is open).
-    pub keys: auth::ApiKeys,
+    pub keys: crate::access::ApiKeys,
     /// False once shutdown began: submits answer 503.
     pub accepting: Arc<AtomicBool>,
     /// Whether the database takes writes: while not, submits answer 503 at once.

@@ -10,9 +10,10 @@ use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::auth::{Caller, Submitter};
+use super::auth::Submitter;
 use super::input::{budget_error, check_storable, JsonBody};
 use super::{ApiError, AppState};
+use crate::access::Caller;
 use crate::budget::Reservation;
 use crate::db::{self, Inserted, NewTask};
 use crate::dispatch::messages::Enqueue;
