@@ -11,6 +11,9 @@
 //!               Notifier ─► client webhook (retries from the outbox)
 //! ```
 //!
+//! The submit routes hand each submit to the submit service ([`crate::intake`]): it is what sends
+//! `InsertTask` and `Enqueue` in the picture.
+//!
 //! Shutdown (SIGTERM/SIGINT): submits answer 503, nothing more is dispatched, post-processing under
 //! way gets `shutdown_timeout_secs` to finish, then the process exits; whatever is left is resumed from
 //! the database by the next start. SIGHUP reloads the workflows.
@@ -30,6 +33,7 @@ use crate::budget::MemoryBudget;
 use crate::config::{redact_url, Settings};
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::dispatch::messages::{AttachBackends, BackendConfig, Snapshot, StopDispatching};
+use crate::intake::{Intake, IntakeLimits};
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::postprocess::cleaner::Cleaner;
 use crate::postprocess::notifier::{Notifier, NotifierConfig};
@@ -37,8 +41,7 @@ use crate::postprocess::recorder::{Flush, Recorder};
 use crate::postprocess::uploader::{InProgress, Uploader, UploaderConfig};
 use crate::postprocess::{Finisher, Pipeline};
 use crate::routes::{self, AppState};
-use crate::workflow::Catalog;
-use crate::workflow::WorkflowSet;
+use crate::workflow::{Catalog, ImageLimits, WorkflowSet};
 use crate::{db, telemetry};
 
 /// A built, listening application.
@@ -158,21 +161,42 @@ impl Application {
         dispatcher.send(AttachBackends(backends)).await?;
         let keys = start_api_keys(&settings, &db).await?;
 
+        let workflows = Catalog::new(workflows);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let intake = Intake {
+            catalog: workflows.clone(),
+            limits: IntakeLimits {
+                images: ImageLimits {
+                    max_side: settings.limits.max_image_side,
+                    max_pixels: settings.limits.max_image_pixels,
+                },
+                inputs_dir: settings.inputs_dir(),
+                task_deadline_secs: settings.comfyui.task_deadline_secs,
+                submit_wait: Duration::from_millis(settings.database_outage.submit_wait_ms),
+            },
+            db: db.clone(),
+            outbound: outbound.clone(),
+            recorder: recorder.clone().recipient(),
+            dispatcher: dispatcher.clone().recipient(),
+            accepting: accepting.clone(),
+            db_health: db_health.clone(),
+        };
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db,
             recorder,
             dispatcher,
             notifier,
-            workflows: Catalog::new(workflows),
+            workflows,
             outbound,
             keys,
-            accepting: Arc::new(AtomicBool::new(true)),
+            accepting,
             db_health,
             budget: MemoryBudget::new(
                 settings.limits.in_flight_bytes,
                 Duration::from_millis(settings.limits.in_flight_wait_ms),
             ),
+            intake,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {

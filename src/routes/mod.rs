@@ -34,6 +34,7 @@ use sea_orm::DatabaseConnection;
 use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::dispatch::dispatcher::Dispatcher;
+use crate::intake::Intake;
 use crate::outbound::Outbound;
 use crate::postprocess::notifier::Notifier;
 use crate::postprocess::recorder::Recorder;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub db_health: crate::db_health::DbHealth,
     /// What request bodies and input images may hold at once ([limits]).
     pub budget: MemoryBudget,
+    /// The submit service the submit routes hand their bodies to.
+    pub intake: Intake,
 }
 
 impl AppState {
