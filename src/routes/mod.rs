@@ -35,7 +35,6 @@ use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::dispatch::dispatcher::Dispatcher;
 use crate::intake::Intake;
-use crate::outbound::Outbound;
 use crate::postprocess::notifier::Notifier;
 use crate::postprocess::recorder::Recorder;
 use crate::workflow::Catalog;
@@ -50,7 +49,6 @@ pub struct AppState {
     pub dispatcher: Addr<Dispatcher>,
     pub notifier: Addr<Notifier>,
     pub workflows: Catalog,
-    pub outbound: Outbound,
     /// The API keys in force (none: every route is open).
     pub keys: crate::access::ApiKeys,
     /// False once shutdown began: submits answer 503.
