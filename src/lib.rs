@@ -10,10 +10,13 @@
 //! - [`paths`]: the one way a relative name becomes a path comfyd writes (it cannot leave its root).
 //! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
 //! - [`db`] and [`entity`]: the database; [`db_health`]: whether it takes writes right now.
-//! - [`routes`]: the HTTP API (API keys: `routes::auth`); [`cli`]: the operator commands.
+//! - [`intake`]: the submit service: checks a submit, records its task, hands it to the dispatcher.
+//! - [`access`]: API keys and callers (who may do what), free of HTTP.
+//! - [`routes`]: the HTTP API (its key extractors: `routes::auth`); [`cli`]: the operator commands.
 //! - [`budget`]: the memory requests may hold at once (request bodies, input images).
 //! - [`startup`]: builds and runs the application.
 
+pub mod access;
 pub mod blob;
 pub mod budget;
 pub mod cli;
@@ -24,6 +27,7 @@ pub mod db_health;
 pub mod dispatch;
 pub mod dotenv;
 pub mod entity;
+pub mod intake;
 pub mod outbound;
 pub mod paths;
 pub mod pg_nodelay;

@@ -11,6 +11,9 @@
 //!               Notifier ─► client webhook (retries from the outbox)
 //! ```
 //!
+//! The submit routes hand each submit to the submit service ([`crate::intake`]): it is what sends
+//! `InsertTask` and `Enqueue` in the picture.
+//!
 //! Shutdown (SIGTERM/SIGINT): submits answer 503, nothing more is dispatched, post-processing under
 //! way gets `shutdown_timeout_secs` to finish, then the process exits; whatever is left is resumed from
 //! the database by the next start. SIGHUP reloads the workflows.
@@ -30,6 +33,7 @@ use crate::budget::MemoryBudget;
 use crate::config::{redact_url, Settings};
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::dispatch::messages::{AttachBackends, BackendConfig, Snapshot, StopDispatching};
+use crate::intake::{Intake, IntakeLimits};
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::postprocess::cleaner::Cleaner;
 use crate::postprocess::notifier::{Notifier, NotifierConfig};
@@ -37,8 +41,7 @@ use crate::postprocess::recorder::{Flush, Recorder};
 use crate::postprocess::uploader::{InProgress, Uploader, UploaderConfig};
 use crate::postprocess::{Finisher, Pipeline};
 use crate::routes::{self, AppState};
-use crate::workflow::Catalog;
-use crate::workflow::WorkflowSet;
+use crate::workflow::{Catalog, ImageLimits, WorkflowSet};
 use crate::{db, telemetry};
 
 /// A built, listening application.
@@ -158,21 +161,41 @@ impl Application {
         dispatcher.send(AttachBackends(backends)).await?;
         let keys = start_api_keys(&settings, &db).await?;
 
+        let workflows = Catalog::new(workflows);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let intake = Intake {
+            catalog: workflows.clone(),
+            limits: IntakeLimits {
+                images: ImageLimits {
+                    max_side: settings.limits.max_image_side,
+                    max_pixels: settings.limits.max_image_pixels,
+                },
+                inputs_dir: settings.inputs_dir(),
+                task_deadline_secs: settings.comfyui.task_deadline_secs,
+                submit_wait: Duration::from_millis(settings.database_outage.submit_wait_ms),
+            },
+            db: db.clone(),
+            outbound,
+            recorder: recorder.clone().recipient(),
+            dispatcher: dispatcher.clone().recipient(),
+            accepting: accepting.clone(),
+            db_health: db_health.clone(),
+        };
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db,
             recorder,
             dispatcher,
             notifier,
-            workflows: Catalog::new(workflows),
-            outbound,
+            workflows,
             keys,
-            accepting: Arc::new(AtomicBool::new(true)),
+            accepting,
             db_health,
             budget: MemoryBudget::new(
                 settings.limits.in_flight_bytes,
                 Duration::from_millis(settings.limits.in_flight_wait_ms),
             ),
+            intake,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -282,12 +305,12 @@ impl Application {
 async fn start_api_keys(
     settings: &Settings,
     db: &sea_orm::DatabaseConnection,
-) -> anyhow::Result<routes::auth::ApiKeys> {
-    let keys = routes::auth::ApiKeys::from_settings(&settings.auth);
+) -> anyhow::Result<crate::access::ApiKeys> {
+    let keys = crate::access::ApiKeys::from_settings(&settings.auth);
     keys.refresh(db).await.context("reading the API keys")?;
     if keys.enabled() {
         info!("API keys required (Authorization: Bearer)");
-    } else if !routes::auth::is_loopback_host(&settings.server.host) {
+    } else if !crate::access::is_loopback_host(&settings.server.host) {
         warn!(
             "no API keys: anyone who reaches {}:{} can submit, cancel and read every task; \
              add keys with `comfyd keys add` or [auth] keys (see README, API keys)",
@@ -297,7 +320,7 @@ async fn start_api_keys(
     let (refreshed, db) = (keys.clone(), db.clone());
     actix_rt::spawn(async move {
         loop {
-            actix_rt::time::sleep(routes::auth::REFRESH_EVERY).await;
+            actix_rt::time::sleep(crate::access::REFRESH_EVERY).await;
             if let Err(e) = refreshed.refresh(&db).await {
                 warn!(error = %e, "could not re-read the API keys; keeping the previous ones");
             }

@@ -2,24 +2,12 @@
 //! only its SHA-256 is kept (in the database, or in the configuration entry `generate` prints).
 
 use anyhow::{bail, Context};
-use base64::Engine as _;
 use chrono::Utc;
-use rand::RngCore;
 
+use crate::access::{hash_key, new_key, Scope};
 use crate::config::Settings;
 use crate::db;
 use crate::entity::api_key;
-use crate::routes::auth::{hash_key, Scope};
-
-/// A new random key: `cfd_` and 256 random bits, base64url.
-pub fn new_key() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!(
-        "cfd_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
 
 fn check(name: &str, scope: &str) -> anyhow::Result<Scope> {
     if name.trim().is_empty() || name.len() > 64 {

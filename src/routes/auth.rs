@@ -1,4 +1,5 @@
-//! API keys: who may call which route.
+//! API keys at the HTTP boundary: who may call which route. The keys themselves, and [`Caller`],
+//! are [`crate::access`]'s; this module holds only the actix extractors that ask it.
 //!
 //! Off unless keys exist (comfyd stays a drop-in for the service it replaces, which had none): with no
 //! key in `[auth] keys` and none ever added to the database, every route is open. Otherwise a request
@@ -9,162 +10,26 @@
 //! submit key on an admin route 403, and another key's task 404, as if it did not exist, so task
 //! ids cannot be probed.
 //!
-//! Keys are held as SHA-256 hashes only (keys are random 256-bit strings, so a plain hash is enough),
-//! compared in constant time against every key in force. Database keys (`comfyd keys add`) are read
-//! at start and again every [`REFRESH_EVERY`], so an added or revoked key takes effect within that.
+//! Keys are compared in constant time against every key in force ([`crate::access`]).
 
 use std::future::{ready, Ready};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
-use sea_orm::{ConnectionTrait, DbErr};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
-use crate::config::AuthSettings;
+use crate::access::{ApiKeys, Caller, Scope};
 use crate::db;
 use crate::entity::task;
 
-/// How often keys added or revoked in the database are picked up.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
-
-/// What a key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Submit, list and read its own tasks, cancel them; read the workflows.
-    Submit,
-    /// Everything.
-    Admin,
-}
-
-impl Scope {
-    pub fn parse(s: &str) -> Option<Scope> {
-        match s {
-            "submit" => Some(Scope::Submit),
-            "admin" => Some(Scope::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Submit => "submit",
-            Scope::Admin => "admin",
-        }
-    }
-}
-
-/// The SHA-256 of a key, as stored (lower-case hex).
-pub fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// One key in force: its name, scope and hash.
-#[derive(Clone, Debug)]
-struct KeyEntry {
-    name: String,
-    scope: Scope,
-    hash: [u8; 32],
-}
-
-impl KeyEntry {
-    fn new(name: &str, scope: &str, hex_hash: &str) -> Option<KeyEntry> {
-        let mut hash = [0u8; 32];
-        if hex_hash.len() != 64 {
-            return None;
-        }
-        for (i, byte) in hash.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex_hash.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(KeyEntry {
-            name: name.to_string(),
-            scope: Scope::parse(scope)?,
-            hash,
-        })
-    }
-}
-
-#[derive(Debug, Default)]
-struct FromDatabase {
-    /// Keys not revoked.
-    active: Vec<KeyEntry>,
-    /// Whether the database ever held a key: revoking the last one closes the API, not opens it.
-    any: bool,
-}
-
-/// The keys in force: the configuration's, and the database's as last read. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct ApiKeys {
-    config: Arc<Vec<KeyEntry>>,
-    db: Arc<RwLock<FromDatabase>>,
-}
-
-impl ApiKeys {
-    /// The configured keys (already validated by `Settings`; an entry that does not parse is skipped).
-    pub fn from_settings(settings: &AuthSettings) -> ApiKeys {
-        let config = settings
-            .keys
-            .iter()
-            .filter_map(|k| KeyEntry::new(&k.name, &k.scope, &k.sha256))
-            .collect();
-        ApiKeys {
-            config: Arc::new(config),
-            db: Arc::default(),
-        }
-    }
-
-    /// Reads the database's keys again.
-    pub async fn refresh<C: ConnectionTrait>(&self, db: &C) -> Result<(), DbErr> {
-        let rows = db::all_api_keys(db).await?;
-        let fresh = FromDatabase {
-            any: !rows.is_empty(),
-            active: rows
-                .iter()
-                .filter(|k| k.revoked_at.is_none())
-                .filter_map(|k| KeyEntry::new(&k.name, &k.scope, &k.key_hash))
-                .collect(),
-        };
-        match self.db.write() {
-            Ok(mut g) => *g = fresh,
-            Err(p) => *p.into_inner() = fresh,
-        }
-        Ok(())
-    }
-
-    /// Whether requests must carry a key.
-    pub fn enabled(&self) -> bool {
-        !self.config.is_empty() || self.read_db(|d| d.any)
-    }
-
-    fn read_db<T>(&self, f: impl FnOnce(&FromDatabase) -> T) -> T {
-        // A poisoned lock only means a refresh panicked; the keys it holds are still whole.
-        match self.db.read() {
-            Ok(g) => f(&g),
-            Err(p) => f(&p.into_inner()),
-        }
-    }
-
-    /// The key in force whose hash is the presented key's. Every key is compared, in constant time.
-    fn find(&self, presented: &str) -> Option<(String, Scope)> {
-        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let mut found = None;
-        let mut check = |k: &KeyEntry| {
-            if bool::from(k.hash.ct_eq(&hash)) && found.is_none() {
-                found = Some((k.name.clone(), k.scope));
-            }
-        };
-        self.config.iter().for_each(&mut check);
-        self.read_db(|d| d.active.iter().for_each(&mut check));
-        found
-    }
-
+/// Who is calling: answered from the request's `Authorization` header. A trait so that the keys'
+/// domain ([`crate::access`]) knows nothing of HTTP.
+pub trait Authorize {
     /// Who is calling, and whether a route needing `needs` lets them in.
+    fn authorize(&self, req: &HttpRequest, needs: Scope) -> Result<Caller, ApiError>;
+}
+
+impl Authorize for ApiKeys {
     fn authorize(&self, req: &HttpRequest, needs: Scope) -> Result<Caller, ApiError> {
         if !self.enabled() {
             return Ok(Caller::Anyone);
@@ -197,55 +62,6 @@ impl ApiKeys {
             )));
         }
         Ok(Caller::Key { name, scope })
-    }
-}
-
-/// Who made a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Caller {
-    /// No keys are in use: anyone may do anything.
-    Anyone,
-    /// A key, by its name and scope.
-    Key { name: String, scope: Scope },
-}
-
-impl Caller {
-    /// The owner recorded on tasks this caller submits: the key's name.
-    pub fn owner(&self) -> Option<String> {
-        match self {
-            Caller::Anyone => None,
-            Caller::Key { name, .. } => Some(name.clone()),
-        }
-    }
-
-    /// Whether the caller sees every task (no keys in use, or an admin key).
-    pub fn sees_every_task(&self) -> bool {
-        matches!(
-            self,
-            Caller::Anyone
-                | Caller::Key {
-                    scope: Scope::Admin,
-                    ..
-                }
-        )
-    }
-
-    /// The owner a task listing is limited to: None for those who see every task.
-    pub fn listing_owner(&self) -> Option<String> {
-        if self.sees_every_task() {
-            None
-        } else {
-            self.owner()
-        }
-    }
-
-    /// Whether the caller may read and cancel this task.
-    pub fn may_see(&self, task: &task::Model) -> bool {
-        match self {
-            _ if self.sees_every_task() => true,
-            Caller::Key { name, .. } => task.owner.as_deref() == Some(name.as_str()),
-            Caller::Anyone => true,
-        }
     }
 }
 
@@ -293,19 +109,12 @@ impl FromRequest for Admin {
     }
 }
 
-/// Whether the listen address can only be reached from this host (no warning about open access).
-pub fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => bare.eq_ignore_ascii_case("localhost"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::hash_key;
     use crate::config::ApiKeySetting;
+    use crate::config::AuthSettings;
     use actix_web::test::TestRequest;
 
     fn keys() -> ApiKeys {
@@ -331,15 +140,6 @@ mod tests {
             req = req.insert_header(("authorization", h));
         }
         req.to_http_request()
-    }
-
-    #[test]
-    fn hash_key_is_the_sha256_in_hex() {
-        // printf abc | sha256sum
-        assert_eq!(
-            hash_key("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 
     #[test]
@@ -382,15 +182,5 @@ mod tests {
             .expect("admin key");
         assert!(ops.sees_every_task());
         assert_eq!(ops.owner().as_deref(), Some("ops"));
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for host in ["127.0.0.1", "::1", "[::1]", "localhost", "127.1.2.3"] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in ["0.0.0.0", "::", "10.0.0.1", "example.com"] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
     }
 }

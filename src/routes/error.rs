@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::intake::IntakeError;
 use crate::task::TaskRecord;
 use crate::workflow::FieldError;
 
@@ -113,6 +114,33 @@ impl From<sea_orm::DbErr> for ApiError {
             return ApiError::database_unreachable();
         }
         ApiError::Internal(e.into())
+    }
+}
+
+/// How the HTTP API answers a refused submit (the submit service's [`IntakeError`]).
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        let message = e.to_string();
+        match e {
+            IntakeError::NotAnObject => ApiError::BadRequest(message),
+            IntakeError::UnknownWorkflow(_) => ApiError::NotFound(message),
+            IntakeError::Invalid(fields) => ApiError::Invalid(fields),
+            IntakeError::TooLarge(field) => ApiError::TooLarge(field),
+            IntakeError::Budget(e) => super::input::budget_error(e),
+            IntakeError::TakenByAnotherKey => ApiError::Conflict {
+                message,
+                task: None,
+            },
+            IntakeError::Conflict(task) => ApiError::Conflict {
+                message,
+                task: Some(task),
+            },
+            IntakeError::ShuttingDown => ApiError::Unavailable(message),
+            IntakeError::DatabaseUnreachable => ApiError::database_unreachable(),
+            IntakeError::Database(e) => e.into(),
+            IntakeError::Mailbox(e) => e.into(),
+            IntakeError::Internal(e) => ApiError::Internal(e),
+        }
     }
 }
 

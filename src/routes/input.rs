@@ -325,18 +325,6 @@ pub fn query_int(
         })
 }
 
-/// Refuses a text field that the databases cannot store: PostgreSQL's `text` takes no NUL
-/// character (a client's id or URL containing one would otherwise fail its INSERT with a 500).
-pub fn check_storable(field: &str, text: &str) -> Result<(), FieldError> {
-    if text.contains('\0') {
-        return Err(FieldError {
-            field: field.into(),
-            reason: "must not contain NUL characters".into(),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

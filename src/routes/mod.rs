@@ -34,7 +34,7 @@ use sea_orm::DatabaseConnection;
 use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::dispatch::dispatcher::Dispatcher;
-use crate::outbound::Outbound;
+use crate::intake::Intake;
 use crate::postprocess::notifier::Notifier;
 use crate::postprocess::recorder::Recorder;
 use crate::workflow::Catalog;
@@ -49,15 +49,16 @@ pub struct AppState {
     pub dispatcher: Addr<Dispatcher>,
     pub notifier: Addr<Notifier>,
     pub workflows: Catalog,
-    pub outbound: Outbound,
     /// The API keys in force (none: every route is open).
-    pub keys: auth::ApiKeys,
+    pub keys: crate::access::ApiKeys,
     /// False once shutdown began: submits answer 503.
     pub accepting: Arc<AtomicBool>,
     /// Whether the database takes writes: while not, submits answer 503 at once.
     pub db_health: crate::db_health::DbHealth,
     /// What request bodies and input images may hold at once ([limits]).
     pub budget: MemoryBudget,
+    /// The submit service the submit routes hand their bodies to.
+    pub intake: Intake,
 }
 
 impl AppState {

@@ -4,11 +4,13 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{self, Caller, Submitter};
-use super::input::{check_storable, query_int};
+use super::auth::{self, Submitter};
+use super::input::query_int;
 use super::{ApiError, AppState};
+use crate::access::Caller;
 use crate::db::{self, TaskFilter};
 use crate::dispatch::messages::{CancelOutcome, CancelTask};
+use crate::intake::check_storable;
 use crate::task::{Status, TaskRecord};
 
 async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecord, ApiError> {

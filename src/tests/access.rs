@@ -15,7 +15,7 @@ use crate::support::db::TestDb;
 use crate::support::eventually;
 use crate::support::sim::Sim;
 use crate::support::webhook::WebhookReceiver;
-use comfyd::routes::auth::hash_key;
+use comfyd::access::hash_key;
 
 /// A request to the daemon's API with an optional bearer key; (status, WWW-Authenticate, body).
 async fn call(

@@ -503,8 +503,8 @@ async fn with_api_keys_the_document_says_which_routes_need_one_and_the_docs_stay
         "COMFYD_API_KEYS".to_string(),
         format!(
             "app:submit:{},ops:admin:{}",
-            comfyd::routes::auth::hash_key(submit_key),
-            comfyd::routes::auth::hash_key(admin_key)
+            comfyd::access::hash_key(submit_key),
+            comfyd::access::hash_key(admin_key)
         ),
     );
     let env = env(EnvOpts {
