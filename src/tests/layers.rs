@@ -22,7 +22,6 @@ const LAYERS: &[(&str, u8)] = &[
     ("db_health", 0),
     ("comfy", 0),
     ("workflow", 0),
-    ("access", 0),
     // The domain types and the settings.
     ("paths", 1),
     ("task", 1),
@@ -32,8 +31,10 @@ const LAYERS: &[(&str, u8)] = &[
     // Storage: SQL and files.
     ("db", 2),
     ("blob", 2),
-    // Actors: post-processing, then the dispatcher and backends that send to them.
+    // Actors: post-processing, then the dispatcher and backends that send to them; beside the
+    // post-processing actors, the API keys (read from the database, used by routes and cli).
     ("postprocess", 3),
+    ("access", 3),
     ("dispatch", 4),
     // The submit service, the HTTP API over it, the wiring, the operator commands.
     ("intake", 5),
