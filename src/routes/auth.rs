@@ -121,7 +121,7 @@ impl ApiKeys {
 
     /// Reads the database's keys again.
     pub async fn refresh<C: ConnectionTrait>(&self, db: &C) -> Result<(), DbErr> {
-        let rows = db::all_api_keys(db).await?;
+        let rows = db::api_keys::all(db).await?;
         let fresh = FromDatabase {
             any: !rows.is_empty(),
             active: rows
@@ -256,7 +256,7 @@ pub async fn visible_task(
     caller: &Caller,
     id: &str,
 ) -> Result<task::Model, ApiError> {
-    db::find_task(&state.db, id)
+    db::tasks::find(&state.db, id)
         .await?
         .filter(|t| caller.may_see(t))
         .ok_or_else(|| ApiError::NotFound(format!("no task with id or client_task_id {id:?}")))

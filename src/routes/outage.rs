@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{ApiError, AppState};
-use crate::db::{Inserted, NewTask};
+use crate::db::tasks::{Inserted, NewTask};
 use crate::dispatch::messages::Enqueue;
 use crate::postprocess::recorder::InsertTask;
 

@@ -14,7 +14,10 @@ use super::auth::{Caller, Submitter};
 use super::input::{budget_error, check_storable, JsonBody};
 use super::{ApiError, AppState};
 use crate::budget::Reservation;
-use crate::db::{self, Inserted, NewTask};
+use crate::db::{
+    self,
+    tasks::{Inserted, NewTask},
+};
 use crate::dispatch::messages::Enqueue;
 use crate::outbound::OutboundError;
 use crate::task::{InputFile, TaskRecord};
@@ -305,7 +308,7 @@ async fn accept(
         .iter()
         .any(|i| matches!(i.source, ImageSource::Url(_)));
     if let Some(ctid) = s.client_task_id.as_ref().filter(|_| fetches) {
-        if let Some(existing) = db::find_task(&state.db, ctid)
+        if let Some(existing) = db::tasks::find(&state.db, ctid)
             .await?
             .filter(|t| t.client_task_id.as_ref() == Some(ctid))
         {
@@ -447,7 +450,7 @@ async fn same_or_conflict(
             task: None,
         });
     }
-    let outputs = db::task_outputs(&state.db, &existing.id).await?;
+    let outputs = db::outputs::for_task(&state.db, &existing.id).await?;
     let record = TaskRecord::new(&existing, &outputs);
     if existing.request_hash == request_hash {
         Ok((record, false))

@@ -7,13 +7,13 @@ use serde_json::json;
 use super::auth::{self, Caller, Submitter};
 use super::input::{check_storable, query_int};
 use super::{ApiError, AppState};
-use crate::db::{self, TaskFilter};
+use crate::db::{self, tasks::TaskFilter};
 use crate::dispatch::messages::{CancelOutcome, CancelTask};
 use crate::task::{Status, TaskRecord};
 
 async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecord, ApiError> {
     let task = auth::visible_task(state, caller, id).await?;
-    let outputs = db::task_outputs(&state.db, &task.id).await?;
+    let outputs = db::outputs::for_task(&state.db, &task.id).await?;
     Ok(TaskRecord::new(&task, &outputs))
 }
 
@@ -110,10 +110,10 @@ pub async fn list(
         offset,
         owner: caller.listing_owner(),
     };
-    let (rows, total) = db::list_tasks(&state.db, &filter).await?;
+    let (rows, total) = db::tasks::list(&state.db, &filter).await?;
     let mut tasks = Vec::with_capacity(rows.len());
     for t in &rows {
-        let outputs = db::task_outputs(&state.db, &t.id).await?;
+        let outputs = db::outputs::for_task(&state.db, &t.id).await?;
         tasks.push(TaskRecord::new(t, &outputs));
     }
     Ok(HttpResponse::Ok()
@@ -144,7 +144,7 @@ pub async fn events(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let task = record(&state, &caller, &id).await?;
-    let events: Vec<_> = db::task_events(&state.db, &task.id)
+    let events: Vec<_> = db::events::for_task(&state.db, &task.id)
         .await?
         .into_iter()
         .map(|e| {

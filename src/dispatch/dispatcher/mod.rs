@@ -34,7 +34,7 @@ use super::backend::Backend;
 use super::messages::{BackendState, BackendView, Cancel, DispatchError, Reconcile, Reports, Run};
 use super::queue::{Queue, QueueKey};
 use super::routing::{self, BackendFacts};
-use crate::db::{Event, TaskPatch};
+use crate::db::{events::Event, tasks::TaskPatch};
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
 use crate::postprocess::recorder::Claim;
 use crate::postprocess::Pipeline;
