@@ -47,7 +47,7 @@ pub async fn insert_task(state: &AppState, new: NewTask) -> Result<Inserted, Api
     let wait = Duration::from_millis(state.settings.database_outage.submit_wait_ms);
     match actix_rt::time::timeout(wait, rx).await {
         Ok(Ok(Ok(Ok(inserted)))) => Ok(inserted),
-        // An unreachable database becomes a 503 (see `From<DbErr>`).
+        // An unreachable database becomes a 503 (see `From<RecordError>`).
         Ok(Ok(Ok(Err(e)))) => Err(e.into()),
         Ok(Ok(Err(mailbox))) => Err(mailbox.into()),
         Ok(Err(_)) => Err(ApiError::Internal(anyhow::anyhow!(

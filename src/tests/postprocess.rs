@@ -177,7 +177,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
     let id = insert_task(&recorder).await;
     let claimed = recorder
         .send(Claim {
-            task_id: id.clone(),
+            task_id: id.clone().into(),
             may_wait: false,
             patch: TaskPatch {
                 backend: Some(Some("b".into())),
@@ -195,7 +195,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
 
     // Act: the job starts (its mark is held for its end), then another task's event comes.
     let mark = recorder.send(MarkStarted {
-        task_id: id.clone(),
+        task_id: id.clone().into(),
         backend: "b".into(),
         prompt_id: "p".into(),
         at: Utc::now(),
@@ -203,7 +203,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
     let mark = actix_rt::spawn(mark);
     recorder
         .send(RecordEvent {
-            task_id: other.clone(),
+            task_id: other.clone().into(),
             event: Event::new("note", json!({})),
         })
         .await

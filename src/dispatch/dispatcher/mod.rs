@@ -175,7 +175,7 @@ impl Dispatcher {
         async move {
             let claimed = recorder
                 .send(Claim {
-                    task_id: task_id.clone().into(),
+                    task_id: task_id.clone(),
                     may_wait,
                     patch: TaskPatch {
                         backend: Some(Some(backend.clone().into())),

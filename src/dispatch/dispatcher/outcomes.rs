@@ -46,7 +46,7 @@ impl Dispatcher {
             let next = PromptId::new();
             let requeued = recorder
                 .send(Transition {
-                    task_id: task_id.clone().into(),
+                    task_id: task_id.clone(),
                     from: Status::ON_BACKEND.to_vec(),
                     to: Status::Queued,
                     patch: TaskPatch {
@@ -101,9 +101,9 @@ impl Handler<JobStarted> for Dispatcher {
         async move {
             let _ = recorder
                 .send(MarkStarted {
-                    task_id: msg.task_id.into(),
-                    backend: msg.backend.into(),
-                    prompt_id: msg.prompt_id.into(),
+                    task_id: msg.task_id,
+                    backend: msg.backend,
+                    prompt_id: msg.prompt_id,
                     at: Utc::now(),
                 })
                 .await;

@@ -73,13 +73,13 @@ impl Write {
     pub(super) fn task_id(&self) -> Option<&str> {
         match self {
             Write::InsertTask(t) => Some(&t.id),
-            Write::Transition(m) => Some(&m.task_id),
-            Write::Claim(m) => Some(&m.task_id),
-            Write::RecordExecuted(m) => Some(&m.task_id),
-            Write::Finish(m) => Some(&m.task_id),
+            Write::Transition(m) => Some(m.task_id.as_str()),
+            Write::Claim(m) => Some(m.task_id.as_str()),
+            Write::RecordExecuted(m) => Some(m.task_id.as_str()),
+            Write::Finish(m) => Some(m.task_id.as_str()),
             Write::RecordAttempt(a) => Some(&a.task_id),
-            Write::RecordEvent(m) => Some(&m.task_id),
-            Write::MarkStarted(m) => Some(&m.task_id),
+            Write::RecordEvent(m) => Some(m.task_id.as_str()),
+            Write::MarkStarted(m) => Some(m.task_id.as_str()),
             Write::Redeliver(_) | Write::Flush => None,
         }
     }

@@ -50,8 +50,8 @@ use batch::{linger_wait, take_batch, Pending};
 use write::{write_batch, Outcome, Write, Written};
 
 pub use messages::{
-    Claim, Finish, Flush, InsertTask, MarkStarted, RecordAttempt, RecordEvent, RecordExecuted,
-    Redeliver, Transition,
+    Claim, Finish, Flush, InsertTask, MarkStarted, RecordAttempt, RecordError, RecordEvent,
+    RecordExecuted, Redeliver, Transition,
 };
 
 /// How long after a commit the write-ahead log is checkpointed (SQLite; see `db::connect::checkpoint`).

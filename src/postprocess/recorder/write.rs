@@ -55,22 +55,36 @@ impl Write {
                 Written::Inserted(one.pop().ok_or(DbErr::RecordNotInserted)?)
             }
             Write::Transition(m) => Written::Applied(
-                db::tasks::transition(c, &m.task_id, &m.from, m.to, &m.patch, m.event.as_ref(), ap)
-                    .await?,
+                db::tasks::transition(
+                    c,
+                    m.task_id.as_str(),
+                    &m.from,
+                    m.to,
+                    &m.patch,
+                    m.event.as_ref(),
+                    ap,
+                )
+                .await?,
             ),
-            Write::Claim(m) => {
-                Written::Claimed(db::tasks::claim(c, &m.task_id, &m.patch, &m.event, ap).await?)
-            }
+            Write::Claim(m) => Written::Claimed(
+                db::tasks::claim(c, m.task_id.as_str(), &m.patch, &m.event, ap).await?,
+            ),
             Write::RecordExecuted(m) => Written::Applied(
                 db::outputs::record_executed(
-                    c, &m.task_id, None, &m.from, &m.outputs, &m.event, ap,
+                    c,
+                    m.task_id.as_str(),
+                    None,
+                    &m.from,
+                    &m.outputs,
+                    &m.event,
+                    ap,
                 )
                 .await?,
             ),
             Write::Finish(m) => Written::Finished(
                 db::tasks::finish(
                     c,
-                    &m.task_id,
+                    m.task_id.as_str(),
                     &m.from,
                     m.to,
                     &m.patch,
@@ -89,7 +103,7 @@ impl Write {
                 Written::Applied(db::deliveries::redeliver(c, &m.delivery_id, m.give_up_at).await?)
             }
             Write::RecordEvent(m) => {
-                ap.event(&m.task_id, &m.event);
+                ap.event(m.task_id.as_str(), &m.event);
                 Written::Done
             }
             Write::MarkStarted(m) => {
@@ -97,7 +111,7 @@ impl Write {
                     started_at: Some(m.at),
                     ..Default::default()
                 };
-                let (id, from) = (&m.task_id, &[Status::Dispatched]);
+                let (id, from) = (m.task_id.as_str(), &[Status::Dispatched]);
                 let event = m.event();
                 db::tasks::transition(c, id, from, Status::Running, &patch, Some(&event), ap)
                     .await?;
@@ -347,7 +361,7 @@ async fn complete<C: ConnectionTrait>(
     let together = match (executed, finish) {
         (Write::RecordExecuted(e), Some(Write::Finish(f))) => db::tasks::complete(
             c,
-            &e.task_id,
+            e.task_id.as_str(),
             start,
             &e.from,
             &e.outputs,
@@ -361,11 +375,17 @@ async fn complete<C: ConnectionTrait>(
         )
         .await?
         .map(|finished| Some(Written::Finished(finished))),
-        (Write::RecordExecuted(e), None) if start.is_some() => {
-            db::outputs::record_executed(c, &e.task_id, start, &e.from, &e.outputs, &e.event, ap)
-                .await?
-                .then_some(None)
-        }
+        (Write::RecordExecuted(e), None) if start.is_some() => db::outputs::record_executed(
+            c,
+            e.task_id.as_str(),
+            start,
+            &e.from,
+            &e.outputs,
+            &e.event,
+            ap,
+        )
+        .await?
+        .then_some(None),
         // `plan` combines nothing else; applied one after the other, the outcome is the same.
         _ => None,
     };

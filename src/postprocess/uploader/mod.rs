@@ -204,7 +204,7 @@ impl StoreJob {
                 // recovery finds the outputs in the backend's history; if the task was cancelled
                 // meanwhile, it does not apply, and neither does the `Finish`.
                 self.recorder.do_send(RecordExecuted {
-                    task_id: id.clone(),
+                    task_id: id.clone().into(),
                     from: Status::ON_BACKEND.to_vec(),
                     outputs: outputs.clone(),
                     event: Event::new(
@@ -537,7 +537,7 @@ impl StoreJob {
         let _ = self
             .recorder
             .send(RecordEvent {
-                task_id: self.task_id.clone(),
+                task_id: self.task_id.clone().into(),
                 event: Event::new(kind, details),
             })
             .await;
