@@ -418,3 +418,6 @@ async fn write_alone(db: &DatabaseConnection, write: &Write) -> Result<Written, 
     txn.commit().await?;
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests;
