@@ -62,6 +62,7 @@ macro_rules! write_message {
                 Box::pin(async move {
                     match rx.await {
                         Ok(Ok($pat)) => Ok($val),
+                        // Each write answers its own kind (`Write::apply`): cannot happen.
                         Ok(Ok(_)) => Err(RecordError::Refused(DbErr::Custom(
                             "recorder: unexpected answer".into(),
                         ))),
