@@ -122,7 +122,7 @@ impl ApiKeys {
 
     /// Reads the database's keys again.
     pub async fn refresh<C: ConnectionTrait>(&self, db: &C) -> Result<(), DbErr> {
-        let rows = db::all_api_keys(db).await?;
+        let rows = db::api_keys::all(db).await?;
         let fresh = FromDatabase {
             any: !rows.is_empty(),
             active: rows

@@ -62,7 +62,7 @@ impl Application {
         std::fs::create_dir_all(settings.inputs_dir())?;
 
         let url = settings.database_url();
-        let db = db::connect(&url, settings.database.max_connections)
+        let db = db::connect::open(&url, settings.database.max_connections)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
         let workflows = WorkflowSet::load_dir(&settings.workflows.dir).map_err(|e| {
@@ -88,7 +88,7 @@ impl Application {
             allow_loopback_addresses: settings.url_policy.allow_loopback(),
         });
 
-        let writer = db::connect_writer(&url)
+        let writer = db::connect::open_writer(&url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&url)))?;
         let recorder = Recorder::new(writer, db.clone());

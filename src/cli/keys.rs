@@ -34,10 +34,10 @@ pub fn generate(name: &str, scope: &str) -> anyhow::Result<()> {
 /// `comfyd keys add`: stores a new key's hash in the database and prints the key once.
 pub async fn add(settings: &Settings, name: &str, scope: &str) -> anyhow::Result<()> {
     let scope = check(name, scope)?;
-    let db = db::connect(&settings.database_url(), 1).await?;
+    let db = db::connect::open(&settings.database_url(), 1).await?;
     let key = new_key();
     let id = uuid::Uuid::new_v4().to_string();
-    db::insert_api_key(
+    db::api_keys::insert(
         &db,
         api_key::Model {
             id: id.clone(),
@@ -57,8 +57,8 @@ pub async fn add(settings: &Settings, name: &str, scope: &str) -> anyhow::Result
 
 /// `comfyd keys list`: the database's keys (never the keys themselves).
 pub async fn list(settings: &Settings) -> anyhow::Result<()> {
-    let db = db::connect(&settings.database_url(), 1).await?;
-    let keys = db::all_api_keys(&db).await?;
+    let db = db::connect::open(&settings.database_url(), 1).await?;
+    let keys = db::api_keys::all(&db).await?;
     println!(
         "{:<36}  {:<6}  {:<20}  {:<25}  revoked",
         "id", "scope", "name", "created"
@@ -87,8 +87,8 @@ pub async fn list(settings: &Settings) -> anyhow::Result<()> {
 
 /// `comfyd keys revoke`: the key with this id, or every key with this name, stops working.
 pub async fn revoke(settings: &Settings, id_or_name: &str) -> anyhow::Result<u64> {
-    let db = db::connect(&settings.database_url(), 1).await?;
-    let n = db::revoke_api_keys(&db, id_or_name).await?;
+    let db = db::connect::open(&settings.database_url(), 1).await?;
+    let n = db::api_keys::revoke(&db, id_or_name).await?;
     if n == 0 {
         bail!("no active key with id or name {id_or_name:?}");
     }

@@ -14,7 +14,7 @@ use sea_orm::TransactionTrait;
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::db::{self, Event, OutputMark, TaskPatch};
+use crate::db::{self, events::Event, outputs::OutputMark, tasks::TaskPatch};
 use crate::task::{error_code, Status};
 
 /// What a run did.
@@ -26,12 +26,12 @@ pub struct Report {
 }
 
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
-    let db = db::connect(&settings.database_url(), settings.database.max_connections).await?;
+    let db = db::connect::open(&settings.database_url(), settings.database.max_connections).await?;
     let storage = crate::startup::build_store(settings)?;
     let mut report = Report::default();
     let fallback_dir = settings.fallback_dir();
     let mut tasks = std::collections::BTreeSet::new();
-    for o in db::fallback_outputs(&db).await? {
+    for o in db::outputs::in_fallback(&db).await? {
         let Some(path) = o.fallback_path.clone().map(PathBuf::from) else {
             continue;
         };
@@ -65,7 +65,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
                     size: o.size,
                     fallback_path: None,
                 };
-                db::mark_output(&db, &o.task_id, &mark).await?;
+                db::outputs::mark(&db, &o.task_id, &mark).await?;
                 // Recorded as stored first: a crash here leaves a stray file, never a lost output.
                 if let Err(e) = tokio::fs::remove_file(&path).await {
                     eprintln!(
@@ -85,11 +85,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         }
     }
     for task_id in tasks {
-        let outputs = db::task_outputs(&db, &task_id).await?;
+        let outputs = db::outputs::for_task(&db, &task_id).await?;
         if outputs.is_empty() || outputs.iter().any(|o| !o.stored) {
             continue;
         }
-        let Some(task) = db::get_task(&db, &task_id).await? else {
+        let Some(task) = db::tasks::get(&db, &task_id).await? else {
             continue;
         };
         if task.status != Status::Failed.as_str() || task.error_code != error_code::UPLOAD_FAILED {
@@ -104,8 +104,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         };
         let event = Event::new("reuploaded", json!({ "outputs": outputs.len() }));
         let txn = db.begin().await?;
-        let mut appends = db::Appends::default();
-        let updated = db::transition(
+        let mut appends = db::appends::Appends::default();
+        let updated = db::tasks::transition(
             &txn,
             &task_id,
             &[Status::Failed],

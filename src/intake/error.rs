@@ -5,6 +5,7 @@
 use sea_orm::DbErr;
 
 use crate::budget::BudgetError;
+use crate::postprocess::recorder::RecordError;
 use crate::task::TaskRecord;
 use crate::workflow::FieldError;
 
@@ -59,11 +60,20 @@ fn summary(fields: &[FieldError]) -> String {
         .join("; ")
 }
 
-/// The one place a database error becomes the intake's: the Recorder's answer to `InsertTask` and
-/// the reads of a retried submit's task both give a `DbErr` today. (When the Recorder answers with
-/// an error type of its own, its `From` goes here too.)
+/// A read of a retried submit's task that failed.
 impl From<DbErr> for IntakeError {
     fn from(e: DbErr) -> Self {
         IntakeError::Database(e)
+    }
+}
+
+/// The Recorder's answer to `InsertTask`, when it did not record the task: the database's error
+/// keeps telling whether it was unreachable (503) or refused the write (500), as a read's does.
+impl From<RecordError> for IntakeError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Unreachable(e) | RecordError::Refused(e) => IntakeError::Database(e),
+            RecordError::Stopped => IntakeError::Internal(e.into()),
+        }
     }
 }

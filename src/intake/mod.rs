@@ -31,7 +31,7 @@ pub use fields::check_storable;
 
 use crate::access::Caller;
 use crate::budget::Reservation;
-use crate::db::{self, Inserted};
+use crate::db::{self, tasks::Inserted};
 use crate::db_health::DbHealth;
 use crate::dispatch::messages::Enqueue;
 use crate::outbound::{Outbound, OutboundError};
@@ -194,7 +194,7 @@ impl Intake {
             .iter()
             .any(|i| matches!(i.source, ImageSource::Url(_)));
         if let Some(ctid) = s.client_task_id.as_ref().filter(|_| fetches) {
-            if let Some(existing) = db::find_task(&self.db, ctid)
+            if let Some(existing) = db::tasks::find(&self.db, ctid)
                 .await?
                 .filter(|t| t.client_task_id.as_ref() == Some(ctid))
             {
@@ -317,7 +317,7 @@ impl Intake {
         if !caller.may_see(&existing) {
             return Err(IntakeError::TakenByAnotherKey);
         }
-        let outputs = db::task_outputs(&self.db, &existing.id).await?;
+        let outputs = db::outputs::for_task(&self.db, &existing.id).await?;
         let record = TaskRecord::new(&existing, &outputs);
         if existing.request_hash == request_hash {
             Ok((record, false))

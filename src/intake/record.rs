@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::fields::Fields;
 use super::{Intake, IntakeError};
-use crate::db::{Inserted, NewTask};
+use crate::db::tasks::{Inserted, NewTask};
 use crate::dispatch::messages::Enqueue;
 use crate::postprocess::recorder::InsertTask;
 use crate::task::InputFile;

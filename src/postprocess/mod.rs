@@ -21,7 +21,7 @@ use actix::Addr;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::db::{Event, OutputMark, TaskPatch};
+use crate::db::{events::Event, outputs::OutputMark, tasks::TaskPatch};
 use crate::stored_text;
 use crate::task::{error_code, Status};
 use recorder::{Finish, Recorder};

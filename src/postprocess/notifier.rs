@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::recorder::{RecordAttempt, Recorder};
 use super::retry_delay;
-use crate::db::{self, AttemptOutcome};
+use crate::db::{self, deliveries::AttemptOutcome};
 use crate::entity::delivery;
 use crate::outbound::{sign_webhook, Outbound};
 
@@ -132,7 +132,7 @@ impl Notifier {
         }
         self.polling = true;
         let db = self.db.clone();
-        async move { db::due_deliveries(&db, Utc::now(), MAX_CONCURRENT as u64).await }
+        async move { db::deliveries::due(&db, Utc::now(), MAX_CONCURRENT as u64).await }
             .into_actor(self)
             .map(|res, act, ctx| {
                 act.polling = false;

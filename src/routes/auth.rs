@@ -72,7 +72,7 @@ pub async fn visible_task(
     caller: &Caller,
     id: &str,
 ) -> Result<task::Model, ApiError> {
-    db::find_task(&state.db, id)
+    db::tasks::find(&state.db, id)
         .await?
         .filter(|t| caller.may_see(t))
         .ok_or_else(|| ApiError::NotFound(format!("no task with id or client_task_id {id:?}")))

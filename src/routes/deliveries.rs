@@ -35,8 +35,8 @@ pub async fn for_task(
 ) -> Result<HttpResponse, ApiError> {
     let task = auth::visible_task(&state, &caller, &id).await?;
     let mut out = Vec::new();
-    for d in db::task_deliveries(&state.db, &task.id).await? {
-        let attempts: Vec<_> = db::delivery_attempts(&state.db, &d.id)
+    for d in db::deliveries::for_task(&state.db, &task.id).await? {
+        let attempts: Vec<_> = db::deliveries::attempts(&state.db, &d.id)
             .await?
             .into_iter()
             .map(|a| json!({ "at": a.at, "status_code": a.status_code, "error": a.error, "duration_ms": a.duration_ms }))

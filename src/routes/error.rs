@@ -144,6 +144,22 @@ impl From<IntakeError> for ApiError {
     }
 }
 
+/// A write the Recorder did not do: 503 while the database is unreachable (the client retries), else
+/// 500 (see [`crate::postprocess::recorder::RecordError`]).
+impl From<crate::postprocess::recorder::RecordError> for ApiError {
+    fn from(e: crate::postprocess::recorder::RecordError) -> Self {
+        use crate::postprocess::recorder::RecordError;
+        match e {
+            RecordError::Unreachable(e) => {
+                tracing::debug!(error = %e, "request failed: database unreachable");
+                ApiError::database_unreachable()
+            }
+            RecordError::Refused(e) => ApiError::Internal(e.into()),
+            RecordError::Stopped => ApiError::Internal(e.into()),
+        }
+    }
+}
+
 impl From<crate::dispatch::messages::DispatchError> for ApiError {
     fn from(e: crate::dispatch::messages::DispatchError) -> Self {
         ApiError::Internal(e.into())

@@ -8,14 +8,14 @@ use super::auth::{self, Submitter};
 use super::input::query_int;
 use super::{ApiError, AppState};
 use crate::access::Caller;
-use crate::db::{self, TaskFilter};
+use crate::db::{self, tasks::TaskFilter};
 use crate::dispatch::messages::{CancelOutcome, CancelTask};
 use crate::intake::check_storable;
 use crate::task::{Status, TaskRecord};
 
 async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecord, ApiError> {
     let task = auth::visible_task(state, caller, id).await?;
-    let outputs = db::task_outputs(&state.db, &task.id).await?;
+    let outputs = db::outputs::for_task(&state.db, &task.id).await?;
     Ok(TaskRecord::new(&task, &outputs))
 }
 
@@ -112,10 +112,10 @@ pub async fn list(
         offset,
         owner: caller.listing_owner(),
     };
-    let (rows, total) = db::list_tasks(&state.db, &filter).await?;
+    let (rows, total) = db::tasks::list(&state.db, &filter).await?;
     let mut tasks = Vec::with_capacity(rows.len());
     for t in &rows {
-        let outputs = db::task_outputs(&state.db, &t.id).await?;
+        let outputs = db::outputs::for_task(&state.db, &t.id).await?;
         tasks.push(TaskRecord::new(t, &outputs));
     }
     Ok(HttpResponse::Ok()
@@ -146,7 +146,7 @@ pub async fn events(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let task = record(&state, &caller, &id).await?;
-    let events: Vec<_> = db::task_events(&state.db, &task.id)
+    let events: Vec<_> = db::events::for_task(&state.db, &task.id)
         .await?
         .into_iter()
         .map(|e| {

@@ -107,7 +107,7 @@ async fn a_backend_that_restarts_and_forgets_its_queue_gets_its_jobs_again() {
     let db = env.db.connect().await;
     let mut requeued = 0;
     for id in &ids {
-        requeued += db::task_events(&db, id)
+        requeued += db::events::for_task(&db, id)
             .await
             .expect("events")
             .iter()
@@ -398,7 +398,7 @@ async fn a_job_no_backend_accepts_fails_after_the_attempt_limit_and_is_notified(
     let hooks = webhooks(&env, &id, 1).await;
     assert_eq!(hooks[0].body["error_code"], 1);
     let db = env.db.connect().await;
-    let kinds: Vec<String> = db::task_events(&db, &id)
+    let kinds: Vec<String> = db::events::for_task(&db, &id)
         .await
         .expect("events")
         .into_iter()

@@ -3,7 +3,14 @@
 //! with SQLite as one text of several statements, with PostgreSQL one statement each.
 
 use chrono::Utc;
-use comfyd::db::{self, Appends, AttemptOutcome, Event, NewOutput, NewTask, OutputMark, TaskPatch};
+use comfyd::db::{
+    self,
+    appends::Appends,
+    deliveries::AttemptOutcome,
+    events::Event,
+    outputs::{NewOutput, OutputMark},
+    tasks::{NewTask, TaskPatch},
+};
 use comfyd::task::Status;
 use sea_orm::TransactionTrait;
 use serde_json::json;
@@ -16,14 +23,14 @@ fn new_task(id: &str) -> NewTask {
 }
 
 async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
-    let conn = db::connect(db.url(), 2).await.expect("database");
+    let conn = db::connect::open(db.url(), 2).await.expect("database");
     let id = format!("t_{}", uuid::Uuid::new_v4().simple());
     let task = new_task(&id);
 
     // A task accepted and failed in one transaction: two events and one webhook, appended.
     let txn = conn.begin().await.expect("begin");
     let mut appends = Appends::default();
-    db::insert_tasks(&txn, &[&task], &mut appends)
+    db::tasks::insert(&txn, &[&task], &mut appends)
         .await
         .expect("insert");
     let patch = TaskPatch {
@@ -32,7 +39,7 @@ async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
         finished_at: Some(Utc::now()),
         ..Default::default()
     };
-    let finished = db::finish(
+    let finished = db::tasks::finish(
         &txn,
         &id,
         &[Status::Queued],
@@ -55,9 +62,11 @@ async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
     let kinds = |events: Vec<comfyd::entity::task_event::Model>| {
         events.into_iter().map(|e| e.kind).collect::<Vec<_>>()
     };
-    let events = db::task_events(&conn, &id).await.expect("events");
+    let events = db::events::for_task(&conn, &id).await.expect("events");
     assert_eq!(kinds(events), ["accepted", "failed"]);
-    let deliveries = db::task_deliveries(&conn, &id).await.expect("deliveries");
+    let deliveries = db::deliveries::for_task(&conn, &id)
+        .await
+        .expect("deliveries");
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].id, delivery.id);
     assert_eq!(deliveries[0].status, "pending");
@@ -78,20 +87,22 @@ async fn appends_are_written_at_the_end_of_their_transaction(db: TestDb) {
         new_status: "delivered",
         next_attempt_at: Utc::now(),
     };
-    db::record_attempt(&txn, &outcome, &mut appends)
+    db::deliveries::record_attempt(&txn, &outcome, &mut appends)
         .await
         .expect("attempt");
     appends.write(&txn).await.expect("appends written");
     txn.commit().await.expect("commit");
 
-    let attempts = db::delivery_attempts(&conn, &delivery.id)
+    let attempts = db::deliveries::attempts(&conn, &delivery.id)
         .await
         .expect("attempts");
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status_code, Some(204));
-    let deliveries = db::task_deliveries(&conn, &id).await.expect("deliveries");
+    let deliveries = db::deliveries::for_task(&conn, &id)
+        .await
+        .expect("deliveries");
     assert_eq!(deliveries[0].status, "delivered");
-    let events = db::task_events(&conn, &id).await.expect("events");
+    let events = db::events::for_task(&conn, &id).await.expect("events");
     assert_eq!(kinds(events), ["accepted", "failed", "notified"]);
 
     // Nothing appended: writing is a no-op.
@@ -113,14 +124,14 @@ async fn appends_are_written_at_the_end_of_their_transaction_with_postgres() {
     appends_are_written_at_the_end_of_their_transaction(TestDb::postgres().await).await;
 }
 
-/// A job's outputs recorded as it ends (`db::complete`) go in with the appends: the rows read as
+/// A job's outputs recorded as it ends (`db::tasks::complete`) go in with the appends: the rows read as
 /// the webhook's payload lists them, in (node, index) order, with what storing each came to.
 async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db: TestDb) {
-    let conn = db::connect(db.url(), 2).await.expect("database");
+    let conn = db::connect::open(db.url(), 2).await.expect("database");
     let id = format!("t_{}", uuid::Uuid::new_v4().simple());
     let txn = conn.begin().await.expect("begin");
     let mut appends = Appends::default();
-    db::insert_tasks(&txn, &[&new_task(&id)], &mut appends)
+    db::tasks::insert(&txn, &[&new_task(&id)], &mut appends)
         .await
         .expect("insert");
     let claim = TaskPatch {
@@ -129,7 +140,7 @@ async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db:
         dispatched_at: Some(Utc::now()),
         ..Default::default()
     };
-    let claimed = db::claim(
+    let claimed = db::tasks::claim(
         &txn,
         &id,
         &claim,
@@ -179,7 +190,7 @@ async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db:
     };
     let txn = conn.begin().await.expect("begin");
     let mut appends = Appends::default();
-    let finished = db::complete(
+    let finished = db::tasks::complete(
         &txn,
         &id,
         None,
@@ -199,7 +210,7 @@ async fn a_job_recorded_as_it_ends_has_its_outputs_as_its_webhook_lists_them(db:
     appends.write(&txn).await.expect("appends written");
     txn.commit().await.expect("commit");
 
-    let rows = db::task_outputs(&conn, &id).await.expect("outputs");
+    let rows = db::outputs::for_task(&conn, &id).await.expect("outputs");
     let listed: Vec<_> = rows
         .iter()
         .map(|o| (o.idx, o.stored, o.size, o.fallback_path.clone()))

@@ -103,7 +103,7 @@ pub fn png_base64(w: u32, h: u32) -> String {
 /// The kinds of a task's recorded events, in order.
 pub async fn event_kinds(env: &Env, id: &str) -> Vec<String> {
     let db = env.db.connect().await;
-    db::task_events(&db, id)
+    db::events::for_task(&db, id)
         .await
         .expect("events")
         .into_iter()
@@ -163,10 +163,10 @@ async fn text2img_end_to_end(postgres: bool) {
     assert!(bytes.starts_with(b"\x89PNG"));
     // The rows really are in the database.
     let db = env.db.connect().await;
-    let row = db::get_task(&db, &id).await.expect("query").expect("row");
+    let row = db::tasks::get(&db, &id).await.expect("query").expect("row");
     assert_eq!(row.status, "done");
     assert_eq!(row.workflow, "text2img");
-    let outputs = db::task_outputs(&db, &id).await.expect("outputs");
+    let outputs = db::outputs::for_task(&db, &id).await.expect("outputs");
     assert_eq!(outputs.len(), 1);
     assert!(outputs[0].stored);
     assert_eq!(outputs[0].size as usize, bytes.len());

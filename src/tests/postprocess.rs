@@ -8,7 +8,7 @@ use actix::Actor;
 use chrono::Utc;
 use comfyd::blob::BlobStore;
 use comfyd::comfy::FileRef;
-use comfyd::db::{self, Event, TaskPatch};
+use comfyd::db::{self, events::Event, tasks::TaskPatch};
 use comfyd::outbound::{Outbound, OutboundSettings};
 use comfyd::postprocess::cleaner::Cleaner;
 use comfyd::postprocess::notifier::{Notifier, NotifierConfig};
@@ -41,8 +41,10 @@ async fn cancelled_while_storing(store_works: bool) {
     // Arrange: the actors as the daemon wires them, on a fresh database and a local store (whose
     // root is a plain file when it must fail).
     let test_db = TestDb::sqlite();
-    let db = db::connect(test_db.url(), 4).await.expect("database");
-    let writer = db::connect_writer(test_db.url()).await.expect("writer");
+    let db = db::connect::open(test_db.url(), 4).await.expect("database");
+    let writer = db::connect::open_writer(test_db.url())
+        .await
+        .expect("writer");
     let dirs = tempfile::tempdir().expect("dirs");
     let store_root = dirs.path().join("store");
     if !store_works {
@@ -119,7 +121,7 @@ async fn cancelled_while_storing(store_works: bool) {
         let db = db.clone();
         let id = id.clone();
         async move {
-            let events = db::task_events(&db, &id).await.expect("events");
+            let events = db::events::for_task(&db, &id).await.expect("events");
             events
                 .iter()
                 .any(|e| e.kind == "outputs_discarded")
@@ -134,9 +136,9 @@ async fn cancelled_while_storing(store_works: bool) {
     .await;
 
     // Assert
-    let task = db::get_task(&db, &id).await.expect("read").expect("task");
+    let task = db::tasks::get(&db, &id).await.expect("read").expect("task");
     assert_eq!(task.status, "cancelled");
-    assert!(db::task_outputs(&db, &id)
+    assert!(db::outputs::for_task(&db, &id)
         .await
         .expect("outputs")
         .is_empty());
@@ -167,13 +169,15 @@ async fn cancelled_while_storing(store_works: bool) {
 async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
     // Arrange: a task on a backend (claimed), as the dispatcher leaves it.
     let test_db = TestDb::sqlite();
-    let db = db::connect(test_db.url(), 4).await.expect("database");
-    let writer = db::connect_writer(test_db.url()).await.expect("writer");
+    let db = db::connect::open(test_db.url(), 4).await.expect("database");
+    let writer = db::connect::open_writer(test_db.url())
+        .await
+        .expect("writer");
     let recorder = Recorder::new(writer, db.clone()).start();
     let id = insert_task(&recorder).await;
     let claimed = recorder
         .send(Claim {
-            task_id: id.clone(),
+            task_id: id.clone().into(),
             may_wait: false,
             patch: TaskPatch {
                 backend: Some(Some("b".into())),
@@ -191,7 +195,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
 
     // Act: the job starts (its mark is held for its end), then another task's event comes.
     let mark = recorder.send(MarkStarted {
-        task_id: id.clone(),
+        task_id: id.clone().into(),
         backend: "b".into(),
         prompt_id: "p".into(),
         at: Utc::now(),
@@ -199,7 +203,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
     let mark = actix_rt::spawn(mark);
     recorder
         .send(RecordEvent {
-            task_id: other.clone(),
+            task_id: other.clone().into(),
             event: Event::new("note", json!({})),
         })
         .await
@@ -207,7 +211,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
         .expect("event written");
 
     // Assert: the event was written on its own; the mark is still waiting for the job's end.
-    let task = db::get_task(&db, &id).await.expect("read").expect("task");
+    let task = db::tasks::get(&db, &id).await.expect("read").expect("task");
     assert_eq!(task.status, "dispatched", "the event waited for the mark");
     assert!(!mark.is_finished());
     // With no end coming, the mark is written once its hold is over.
@@ -215,7 +219,7 @@ async fn a_write_queued_behind_a_held_running_mark_keeps_its_own_bound() {
         .expect("join")
         .expect("recorder")
         .expect("mark written");
-    let task = db::get_task(&db, &id).await.expect("read").expect("task");
+    let task = db::tasks::get(&db, &id).await.expect("read").expect("task");
     assert_eq!(task.status, "running");
 }
 

@@ -31,14 +31,11 @@ use awc::BoxedSocket;
 use futures_util::stream::{SplitSink, StreamExt};
 use tracing::{debug, info, warn};
 
-use super::messages::{BackendState, JobEnded, JobOutcome, Reports};
+use super::messages::{BackendConfig, BackendState, JobEnded, JobOutcome, Reports};
 use crate::comfy::ws_limit::BoundedCodec;
 use crate::comfy::{ComfyClient, FileRef};
 use crate::task::ids::{PromptId, TaskId};
 use events::SocketItem;
-
-// A backend's settings: defined with the messages, since `AttachBackends` carries them.
-pub use super::messages::BackendConfig;
 
 /// First wait before reconnecting; doubled after each failure up to the configured maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);

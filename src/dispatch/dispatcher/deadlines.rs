@@ -20,7 +20,7 @@ pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(2);
 impl Dispatcher {
     pub(super) fn sweep_deadlines(&mut self, ctx: &mut Context<Self>) {
         let db = self.db.clone();
-        async move { db::overdue_tasks(&db, Utc::now()).await }
+        async move { db::tasks::overdue(&db, Utc::now()).await }
             .into_actor(self)
             .map(|res, act, ctx| {
                 let overdue = match res {

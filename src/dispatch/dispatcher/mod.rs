@@ -31,21 +31,18 @@ use serde_json::{json, Map, Value};
 use tracing::{error, info};
 
 use super::backend::Backend;
-use super::messages::{BackendState, BackendView, Cancel, DispatchError, Reconcile, Reports, Run};
+use super::messages::{
+    AttachBackends, BackendState, BackendView, Cancel, CancelOutcome, CancelTask, DispatchError,
+    Enqueue, Reconcile, Reports, Run, Snapshot, SnapshotView, StopDispatching,
+};
 use super::queue::{Queue, QueueKey};
 use super::routing::{self, BackendFacts};
-use crate::db::{Event, TaskPatch};
+use crate::db::{events::Event, tasks::TaskPatch};
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
 use crate::postprocess::recorder::Claim;
 use crate::postprocess::Pipeline;
 use crate::task::ids::{BackendName, PromptId, TaskId};
 use crate::task::{error_code, InputFile, Status};
-
-// The public messages also answer at their paths from before `messages.rs`, so that code written
-// against those (on branches cut before it) still builds; new code uses `crate::dispatch::messages`.
-pub use super::messages::{
-    AttachBackends, CancelOutcome, CancelTask, Enqueue, Snapshot, SnapshotView, StopDispatching,
-};
 
 /// Settings the dispatcher routes by.
 #[derive(Debug, Clone)]
@@ -175,7 +172,7 @@ impl Dispatcher {
         async move {
             let claimed = recorder
                 .send(Claim {
-                    task_id: task_id.clone().into(),
+                    task_id: task_id.clone(),
                     may_wait,
                     patch: TaskPatch {
                         backend: Some(Some(backend.clone().into())),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tracing::{error, warn};
 
 use super::{Dispatcher, Held};
-use crate::db::{self, Event, TaskPatch};
+use crate::db::{self, events::Event, tasks::TaskPatch};
 use crate::dispatch::messages::{JobEnded, JobOutcome, JobStarted};
 use crate::postprocess::recorder::{MarkStarted, Transition};
 use crate::postprocess::uploader::StoreOutputs;
@@ -35,7 +35,7 @@ impl Dispatcher {
         let recorder = self.pipeline.recorder.clone();
         let max = self.cfg.max_attempts;
         async move {
-            let Some(task) = db::get_task(&db, task_id.as_str()).await? else {
+            let Some(task) = db::tasks::get(&db, task_id.as_str()).await? else {
                 return Ok(None);
             };
             if task.attempts >= max {
@@ -46,7 +46,7 @@ impl Dispatcher {
             let next = PromptId::new();
             let requeued = recorder
                 .send(Transition {
-                    task_id: task_id.clone().into(),
+                    task_id: task_id.clone(),
                     from: Status::ON_BACKEND.to_vec(),
                     to: Status::Queued,
                     patch: TaskPatch {
@@ -101,9 +101,9 @@ impl Handler<JobStarted> for Dispatcher {
         async move {
             let _ = recorder
                 .send(MarkStarted {
-                    task_id: msg.task_id.into(),
-                    backend: msg.backend.into(),
-                    prompt_id: msg.prompt_id.into(),
+                    task_id: msg.task_id,
+                    backend: msg.backend,
+                    prompt_id: msg.prompt_id,
                     at: Utc::now(),
                 })
                 .await;

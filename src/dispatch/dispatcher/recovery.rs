@@ -30,9 +30,9 @@ struct Unfinished {
 impl Unfinished {
     async fn read(db: &DatabaseConnection) -> Result<Unfinished, sea_orm::DbErr> {
         Ok(Unfinished {
-            queued: db::queued_tasks(db).await?,
-            on_backend: db::tasks_in(db, &Status::ON_BACKEND).await?,
-            executed: db::tasks_in(db, &[Status::Executed]).await?,
+            queued: db::tasks::queued(db).await?,
+            on_backend: db::tasks::in_statuses(db, &Status::ON_BACKEND).await?,
+            executed: db::tasks::in_statuses(db, &[Status::Executed]).await?,
         })
     }
 }

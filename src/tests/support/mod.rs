@@ -16,7 +16,7 @@ pub mod webhook;
 use std::net::TcpListener;
 
 use chrono::Utc;
-use comfyd::db::NewTask;
+use comfyd::db::tasks::NewTask;
 use serde_json::json;
 
 /// A port that was free a moment ago (the caller binds it right away).
@@ -68,7 +68,7 @@ where
 
 /// The task ended exactly once: one terminal event (`stored`, `failed` or `cancelled`) in the database.
 pub async fn assert_one_terminal_event(db: &sea_orm::DatabaseConnection, id: &str) {
-    let events = comfyd::db::task_events(db, id).await.expect("events");
+    let events = comfyd::db::events::for_task(db, id).await.expect("events");
     let terminal = events
         .iter()
         .filter(|e| matches!(e.kind.as_str(), "stored" | "failed" | "cancelled"))

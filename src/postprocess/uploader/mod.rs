@@ -9,6 +9,8 @@
 //! future, so a slow store never holds up other tasks; an output already stored is never stored again
 //! (a replay after a crash).
 
+mod files;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -27,8 +29,14 @@ use super::Finisher;
 use crate::blob::BlobStore;
 use crate::comfy::names::{self, NameError};
 use crate::comfy::{ComfyClient, FileRef, Limits};
-use crate::db::{self, Event, NewOutput, OutputMark, TaskPatch};
+use crate::db::{
+    self,
+    events::Event,
+    outputs::{NewOutput, OutputMark},
+    tasks::TaskPatch,
+};
 use crate::task::{error_code, Status};
+use files::{comfy_path, file_ref, is_foreign, is_refused, output_files, refused_output};
 
 /// Tasks stored at once, at most: outputs are held in memory while they are stored, so this bounds
 /// comfyd's memory when a burst of jobs finishes. Measured (BENCHMARKS.md): 32 made a slow store's
@@ -196,7 +204,7 @@ impl StoreJob {
                 // recovery finds the outputs in the backend's history; if the task was cancelled
                 // meanwhile, it does not apply, and neither does the `Finish`.
                 self.recorder.do_send(RecordExecuted {
-                    task_id: id.clone(),
+                    task_id: id.clone().into(),
                     from: Status::ON_BACKEND.to_vec(),
                     outputs: outputs.clone(),
                     event: Event::new(
@@ -207,7 +215,7 @@ impl StoreJob {
                 outputs.into_iter().map(|o| (o, false)).collect()
             }
             // Recovery of a task left in `executed`: its outputs were recorded then.
-            None => db::task_outputs(&self.db, &id)
+            None => db::outputs::for_task(&self.db, &id)
                 .await?
                 .iter()
                 .map(|o| (NewOutput::from(o), o.stored))
@@ -315,14 +323,14 @@ impl StoreJob {
     /// task whose outputs are recorded (a replay of one that had ended) keeps them.
     async fn discard_unrecorded(&self, outputs: &[(NewOutput, bool)]) -> anyhow::Result<()> {
         let id = &self.task_id;
-        let Some(task) = db::get_task(&self.db, id).await? else {
+        let Some(task) = db::tasks::get(&self.db, id).await? else {
             return Ok(());
         };
         let ended = matches!(
             Status::parse(&task.status),
             Some(Status::Failed | Status::Cancelled)
         );
-        if !ended || !db::task_outputs(&self.db, id).await?.is_empty() {
+        if !ended || !db::outputs::for_task(&self.db, id).await?.is_empty() {
             return Ok(());
         }
         // Each output this run tried is either stored under its key, kept at its fallback path, or
@@ -529,69 +537,10 @@ impl StoreJob {
         let _ = self
             .recorder
             .send(RecordEvent {
-                task_id: self.task_id.clone(),
+                task_id: self.task_id.clone().into(),
                 event: Event::new(kind, details),
             })
             .await;
-    }
-}
-
-/// The files to remove from the ComfyUI host once its outputs are dealt with. Temp outputs are left
-/// alone: ComfyUI empties its temp folder at every start, and a fully cached prompt hands several
-/// tasks the same temp file.
-fn output_files(outputs: &[(NewOutput, bool)]) -> Vec<(String, String)> {
-    outputs
-        .iter()
-        .map(|(o, _)| o)
-        .filter(|o| o.folder_type == "output" && !is_refused(o))
-        .map(|o| (o.folder_type.clone(), comfy_path(o)))
-        .collect()
-}
-
-/// The output's path as ComfyUI knows it (subfolder/filename).
-fn comfy_path(o: &NewOutput) -> String {
-    file_ref(o).path()
-}
-
-/// The file ComfyUI wrote for an output.
-fn file_ref(o: &NewOutput) -> FileRef {
-    FileRef {
-        node_id: o.node_id.clone(),
-        kind: o.kind.clone(),
-        filename: o.filename.clone(),
-        subfolder: o.subfolder.clone(),
-        folder_type: o.folder_type.clone(),
-    }
-}
-
-/// The record of an output whose names are refused: every name sanitized (bounded, no control
-/// characters, so it is safe in any database and any log), an empty key, which no stored output has,
-/// marking it refused.
-fn refused_output(raw: &FileRef, node_id: String, idx: i32) -> NewOutput {
-    NewOutput {
-        node_id,
-        idx,
-        kind: names::sanitize(&raw.kind),
-        filename: names::sanitize(&raw.filename),
-        subfolder: names::sanitize(&raw.subfolder),
-        folder_type: names::sanitize(&raw.folder_type),
-        content_type: "application/octet-stream".into(),
-        storage_key: String::new(),
-    }
-}
-
-/// Whether an output was refused for its names (see [`refused_output`]).
-fn is_refused(o: &NewOutput) -> bool {
-    o.storage_key.is_empty()
-}
-
-/// An output that another task wrote: its subfolder is another task's (the per-task prefix is
-/// `comfyd/<task_id>/...`), which only happens when ComfyUI served a stale cache entry.
-fn is_foreign(task_id: &str, o: &NewOutput) -> bool {
-    let sub = o.subfolder.replace('\\', "/");
-    match sub.strip_prefix("comfyd/") {
-        Some(rest) => rest.split('/').next() != Some(task_id),
-        None => false,
     }
 }
 
@@ -609,33 +558,4 @@ impl Handler<InProgress> for Uploader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::is_foreign;
-    use crate::db::NewOutput;
-
-    fn out(subfolder: &str) -> NewOutput {
-        NewOutput {
-            node_id: "9".into(),
-            idx: 0,
-            kind: "images".into(),
-            filename: "x_00001_.png".into(),
-            subfolder: subfolder.into(),
-            folder_type: "output".into(),
-            content_type: "image/png".into(),
-            storage_key: "k".into(),
-        }
-    }
-
-    #[test]
-    fn another_tasks_folder_is_foreign_and_unprefixed_files_are_not() {
-        let me = "3f6d0a4e-0000-4000-8000-000000000001";
-        assert!(!is_foreign(me, &out(&format!("comfyd/{me}"))));
-        assert!(!is_foreign(me, &out(&format!("comfyd/{me}/sub"))));
-        assert!(is_foreign(
-            me,
-            &out("comfyd/3f6d0a4e-0000-4000-8000-000000000002")
-        ));
-        assert!(!is_foreign(me, &out("")));
-        assert!(!is_foreign(me, &out("batch")));
-    }
-}
+mod tests;
