@@ -1,20 +1,20 @@
 //! comfyd: a fleet of ComfyUI servers behind one reliable HTTP API.
 //!
 //! # Layout
-//! - [`config`]: settings from `config/*.toml`, `.env` and the environment.
-//! - [`workflow`]: workflows as data: manifests, parameter validation, graph rendering.
-//! - [`comfy`]: the ComfyUI protocol (serde types and HTTP calls); only `dispatch::backend` uses it.
+//! From the top layer down; a module uses only those below it (`src/tests/layers.rs` checks it).
+//! - [`cli`]: the operator commands; [`startup`]: builds and runs the application.
+//! - [`routes`]: the HTTP API, over [`intake`], the submit service.
 //! - [`dispatch`]: the `Dispatcher` (durable queue, routing) and one `Backend` actor per ComfyUI server.
-//! - [`postprocess`]: actors after execution: `Uploader`, `Recorder`, `Cleaner`, `Notifier`.
-//! - [`blob`]: where outputs go: S3 or a local folder.
-//! - [`paths`]: the one way a relative name becomes a path comfyd writes (it cannot leave its root).
-//! - [`outbound`]: every call to a URL a client gave us (webhooks, input images), in one place.
-//! - [`db`] and [`entity`]: the database; [`db_health`]: whether it takes writes right now.
-//! - [`intake`]: the submit service: checks a submit, records its task, hands it to the dispatcher.
-//! - [`access`]: API keys and callers (who may do what), free of HTTP.
-//! - [`routes`]: the HTTP API (its key extractors: `routes::auth`); [`cli`]: the operator commands.
-//! - [`budget`]: the memory requests may hold at once (request bodies, input images).
-//! - [`startup`]: builds and runs the application.
+//! - [`postprocess`]: actors after execution: `Uploader`, `Recorder` (the one database writer),
+//!   `Cleaner`, `Notifier`; [`access`]: API keys and who may see what.
+//! - [`db`] (one file per table) and [`entity`]: the database; [`blob`]: where outputs go (S3 or a
+//!   local folder).
+//! - [`task`]: a task's statuses, records and ids; [`config`]: settings from `config/*.toml`, `.env`
+//!   and the environment; [`outbound`]: every call to a URL a client gave us; [`paths`]: the one way a
+//!   relative name becomes a path comfyd writes.
+//! - [`workflow`]: workflows as data; [`comfy`]: the ComfyUI protocol (frames, HTTP calls, names from a
+//!   server); [`db_health`]: whether the database takes writes now; [`budget`]: the memory requests may
+//!   hold at once.
 
 pub mod access;
 pub mod blob;

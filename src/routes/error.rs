@@ -338,3 +338,48 @@ pub fn path_error(
     let api = ApiError::NotFound(format!("invalid path: {err}"));
     actix_web::error::InternalError::from_response(err, api.error_response()).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn the_api_answers_503_for_an_unreachable_database_and_500_otherwise() {
+        use actix_web::http::StatusCode;
+        use actix_web::ResponseError;
+        use sea_orm::DbErr;
+
+        use crate::postprocess::recorder::RecordError;
+        let status = |e: RecordError| ApiError::from(e).status_code();
+        let unreachable = DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
+        assert_eq!(
+            status(RecordError::from(unreachable)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(RecordError::from(DbErr::RecordNotInserted)),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(RecordError::Stopped),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+
+        // A submit's write goes through the intake's error: the same answers.
+        use crate::intake::IntakeError;
+        let via_intake = |e: RecordError| ApiError::from(IntakeError::from(e)).status_code();
+        let unreachable = DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
+        assert_eq!(
+            via_intake(RecordError::from(unreachable)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            via_intake(RecordError::from(DbErr::RecordNotInserted)),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            via_intake(RecordError::Stopped),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -350,26 +350,3 @@ fn a_failed_write_is_unreachable_or_refused_as_db_health_sorts_it() {
     let refused = RecordError::from(DbErr::Custom("x".into()));
     assert_eq!(refused.to_string(), DbErr::Custom("x".into()).to_string());
 }
-
-#[test]
-fn the_api_answers_503_for_an_unreachable_database_and_500_otherwise() {
-    use actix_web::http::StatusCode;
-    use actix_web::ResponseError;
-    use sea_orm::DbErr;
-
-    use crate::routes::ApiError;
-    let status = |e: RecordError| ApiError::from(e).status_code();
-    let unreachable = DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
-    assert_eq!(
-        status(RecordError::from(unreachable)),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(
-        status(RecordError::from(DbErr::RecordNotInserted)),
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-    assert_eq!(
-        status(RecordError::Stopped),
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-}
