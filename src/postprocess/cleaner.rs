@@ -16,7 +16,7 @@ use actix::prelude::*;
 use tracing::warn;
 
 use crate::comfy::names;
-use crate::task::ids::BackendName;
+use crate::task::ids::{BackendName, TaskId};
 
 pub struct Cleaner {
     enabled: bool,
@@ -65,9 +65,9 @@ impl Handler<RegisterBackend> for Cleaner {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct CleanFiles {
-    pub backend: String,
+    pub backend: BackendName,
     /// The task the files belong to: only paths it owns are removed.
-    pub task_id: String,
+    pub task_id: TaskId,
     pub files: Vec<(String, String)>,
 }
 
@@ -92,7 +92,7 @@ impl Handler<CleanFiles> for Cleaner {
                     warn!(backend.name = %msg.backend, error = %e, "refusing to clean an unsafe path");
                     return false;
                 }
-                let ok = owned_by_task(&msg.task_id, kind, path);
+                let ok = owned_by_task(msg.task_id.as_str(), kind, path);
                 if !ok {
                     warn!(backend.name = %msg.backend, task.id = %msg.task_id, %kind, %path, "refusing to clean a path that is not this task's own");
                 }

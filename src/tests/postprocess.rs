@@ -107,8 +107,8 @@ async fn cancelled_while_storing(store_works: bool) {
         .expect("cancel");
     assert!(cancelled, "the cancel applies to a task that has not ended");
     uploader.do_send(StoreOutputs {
-        task_id: id.clone(),
-        backend: sim.url.clone(),
+        task_id: id.clone().into(),
+        backend: sim.url.clone().into(),
         files: Some(vec![FileRef {
             node_id: "9".into(),
             kind: "images".into(),

@@ -304,8 +304,8 @@ impl Dispatcher {
                 .map(|n| ("input".to_string(), n))
                 .collect();
             self.pipeline.cleaner.do_send(CleanFiles {
-                backend: self.slots[i].name.clone().into(),
-                task_id: task_id.clone().into(),
+                backend: self.slots[i].name.clone(),
+                task_id: task_id.clone(),
                 files,
             });
         }

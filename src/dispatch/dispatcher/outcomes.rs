@@ -122,8 +122,8 @@ impl Handler<JobEnded> for Dispatcher {
         match msg.outcome {
             JobOutcome::Success(files) => {
                 self.pipeline.uploader.do_send(StoreOutputs {
-                    task_id: task_id.clone().into(),
-                    backend: msg.backend.clone().into(),
+                    task_id: task_id.clone(),
+                    backend: msg.backend.clone(),
                     files: Some(files),
                 });
             }

@@ -139,8 +139,8 @@ impl Dispatcher {
             if let Some(b) = t.backend {
                 // Through the id types, so this holds whether the Uploader takes them or strings.
                 self.pipeline.uploader.do_send(StoreOutputs {
-                    task_id: TaskId::from(t.id).into(),
-                    backend: BackendName::from(b).into(),
+                    task_id: TaskId::from(t.id),
+                    backend: BackendName::from(b),
                     files: None,
                 });
             }

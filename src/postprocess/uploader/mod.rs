@@ -35,7 +35,7 @@ use crate::db::{
     outputs::{NewOutput, OutputMark},
     tasks::TaskPatch,
 };
-use crate::task::{error_code, Status};
+use crate::task::{error_code, BackendName, Status, TaskId};
 use files::{comfy_path, file_ref, is_foreign, is_refused, output_files, refused_output};
 
 /// Tasks stored at once, at most: outputs are held in memory while they are stored, so this bounds
@@ -66,7 +66,7 @@ pub struct Uploader {
     finisher: Finisher,
     clients: HashMap<String, Rc<ComfyClient>>,
     /// Tasks being stored right now (a recovery replay must not run beside the live one).
-    busy: HashSet<String>,
+    busy: HashSet<TaskId>,
     /// Tasks waiting for a place among the `MAX_CONCURRENT_STORES`.
     waiting: VecDeque<StoreOutputs>,
 }
@@ -115,8 +115,8 @@ impl Actor for Uploader {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct StoreOutputs {
-    pub task_id: String,
-    pub backend: String,
+    pub task_id: TaskId,
+    pub backend: BackendName,
     pub files: Option<Vec<FileRef>>,
 }
 
@@ -145,7 +145,7 @@ impl Uploader {
             recorder: self.recorder.clone(),
             cleaner: self.cleaner.clone(),
             finisher: self.finisher.clone(),
-            client: self.client(&msg.backend),
+            client: self.client(msg.backend.as_str()),
             backend: msg.backend,
             task_id: msg.task_id.clone(),
         };
@@ -176,8 +176,8 @@ struct StoreJob {
     cleaner: Addr<Cleaner>,
     finisher: Finisher,
     client: Rc<ComfyClient>,
-    backend: String,
-    task_id: String,
+    backend: BackendName,
+    task_id: TaskId,
 }
 
 /// What went wrong with one output, worst last.
@@ -190,7 +190,7 @@ enum Trouble {
 
 impl StoreJob {
     async fn run(self, files: Option<Vec<FileRef>>) -> anyhow::Result<()> {
-        let id = self.task_id.clone();
+        let id = self.task_id.to_string();
         // Why each refused output was refused, by (node, index), for the task's error message.
         let mut refusals = HashMap::new();
         // Each output, and whether it is stored already.
@@ -306,7 +306,7 @@ impl StoreJob {
             if code == error_code::OK {
                 self.cleaner.do_send(CleanFiles {
                     backend: self.backend.clone(),
-                    task_id: id.clone(),
+                    task_id: self.task_id.clone(),
                     files: output_files(&outputs),
                 });
             }
@@ -322,7 +322,7 @@ impl StoreJob {
     /// asked for none of it: remove it from the store, the fallback folder and the ComfyUI host. A
     /// task whose outputs are recorded (a replay of one that had ended) keeps them.
     async fn discard_unrecorded(&self, outputs: &[(NewOutput, bool)]) -> anyhow::Result<()> {
-        let id = &self.task_id;
+        let id = self.task_id.as_str();
         let Some(task) = db::tasks::get(&self.db, id).await? else {
             return Ok(());
         };
@@ -353,7 +353,7 @@ impl StoreJob {
         }
         self.cleaner.do_send(CleanFiles {
             backend: self.backend.clone(),
-            task_id: id.to_string(),
+            task_id: self.task_id.clone(),
             files: output_files(outputs),
         });
         info!(task.id = %id, status = %task.status, outputs = outputs.len(), "task {id} ended while its outputs were stored; removed them");
@@ -537,7 +537,7 @@ impl StoreJob {
         let _ = self
             .recorder
             .send(RecordEvent {
-                task_id: self.task_id.clone().into(),
+                task_id: self.task_id.clone(),
                 event: Event::new(kind, details),
             })
             .await;
