@@ -5,6 +5,8 @@
 //! - [`workflow`]: workflows as data: manifests, parameter validation, graph rendering.
 //! - [`comfy`]: the ComfyUI protocol (serde types and HTTP calls); only `dispatch::backend` uses it.
 //! - [`dispatch`]: the `Dispatcher` (durable queue, routing) and one `Backend` actor per ComfyUI server.
+//! - [`release`]: releases as data: a snapshot of the workflows folder, what it needs, a dev server's
+//!   environment (stored by [`db::releases`]).
 //! - [`postprocess`]: actors after execution: `Uploader`, `Recorder`, `Cleaner`, `Notifier`.
 //! - [`blob`]: where outputs go: S3 or a local folder.
 //! - [`paths`]: the one way a relative name becomes a path comfyd writes (it cannot leave its root).
@@ -32,6 +34,7 @@ pub mod outbound;
 pub mod paths;
 pub mod pg_nodelay;
 pub mod postprocess;
+pub mod release;
 pub mod routes;
 pub mod startup;
 pub mod stored_text;
