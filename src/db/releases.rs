@@ -14,6 +14,7 @@ use sea_orm::{
 };
 
 use crate::entity::release;
+use crate::release::Draft;
 
 /// A release to store; `version` is given by the database.
 #[derive(Debug, Clone)]
@@ -28,6 +29,25 @@ pub struct NewRelease {
     /// JSON text of the environment, if read.
     pub environment: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl NewRelease {
+    /// The row for a checked draft, made now.
+    pub fn of(draft: &Draft) -> Result<NewRelease, serde_json::Error> {
+        Ok(NewRelease {
+            content_hash: draft.snapshot.content_hash.clone(),
+            note: draft.note.clone(),
+            source: draft.source.clone(),
+            files: serde_json::to_string(&draft.snapshot.files)?,
+            needs: serde_json::to_string(&draft.snapshot.needs)?,
+            environment: draft
+                .environment
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+            created_at: Utc::now(),
+        })
+    }
 }
 
 /// Whether [`insert_or_existing`] made a new release.

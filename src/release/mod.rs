@@ -8,13 +8,16 @@
 //! - [`Snapshot::content_hash`] names the content alone (not when, by whom or with which note), so
 //!   publishing the same draft twice finds the release already made;
 //! - [`needs`]: the node classes and model files the graphs use;
-//! - [`environment`]: what a development ComfyUI offers, and [`missing`] between the two.
+//! - [`environment`]: what a development ComfyUI offers, and [`missing`] between the two;
+//! - [`publish`]: the checks before a release is stored; [`record`]: a stored release as shown.
 //!
 //! Everything a release is lives in the database (several comfyd instances may share it, #22):
 //! nothing here reads or keeps anything outside the texts it is given.
 
 pub mod environment;
 pub mod needs;
+pub mod publish;
+pub mod record;
 
 use std::path::Path;
 
@@ -24,6 +27,8 @@ use crate::workflow::{LoadError, Workflow, WorkflowSet, WorkflowSources};
 
 pub use environment::{missing, Environment, EnvironmentError, Missing};
 pub use needs::{ModelRef, Needs};
+pub use publish::{prepare, Draft, PublishError};
+pub use record::ReleaseRecord;
 
 /// One workflow of a release: its name, manifest (TOML text) and graph (API-format JSON text), as
 /// read from the draft.
