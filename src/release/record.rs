@@ -28,7 +28,6 @@ pub struct ReleaseRecord {
     pub environment: Option<Environment>,
     /// Every workflow's manifest and graph (`GET .../releases/{version}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
     pub files: Option<Vec<WorkflowFiles>>,
 }
 

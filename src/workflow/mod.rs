@@ -147,7 +147,7 @@ impl WorkflowSet {
 }
 
 /// The texts one workflow was loaded from: its manifest (TOML) and its graph (API-format JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowSources {
     /// The manifest's file stem, which a loaded workflow's name equals.
     pub name: String,
