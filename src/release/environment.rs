@@ -166,7 +166,11 @@ fn checked(call: &str, what: &str, s: &str) -> Result<String, EnvironmentError> 
     Ok(s.to_string())
 }
 
-fn optional_text(call: &str, what: &str, v: Option<&Value>) -> Result<Option<String>, EnvironmentError> {
+fn optional_text(
+    call: &str,
+    what: &str,
+    v: Option<&Value>,
+) -> Result<Option<String>, EnvironmentError> {
     match v.and_then(Value::as_str) {
         Some(s) => checked(call, what, s).map(Some),
         None => Ok(None),
@@ -221,8 +225,7 @@ pub fn apply_object_info(env: &mut Environment, info: &Value) -> Result<(), Envi
     }
     env.node_class_count = classes.len();
     for (class, entry) in classes {
-        env.node_classes
-            .insert(checked(CALL, "node class", class)?);
+        env.node_classes.insert(checked(CALL, "node class", class)?);
         if let Some(module) = entry.get("python_module").and_then(Value::as_str) {
             // `custom_nodes.<folder>` (a package) or `custom_nodes.<file>.py`: keep the package.
             let mut parts = module.split('.');

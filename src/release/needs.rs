@@ -26,7 +26,9 @@ pub const MODEL_EXTENSIONS: [&str; 11] = [
 
 /// One model file a graph names, with the input it came from (`ckpt_name`, `lora_name`, ...: a hint
 /// of the model folder it lives in).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct ModelRef {
     /// The input name that holds it, e.g. `ckpt_name`.
     pub input: String,

@@ -99,7 +99,10 @@ fn any_byte_of_a_manifest_or_graph_changes_the_hash() {
     let path = dir.path().join("solid.json");
     let text = std::fs::read_to_string(&path).expect("read");
     std::fs::write(&path, format!("{text}\n")).expect("write");
-    assert_ne!(Snapshot::of_dir(dir.path()).expect("load").content_hash, before);
+    assert_ne!(
+        Snapshot::of_dir(dir.path()).expect("load").content_hash,
+        before
+    );
 }
 
 #[test]
@@ -113,8 +116,18 @@ fn needs_are_every_class_type_and_every_model_file_input() {
     });
     let needs = Needs::of_graph(graph.as_object().expect("object"));
     assert_eq!(
-        needs.node_classes.iter().map(String::as_str).collect::<Vec<_>>(),
-        ["CLIPTextEncode", "CheckpointLoaderSimple", "LoraLoader", "SaveImage", "X"]
+        needs
+            .node_classes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        [
+            "CLIPTextEncode",
+            "CheckpointLoaderSimple",
+            "LoraLoader",
+            "SaveImage",
+            "X"
+        ]
     );
     let models: Vec<(String, String)> = needs
         .models
@@ -132,8 +145,10 @@ fn needs_are_every_class_type_and_every_model_file_input() {
     );
     let shipped = Snapshot::of_dir(&shipped_dir()).expect("load").needs;
     assert!(shipped.node_classes.contains("KSampler"));
-    assert!(shipped.models.iter().any(|m| m.input == "ckpt_name"
-        && m.file == "v1-5-pruned-emaonly.safetensors"));
+    assert!(shipped
+        .models
+        .iter()
+        .any(|m| m.input == "ckpt_name" && m.file == "v1-5-pruned-emaonly.safetensors"));
 }
 
 fn dev_server() -> Environment {
@@ -171,7 +186,10 @@ fn the_environment_keeps_versions_classes_and_custom_node_packages() {
     assert_eq!(env.devices[0].kind, "cuda");
     assert_eq!(env.node_class_count, 4);
     assert_eq!(
-        env.custom_nodes.iter().map(String::as_str).collect::<Vec<_>>(),
+        env.custom_nodes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         ["custom_nodes.ComfyUI-Fancy", "custom_nodes.one_file"]
     );
 }
@@ -186,11 +204,19 @@ fn missing_lists_the_classes_and_models_the_server_lacks() {
     let needs = Needs::of_graph(graph.as_object().expect("object"));
     let missing = missing(&needs, &dev_server());
     assert_eq!(
-        missing.node_classes.iter().map(String::as_str).collect::<Vec<_>>(),
+        missing
+            .node_classes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         ["LoraLoader"]
     );
     assert_eq!(
-        missing.models.iter().map(|m| m.file.as_str()).collect::<Vec<_>>(),
+        missing
+            .models
+            .iter()
+            .map(|m| m.file.as_str())
+            .collect::<Vec<_>>(),
         ["x.safetensors"]
     );
     let problems = missing.problems();
@@ -208,12 +234,18 @@ fn missing_lists_the_classes_and_models_the_server_lacks() {
 fn untrusted_answers_are_refused_naming_the_call() {
     let mut env = Environment::default();
     for (call, err) in [
-        ("GET /object_info", environment::apply_object_info(&mut env, &json!([1]))),
+        (
+            "GET /object_info",
+            environment::apply_object_info(&mut env, &json!([1])),
+        ),
         (
             "GET /object_info",
             environment::apply_object_info(&mut env, &json!({"bad\nname": {}})),
         ),
-        ("GET /system_stats", environment::apply_system_stats(&mut env, &json!({}))),
+        (
+            "GET /system_stats",
+            environment::apply_system_stats(&mut env, &json!({})),
+        ),
         (
             "GET /models",
             environment::model_folders(&json!(["../etc"])).map(|_| ()),
@@ -232,7 +264,11 @@ fn untrusted_answers_are_refused_naming_the_call() {
 
 #[test]
 fn dev_server_urls_are_http_with_a_host_and_no_credentials() {
-    for ok in ["http://dev-comfyui:8188", "https://10.0.0.5/", "http://[::1]:8188"] {
+    for ok in [
+        "http://dev-comfyui:8188",
+        "https://10.0.0.5/",
+        "http://[::1]:8188",
+    ] {
         assert!(environment::check_url(ok).is_ok(), "{ok}");
     }
     for bad in [
@@ -245,7 +281,10 @@ fn dev_server_urls_are_http_with_a_host_and_no_credentials() {
         "unix:/run/comfy.sock",
     ] {
         assert!(
-            matches!(environment::check_url(bad), Err(EnvironmentError::BadUrl(_))),
+            matches!(
+                environment::check_url(bad),
+                Err(EnvironmentError::BadUrl(_))
+            ),
             "{bad}"
         );
     }

@@ -26,7 +26,10 @@ pub struct PublishBody {
     pub note: Option<String>,
 }
 
-fn record(row: &crate::entity::release::Model, with_files: bool) -> Result<ReleaseRecord, ApiError> {
+fn record(
+    row: &crate::entity::release::Model,
+    with_files: bool,
+) -> Result<ReleaseRecord, ApiError> {
     ReleaseRecord::of(row, with_files)
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("reading a stored release")))
 }

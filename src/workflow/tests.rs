@@ -1733,7 +1733,10 @@ fn a_smoke_table_is_checked_like_a_body_and_kept() {
         png_b64()
     );
     let w = Workflow::from_sources("t", &good, GRAPH).expect("good smoke loads");
-    assert_eq!(w.smoke.as_ref().and_then(|s| s["prompt"].as_str()), Some("cat"));
+    assert_eq!(
+        w.smoke.as_ref().and_then(|s| s["prompt"].as_str()),
+        Some("cat")
+    );
     assert!(workflow().smoke.is_none());
 
     let bad = format!("{MANIFEST}\n[smoke]\nprompt = 5\nnope = 1\n");
