@@ -366,3 +366,44 @@ async fn the_cli_publishes_and_lists_releases() {
         "{out}"
     );
 }
+
+/// Two publishes of the same content at once (two instances on one database, say) meet at the
+/// unique index: one new version, and both get it.
+async fn the_same_content_published_at_once_is_one_release(db: TestDb) {
+    use comfyd::db::releases::{self, NewRelease, Outcome};
+    // Arrange
+    let conn = comfyd::db::connect::open(db.url(), 4).await.expect("open");
+    let row = |note: &str| NewRelease {
+        content_hash: "sha256:same".into(),
+        note: Some(note.into()),
+        source: None,
+        files: "[]".into(),
+        needs: r#"{"node_classes":[],"models":[]}"#.into(),
+        environment: None,
+        created_at: chrono::Utc::now(),
+    };
+    // Act
+    let (a, b) = futures_util::join!(
+        releases::insert_or_existing(&conn, row("a")),
+        releases::insert_or_existing(&conn, row("b"))
+    );
+    let (a, b) = (a.expect("a"), b.expect("b"));
+    // Assert
+    assert_eq!(a.0.version, b.0.version);
+    let mut outcomes = [a.1, b.1];
+    outcomes.sort_by_key(|o| *o == Outcome::Existing);
+    assert_eq!(outcomes, [Outcome::Created, Outcome::Existing]);
+    assert_eq!(releases::list(&conn, 10).await.expect("list").len(), 1);
+    let latest = releases::latest(&conn).await.expect("latest").expect("one");
+    assert_eq!(latest.version, a.0.version);
+}
+
+#[actix_web::test]
+async fn the_same_content_published_at_once_is_one_release_sqlite() {
+    the_same_content_published_at_once_is_one_release(TestDb::sqlite()).await;
+}
+
+#[actix_web::test]
+async fn the_same_content_published_at_once_is_one_release_postgres() {
+    the_same_content_published_at_once_is_one_release(TestDb::postgres().await).await;
+}
