@@ -11,7 +11,8 @@
 //!   local folder).
 //! - [`task`]: a task's statuses, records and ids; [`config`]: settings from `config/*.toml`, `.env`
 //!   and the environment; [`outbound`]: every call to a URL a client gave us; [`paths`]: the one way a
-//!   relative name becomes a path comfyd writes.
+//!   relative name becomes a path comfyd writes; [`release`]: releases as data (a snapshot of the
+//!   workflows folder, what it needs, a dev server's environment; stored by [`db::releases`]).
 //! - [`workflow`]: workflows as data; [`comfy`]: the ComfyUI protocol (frames, HTTP calls, names from a
 //!   server); [`db_health`]: whether the database takes writes now; [`budget`]: the memory requests may
 //!   hold at once.
@@ -32,6 +33,7 @@ pub mod outbound;
 pub mod paths;
 pub mod pg_nodelay;
 pub mod postprocess;
+pub mod release;
 pub mod routes;
 pub mod startup;
 pub mod stored_text;

@@ -1,4 +1,4 @@
-//! `comfyd`: serve the API (default), or check the workflows.
+//! `comfyd`: serve the API (default), or run an operator command (workflows, keys, releases).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,35 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Releases: immutable snapshots of the workflows folder (see README, Releases).
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Snapshot the workflows folder into a release (the same content twice is one release).
+    Publish {
+        /// A development ComfyUI whose environment is recorded; refused if it lacks what the
+        /// workflows need. E.g. http://dev-comfyui:8188
+        #[arg(long)]
+        from: Option<String>,
+        /// A note kept with the release.
+        #[arg(long)]
+        note: Option<String>,
+        /// Workflows folder (default: workflows.dir of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The releases, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// One release, with its files, as JSON.
+    Show { version: i32 },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +153,18 @@ fn main() -> ExitCode {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Release { command } => match command {
+                ReleaseCommand::Publish { from, note, dir } => {
+                    let dir = dir.unwrap_or_else(|| settings.workflows.dir.clone());
+                    comfyd::cli::release::publish(&settings, &dir, from.as_deref(), note).await
+                }
+                ReleaseCommand::List { limit } => comfyd::cli::release::list(&settings, limit)
+                    .await
+                    .map(|_| ExitCode::SUCCESS),
+                ReleaseCommand::Show { version } => {
+                    comfyd::cli::release::show(&settings, version).await
+                }
+            },
         }
     });
     match result {

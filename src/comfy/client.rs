@@ -256,6 +256,45 @@ impl ComfyClient {
         Ok(v.get(class).is_some())
     }
 
+    /// `GET /system_stats` (versions, devices), as sent.
+    pub async fn system_stats(&self) -> Result<Value, ComfyError> {
+        self.json(
+            "GET /system_stats",
+            self.http.get(format!("{}/system_stats", self.base)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /models`: the model folders' names, as sent.
+    pub async fn model_folders(&self) -> Result<Value, ComfyError> {
+        self.json(
+            "GET /models",
+            self.http.get(format!("{}/models", self.base)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /models/{folder}`: the files of one model folder, as sent; `None` when the server
+    /// answers 404 (ComfyUI lists folders in `/models` that it cannot list the files of).
+    pub async fn models_in(&self, folder: &str) -> Result<Option<Value>, ComfyError> {
+        let path: String = url::form_urlencoded::byte_serialize(folder.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20");
+        match self
+            .json(
+                "GET /models/{folder}",
+                self.http.get(format!("{}/models/{path}", self.base)),
+                None,
+            )
+            .await
+        {
+            Err(ComfyError::Status { status: 404, .. }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
     /// Uploads an input image under `name` (overwriting: the name is unique to the task, so a retry
     /// replaces its own earlier upload). Returns the value a LoadImage input takes.
     pub async fn upload_image(

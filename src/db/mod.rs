@@ -8,7 +8,8 @@
 //! - [`outputs`]: the `output` table (with the `executed` record that inserts a task's outputs);
 //! - [`deliveries`]: the `delivery` (webhook outbox) and `delivery_attempt` tables;
 //! - [`appends`]: [`appends::Appends`], the rows a transaction adds to those tables at its end;
-//! - [`api_keys`]: the `api_key` table.
+//! - [`api_keys`]: the `api_key` table;
+//! - [`releases`]: the `releases` table (written straight to the pool: see there why).
 //!
 //! Writes are made by the `Recorder` actor only (`postprocess::recorder`: one writer, in order,
 //! inside its transactions: the write functions here open none); readers (routes, recovery, the
@@ -22,4 +23,5 @@ pub mod connect;
 pub mod deliveries;
 pub mod events;
 pub mod outputs;
+pub mod releases;
 pub mod tasks;

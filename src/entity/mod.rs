@@ -3,5 +3,6 @@ pub mod api_key;
 pub mod delivery;
 pub mod delivery_attempt;
 pub mod output;
+pub mod release;
 pub mod task;
 pub mod task_event;

@@ -7,6 +7,7 @@
 //!   `POST {prefix}/tasks/{id}/cancel`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
 //! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`
+//! - `POST {prefix}/releases`, `GET {prefix}/releases`, `GET {prefix}/releases/{version}` (admin)
 //! - `GET /openapi.json` (the OpenAPI document), `GET /docs` (it as a page), `GET /docs/ui.js`: at the
 //!   root like the original's, and the same under the prefix
 //!
@@ -20,6 +21,7 @@ pub mod health;
 pub mod input;
 pub mod openapi;
 pub mod outage;
+pub mod releases;
 pub mod submit;
 pub mod tasks;
 pub mod workflows;
@@ -97,6 +99,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
                     web::post().to(deliveries::redeliver),
                 )
                 .route("/backends", web::get().to(health::backends))
+                .route("/releases", web::post().to(releases::publish))
+                .route("/releases", web::get().to(releases::list))
+                .route("/releases/{version}", web::get().to(releases::get))
                 .route("/openapi.json", web::get().to(openapi::openapi_json))
                 .route("/docs", web::get().to(docs::page))
                 .route("/docs/ui.js", web::get().to(docs::script)),

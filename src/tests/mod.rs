@@ -14,5 +14,6 @@ mod original;
 mod pipeline;
 mod postprocess;
 mod queue;
+mod releases;
 mod support;
 mod workflows_api;

@@ -31,6 +31,8 @@ struct RawManifest {
     /// took and this one no longer uses, so clients written for it keep working.
     #[serde(default)]
     ignored: Vec<String>,
+    /// Params for a quick run (a release's smoke input), checked like a client's body at load.
+    smoke: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,8 +85,17 @@ impl<'de> Deserialize<'de> for OrderedParams {
     }
 }
 
-/// Loads `path` (a `*.toml` manifest) and its graph; on failure, every problem found.
-pub(crate) fn load_file(path: &Path) -> Result<Workflow, Vec<String>> {
+/// The texts of one workflow as read from its folder: the manifest and the graph it names.
+pub(crate) struct SourceTexts {
+    /// The manifest's file stem (the workflow's name when it loads).
+    pub stem: String,
+    pub manifest: String,
+    pub graph: String,
+}
+
+/// Loads `path` (a `*.toml` manifest) and its graph, giving back the texts it read too (what a
+/// release stores); on failure, every problem found.
+pub(crate) fn load_file_with_sources(path: &Path) -> Result<(Workflow, SourceTexts), Vec<String>> {
     let file = path.display().to_string();
     let stem = path
         .file_stem()
@@ -107,10 +118,18 @@ pub(crate) fn load_file(path: &Path) -> Result<Workflow, Vec<String>> {
             graph_path.display()
         )]
     })?;
-    build(&file, &stem, raw, &graph_name, &graph_text)
+    let workflow = build(&file, &stem, raw, &graph_name, &graph_text)?;
+    Ok((
+        workflow,
+        SourceTexts {
+            stem,
+            manifest: text,
+            graph: graph_text,
+        },
+    ))
 }
 
-/// Same checks as [`load_file`], from texts; `file` labels the problems.
+/// Same checks as [`load_file_with_sources`], from texts; `file` labels the problems.
 pub(crate) fn from_sources(
     file: &str,
     stem: &str,
@@ -249,6 +268,18 @@ fn build(
         }
     }
 
+    // The smoke input must be a body a client could send: checked once the params are known.
+    if let Some(smoke) = &raw.smoke {
+        if problems.is_empty() {
+            if let Err(errors) = super::params::validate(&params, &raw.ignored, smoke) {
+                for e in errors {
+                    let field = e.field.strip_prefix("params").unwrap_or(&e.field);
+                    problems.push(format!("{file}: smoke{field}: {}", e.reason));
+                }
+            }
+        }
+    }
+
     if problems.is_empty() {
         Ok(Workflow {
             name: raw.name,
@@ -257,6 +288,7 @@ fn build(
             params,
             ignored: raw.ignored,
             output_nodes: raw.outputs.nodes,
+            smoke: raw.smoke,
         })
     } else {
         Err(problems)

@@ -65,6 +65,14 @@ impl WorkflowSet {
     /// against its graph. Fails if any workflow is broken, listing every problem of every file.
     /// `*.json` files without a manifest are ignored; an empty directory gives an empty set.
     pub fn load_dir(dir: &Path) -> Result<WorkflowSet, LoadError> {
+        WorkflowSet::load_dir_with_sources(dir).map(|(set, _)| set)
+    }
+
+    /// [`WorkflowSet::load_dir`], also giving back the texts it loaded, sorted by name (what a
+    /// release stores): the same files, read once, so a snapshot is exactly what would be served.
+    pub fn load_dir_with_sources(
+        dir: &Path,
+    ) -> Result<(WorkflowSet, Vec<WorkflowSources>), LoadError> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
             LoadError::one(format!("{}: cannot read directory: {e}", dir.display()))
         })?;
@@ -85,16 +93,23 @@ impl WorkflowSet {
         manifests.sort();
 
         let mut by_name = BTreeMap::new();
+        let mut sources = Vec::new();
         for path in manifests {
-            match manifest::load_file(&path) {
-                Ok(workflow) => {
+            match manifest::load_file_with_sources(&path) {
+                Ok((workflow, texts)) => {
                     by_name.insert(workflow.name.clone(), Arc::new(workflow));
+                    sources.push(WorkflowSources {
+                        name: texts.stem,
+                        manifest: texts.manifest,
+                        graph: texts.graph,
+                    });
                 }
                 Err(mut errs) => problems.append(&mut errs),
             }
         }
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
         if problems.is_empty() {
-            Ok(WorkflowSet { by_name })
+            Ok((WorkflowSet { by_name }, sources))
         } else {
             Err(LoadError { problems })
         }
@@ -129,6 +144,17 @@ impl WorkflowSet {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+/// The texts one workflow was loaded from: its manifest (TOML) and its graph (API-format JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowSources {
+    /// The manifest's file stem, which a loaded workflow's name equals.
+    pub name: String,
+    /// The manifest, as written.
+    pub manifest: String,
+    /// The graph the manifest names, as written.
+    pub graph: String,
 }
 
 /// Why a directory of workflows could not be loaded. Holds every problem found, one per line when
@@ -169,6 +195,8 @@ pub struct Workflow {
     pub ignored: Vec<String>,
     /// Ids of the output nodes whose files are collected.
     pub output_nodes: Vec<String>,
+    /// The manifest's `[smoke]` params (a quick run), already checked with [`Workflow::validate`].
+    pub smoke: Option<Value>,
 }
 
 impl Workflow {

@@ -1722,3 +1722,26 @@ fn the_shipped_text2img_ignores_the_image_the_originals_readme_sends_it() {
     assert_eq!(r.values["prompt"], json!("2capys"));
     assert!(r.images.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Smoke inputs
+
+#[test]
+fn a_smoke_table_is_checked_like_a_body_and_kept() {
+    let good = format!(
+        "{MANIFEST}\n[smoke]\nprompt = \"cat\"\nimage = \"{}\"\n",
+        png_b64()
+    );
+    let w = Workflow::from_sources("t", &good, GRAPH).expect("good smoke loads");
+    assert_eq!(
+        w.smoke.as_ref().and_then(|s| s["prompt"].as_str()),
+        Some("cat")
+    );
+    assert!(workflow().smoke.is_none());
+
+    let bad = format!("{MANIFEST}\n[smoke]\nprompt = 5\nnope = 1\n");
+    let problems = load_problems(&bad, GRAPH);
+    assert_has(&problems, "t.toml: smoke.prompt: ");
+    assert_has(&problems, "t.toml: smoke.image: ");
+    assert_has(&problems, "t.toml: smoke.nope: ");
+}

@@ -62,6 +62,9 @@ the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
         super::deliveries::for_task,
         super::deliveries::redeliver,
         super::health::backends,
+        super::releases::publish,
+        super::releases::list,
+        super::releases::get,
         super::health::healthz,
         super::health::readyz,
         openapi_json,
@@ -75,6 +78,7 @@ the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
         (name = "Tasks", description = "Follow, list and cancel tasks"),
         (name = "Deliveries", description = "The webhooks comfyd sent for a task"),
         (name = "Workflows", description = "What can be run"),
+        (name = "Releases", description = "Immutable snapshots of the workflows folder"),
         (name = "Service", description = "comfyd itself and its ComfyUI servers"),
         (name = "Docs", description = "This document and its page"),
     )

@@ -63,6 +63,13 @@ pub struct WorkflowList {
     pub workflows: Vec<WorkflowDescription>,
 }
 
+/// `GET {prefix}/releases`
+#[derive(ToSchema)]
+pub struct ReleaseList {
+    /// Newest first, without their files.
+    pub releases: Vec<crate::release::ReleaseRecord>,
+}
+
 /// One workflow and how to call it.
 #[derive(ToSchema)]
 pub struct WorkflowDescription {
