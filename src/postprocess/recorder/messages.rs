@@ -1,8 +1,8 @@
 //! The Recorder's messages: one per kind of write, each answered once its transaction committed
-//! (or with why it did not). Sent by the routes (new tasks, redeliveries), the Dispatcher (claims,
-//! transitions, running marks, flushes), the uploader (executed records, events), the `Finisher`
-//! (terminal states) and the `Notifier` (webhook attempts). A write that was not done answers a
-//! [`RecordError`] saying why.
+//! (or with why it did not). Sent by the submit service (new tasks), the routes (redeliveries), the
+//! Dispatcher (claims, transitions, running marks, flushes), the uploader (executed records,
+//! events), the `Finisher` (terminal states) and the `Notifier` (webhook attempts). A write that
+//! was not done answers a [`RecordError`] saying why.
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
