@@ -18,7 +18,7 @@ pub enum IntakeError {
     #[error("no workflow named {0:?}")]
     UnknownWorkflow(String),
     /// One or more fields are wrong; every one is listed, each naming its field.
-    #[error("invalid request: {}", summary(.0))]
+    #[error("invalid request: {}", FieldError::summary(.0))]
     Invalid(Vec<FieldError>),
     /// An input image is too large: its bytes (fetched by URL) or its pixels.
     #[error("{}: {}", .0.field, .0.reason)]
@@ -50,14 +50,6 @@ pub enum IntakeError {
     /// logged where it is answered, not told.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
-}
-
-fn summary(fields: &[FieldError]) -> String {
-    fields
-        .iter()
-        .map(|f| format!("{}: {}", f.field, f.reason))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// A read of a retried submit's task that failed.

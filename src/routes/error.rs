@@ -19,7 +19,7 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// One or more fields are wrong; every one is listed.
-    #[error("invalid request: {}", summary(.0))]
+    #[error("invalid request: {}", FieldError::summary(.0))]
     Invalid(Vec<FieldError>),
     /// An input is too large (an image fetched by URL, say).
     #[error("{}: {}", .0.field, .0.reason)]
@@ -48,14 +48,6 @@ pub enum ApiError {
     Busy(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
-}
-
-fn summary(fields: &[FieldError]) -> String {
-    fields
-        .iter()
-        .map(|f| format!("{}: {}", f.field, f.reason))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl ApiError {

@@ -112,6 +112,15 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// Every field's `field: reason`, joined by `; `: the one-line form of a refusal.
+    pub fn summary(fields: &[FieldError]) -> String {
+        fields
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     fn new(param: &str, reason: impl Into<String>) -> FieldError {
         FieldError {
             field: format!("params.{param}"),
