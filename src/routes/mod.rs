@@ -57,7 +57,7 @@ pub struct AppState {
     pub accepting: Arc<AtomicBool>,
     /// Whether the database takes writes: while not, submits answer 503 at once.
     pub db_health: crate::db_health::DbHealth,
-    /// What request bodies and input images may hold at once ([limits]).
+    /// What request bodies and input images may hold at once (config `[limits]`).
     pub budget: MemoryBudget,
     /// The submit service the submit routes hand their bodies to.
     pub intake: Intake,
