@@ -31,7 +31,9 @@ pub async fn insert<C: ConnectionTrait>(
         comfyui_version: ActiveValue::Set(check.comfyui_version.clone()),
         checked_at: ActiveValue::Set(check.checked_at),
     };
-    backend_check::Entity::insert(row).exec_with_returning(db).await
+    backend_check::Entity::insert(row)
+        .exec_with_returning(db)
+        .await
 }
 
 /// The newest check of each backend against release `release_version`, by backend name.

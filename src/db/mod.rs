@@ -19,8 +19,8 @@
 //! comfyd instances share one PostgreSQL.
 
 pub mod api_keys;
-pub mod backend_checks;
 pub mod appends;
+pub mod backend_checks;
 pub mod connect;
 pub mod deliveries;
 pub mod events;

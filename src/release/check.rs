@@ -146,19 +146,13 @@ pub async fn check_backend(
     snapshot: &Snapshot,
     options: CheckOptions,
 ) -> BackendCheck {
-    let env = match tokio::time::timeout(
-        environment::READ_TIMEOUT,
-        environment::read_from(client),
-    )
-    .await
+    let env = match tokio::time::timeout(environment::READ_TIMEOUT, environment::read_from(client))
+        .await
     {
         Ok(result) => result,
         Err(_) => Err(EnvironmentError::Call {
             call: "reading the environment".into(),
-            detail: format!(
-                "took longer than {} s",
-                environment::READ_TIMEOUT.as_secs()
-            ),
+            detail: format!("took longer than {} s", environment::READ_TIMEOUT.as_secs()),
         }),
     };
     let mut check = judge(snapshot, env.as_ref());
@@ -207,7 +201,9 @@ async fn smoke(client: &ComfyClient, run: &SmokeRun, timeout: Duration) -> Resul
         Ok(entry) => entry?,
         Err(_) => {
             // Best effort: the backend should not keep running a check nobody waits for.
-            let _ = client.delete_from_queue(std::slice::from_ref(&prompt_id)).await;
+            let _ = client
+                .delete_from_queue(std::slice::from_ref(&prompt_id))
+                .await;
             let _ = client.interrupt(&prompt_id).await;
             return Err(format!(
                 "smoke run of `{name}` did not end within {} s",
