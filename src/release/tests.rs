@@ -289,3 +289,59 @@ fn dev_server_urls_are_http_with_a_host_and_no_credentials() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checking a backend (the pure part)
+
+#[test]
+fn a_backend_that_cannot_be_read_does_not_pass_and_says_why() {
+    let snap = Snapshot::of_dir(&shipped_dir()).expect("shipped");
+    let e = EnvironmentError::Call {
+        call: "GET /object_info".into(),
+        detail: "ComfyUI answered 500".into(),
+    };
+    let c = check::judge(&snap, Err(&e));
+    assert!(!c.passed);
+    assert_eq!(c.reasons, ["GET /object_info: ComfyUI answered 500"]);
+    assert!(c.missing.is_empty());
+    assert_eq!(c.comfyui_version, None);
+}
+
+#[test]
+fn a_backend_passes_the_static_check_only_with_everything_the_release_needs() {
+    let snap = Snapshot::of_dir(&shipped_dir()).expect("shipped");
+    // Lacking: the dev server has few classes and another checkpoint.
+    let c = check::judge(&snap, Ok(&dev_server()));
+    assert!(!c.passed);
+    assert_eq!(c.missing, missing(&snap.needs, &dev_server()));
+    assert_eq!(c.reasons, c.missing.problems());
+    assert_eq!(c.comfyui_version.as_deref(), Some("0.3.64"));
+    // Everything: passes, no reasons.
+    let mut env = dev_server();
+    env.node_classes
+        .extend(snap.needs.node_classes.iter().cloned());
+    env.models.insert(
+        "checkpoints".into(),
+        snap.needs.models.iter().map(|m| m.file.clone()).collect(),
+    );
+    let c = check::judge(&snap, Ok(&env));
+    assert!(c.passed, "{:?}", c.reasons);
+    assert!(c.reasons.is_empty() && c.missing.is_empty());
+}
+
+#[test]
+fn smoke_runs_are_the_workflows_with_a_smoke_table_rendered_as_a_task() {
+    let snap = Snapshot::of_dir(&shipped_dir()).expect("shipped");
+    let (runs, reasons, skipped) = check::smoke_runs(&snap);
+    assert!(reasons.is_empty(), "{reasons:?}");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let names: Vec<&str> = runs.iter().map(|r| r.workflow.as_str()).collect();
+    assert_eq!(names, ["solid"]);
+    let g = &runs[0].graph;
+    assert_eq!(g["1"]["inputs"]["width"], 8);
+    assert_eq!(g["1"]["inputs"]["height"], 8);
+    let prefix = g["2"]["inputs"]["filename_prefix"]
+        .as_str()
+        .expect("prefix");
+    assert!(prefix.starts_with("comfyd/smoke-"), "{prefix}");
+}
