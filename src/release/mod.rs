@@ -13,7 +13,8 @@
 //! - [`check`]: whether a backend can serve a release (its environment and smoke runs).
 //!
 //! Everything a release is lives in the database (several comfyd instances may share it, #22):
-//! nothing here reads or keeps anything outside the texts it is given.
+//! nothing here reads or keeps anything outside the texts it is given, besides what a ComfyUI
+//! answers (`environment`, `check`) through the client it is handed.
 
 pub mod check;
 pub mod environment;

@@ -90,8 +90,10 @@ impl Catalog {
         models: &[String],
         without_models: &[String],
     ) -> Result<Catalog, String> {
-        let mut c = Catalog::default();
-        c.without_nodes = without_nodes.iter().cloned().collect();
+        let mut c = Catalog {
+            without_nodes: without_nodes.iter().cloned().collect(),
+            ..Catalog::default()
+        };
         if without_cleaner {
             c.without_nodes.insert(CLEAN_CLASS.to_string());
         }
