@@ -18,7 +18,7 @@ use super::environment::{self, missing, Environment, EnvironmentError, Missing};
 use super::Snapshot;
 use crate::comfy::protocol::{history_outcome, HistoryOutcome};
 use crate::comfy::ComfyClient;
-use crate::workflow::{Graph, Workflow};
+use crate::workflow::{set_image, Graph, ImageSource, Target, Workflow};
 
 /// Default bound of one smoke run, queueing to its end in `/history`.
 pub const SMOKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,18 +83,32 @@ pub fn judge(snapshot: &Snapshot, env: Result<&Environment, &EnvironmentError>) 
     }
 }
 
-/// One smoke run to make: the workflow's name and its graph rendered with its `[smoke]` params.
+/// One smoke run to make: the workflow's name, its graph rendered with its `[smoke]` params, and
+/// the images to upload first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmokeRun {
     pub workflow: String,
     pub graph: Graph,
+    pub images: Vec<SmokeImage>,
+}
+
+/// An image param of a smoke input (base64 in the manifest), uploaded before the run as a task's
+/// input image is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmokeImage {
+    /// The upload's name: `comfyd_smoke_<id>_<param>.<ext>`.
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    /// The graph inputs that take the uploaded name.
+    pub targets: Vec<Target>,
 }
 
 /// The smoke runs of a release: every workflow with a `[smoke]` table, rendered as a task's graph
 /// would be (its outputs under `comfyd/smoke-<id>/`). A smoke input that does not validate (it did
 /// at publish; a release is immutable, so only a changed comfyd could make it fail) is a reason.
-/// Smoke inputs with image params are not run: uploading them is not wired in yet (they are
-/// listed in the second vector, by workflow name).
+/// Smoke inputs with an image given by URL are not run (fetching it is `outbound`'s, which this
+/// layer may not use): they are listed in the third vector, by workflow name.
 pub fn smoke_runs(snapshot: &Snapshot) -> (Vec<SmokeRun>, Vec<String>, Vec<String>) {
     let mut runs = Vec::new();
     let mut reasons = Vec::new();
@@ -109,10 +123,7 @@ pub fn smoke_runs(snapshot: &Snapshot) -> (Vec<SmokeRun>, Vec<String>, Vec<Strin
     for w in set.iter() {
         let Some(params) = &w.smoke else { continue };
         match smoke_graph(w, params) {
-            Ok(Some(graph)) => runs.push(SmokeRun {
-                workflow: w.name.clone(),
-                graph,
-            }),
+            Ok(Some(run)) => runs.push(run),
             Ok(None) => skipped.push(w.name.clone()),
             Err(reason) => reasons.push(reason),
         }
@@ -120,7 +131,7 @@ pub fn smoke_runs(snapshot: &Snapshot) -> (Vec<SmokeRun>, Vec<String>, Vec<Strin
     (runs, reasons, skipped)
 }
 
-fn smoke_graph(w: &Workflow, params: &Value) -> Result<Option<Graph>, String> {
+fn smoke_graph(w: &Workflow, params: &Value) -> Result<Option<SmokeRun>, String> {
     let resolved = w.validate(params).map_err(|errors| {
         let shown: Vec<String> = errors
             .iter()
@@ -132,11 +143,26 @@ fn smoke_graph(w: &Workflow, params: &Value) -> Result<Option<Graph>, String> {
             shown.join("; ")
         )
     })?;
-    if !resolved.images.is_empty() {
-        return Ok(None);
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut images = Vec::new();
+    for img in &resolved.images {
+        match &img.source {
+            ImageSource::Bytes { bytes, ext } => images.push(SmokeImage {
+                name: format!("comfyd_smoke_{id}_{}.{ext}", img.param),
+                bytes: bytes.clone(),
+                content_type: mime_guess::from_ext(ext)
+                    .first_or_octet_stream()
+                    .to_string(),
+                targets: img.targets.clone(),
+            }),
+            ImageSource::Url(_) => return Ok(None),
+        }
     }
-    let task_id = format!("smoke-{}", uuid::Uuid::new_v4().simple());
-    Ok(Some(w.render(&resolved, &task_id)))
+    Ok(Some(SmokeRun {
+        workflow: w.name.clone(),
+        graph: w.render(&resolved, &format!("smoke-{id}")),
+        images,
+    }))
 }
 
 /// Checks the backend behind `client` against a release: its environment, then (when nothing is
@@ -163,7 +189,7 @@ pub async fn check_backend(
     let (runs, mut reasons, skipped) = smoke_runs(snapshot);
     if !skipped.is_empty() {
         tracing::info!(
-            "smoke inputs with images are not run yet: {}",
+            "smoke inputs with an image URL are not run: {}",
             skipped.join(", ")
         );
     }
@@ -182,8 +208,16 @@ pub async fn check_backend(
 async fn smoke(client: &ComfyClient, run: &SmokeRun, timeout: Duration) -> Result<(), String> {
     let prompt_id = uuid::Uuid::new_v4().to_string();
     let name = &run.workflow;
+    let mut graph = run.graph.clone();
+    for img in &run.images {
+        let uploaded = client
+            .upload_image(&img.name, img.bytes.clone().into(), &img.content_type)
+            .await
+            .map_err(|e| format!("smoke run of `{name}`: POST /upload/image: {e}"))?;
+        set_image(&mut graph, &img.targets, &uploaded);
+    }
     client
-        .queue_prompt(&run.graph, CLIENT_ID, &prompt_id)
+        .queue_prompt(&graph, CLIENT_ID, &prompt_id)
         .await
         .map_err(|e| format!("smoke run of `{name}`: POST /prompt: {e}"))?;
     let waited = tokio::time::timeout(timeout, async {

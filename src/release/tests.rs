@@ -345,3 +345,52 @@ fn smoke_runs_are_the_workflows_with_a_smoke_table_rendered_as_a_task() {
         .expect("prefix");
     assert!(prefix.starts_with("comfyd/smoke-"), "{prefix}");
 }
+
+#[test]
+fn a_smoke_image_is_uploaded_under_a_smoke_name_and_an_image_url_is_not_run() {
+    use base64::Engine;
+    let png = {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, 1, 1);
+        enc.set_color(png::ColorType::Rgb);
+        let mut w = enc.write_header().expect("header");
+        w.write_image_data(&[1, 2, 3]).expect("data");
+        drop(w);
+        out
+    };
+    let manifest = |image: &str| {
+        format!(
+            "name = \"inv\"\n[outputs]\nnodes = [\"2\"]\n[params.image]\ntype = \"image\"\nrequired = true\n\
+             targets = [{{ node = \"1\", input = \"image\" }}]\n[smoke]\nimage = \"{image}\"\n"
+        )
+    };
+    let graph = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "i"}},
+    })
+    .to_string();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let snap = Snapshot::from_files(files(&[("inv", &manifest(&b64), &graph)])).expect("loads");
+    let (runs, reasons, skipped) = check::smoke_runs(&snap);
+    assert!(
+        reasons.is_empty() && skipped.is_empty(),
+        "{reasons:?} {skipped:?}"
+    );
+    let img = &runs[0].images[0];
+    assert!(img.name.starts_with("comfyd_smoke_") && img.name.ends_with("_image.png"));
+    assert_eq!(
+        (img.bytes.as_slice(), img.content_type.as_str()),
+        (png.as_slice(), "image/png")
+    );
+    assert_eq!(img.targets[0].node, "1");
+
+    let by_url = Snapshot::from_files(files(&[(
+        "inv",
+        &manifest("https://example.com/a.png"),
+        &graph,
+    )]))
+    .expect("loads");
+    let (runs, reasons, skipped) = check::smoke_runs(&by_url);
+    assert!(runs.is_empty() && reasons.is_empty());
+    assert_eq!(skipped, ["inv"]);
+}

@@ -221,8 +221,8 @@ pub struct ReadinessQuery {
     summary = "Check every backend against a release, now",
     description = "Checks every configured ComfyUI server against the release, in parallel: it must \
 answer `/system_stats`, have every node class (`/object_info`) and model file (`/models/{folder}`) \
-the release's graphs use, and run each workflow's `[smoke]` input to success (smoke inputs with \
-images are not run yet). Each result is recorded. Being ready does not gate traffic yet.",
+the release's graphs use, and run each workflow's `[smoke]` input to success (one with an image \
+URL is not run). Each result is recorded. Being ready does not gate traffic yet.",
     params(
         ("version" = i32, Path, minimum = 1, description = "The release's version"),
         ReadinessQuery,

@@ -263,3 +263,53 @@ async fn readiness_names_what_each_backend_lacks_sqlite() {
 async fn readiness_names_what_each_backend_lacks_postgres() {
     readiness_names_what_each_backend_lacks(TestDb::postgres().await).await;
 }
+
+/// A smoke input with an image (base64 in the manifest) is uploaded first, as a task's input
+/// image is, and its name set in the graph before the run.
+#[actix_web::test]
+async fn a_smoke_input_with_an_image_is_uploaded_and_run() {
+    // Arrange: a draft whose `invert` carries a smoke image.
+    let dir = tempfile::tempdir().expect("draft");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
+    for f in ["invert.toml", "invert.json"] {
+        std::fs::copy(shipped.join(f), dir.path().join(f)).expect("copy");
+    }
+    let manifest = std::fs::read_to_string(dir.path().join("invert.toml")).expect("read");
+    std::fs::write(
+        dir.path().join("invert.toml"),
+        format!(
+            "{manifest}\n[smoke]\nimage = \"{}\"\n",
+            crate::pipeline::png_base64(4, 4)
+        ),
+    )
+    .expect("write");
+    let db = TestDb::sqlite();
+    let sim = Sim::start(20).await;
+    let keys = format!("ops:admin:{}", hash_key(OPS));
+    let d = Daemon::start(DaemonConfig {
+        endpoints: vec![sim.url.clone()],
+        database_url: db.url().to_string(),
+        workflows_dir: Some(dir.path().to_path_buf()),
+        env: [("COMFYD_API_KEYS".to_string(), keys)].into(),
+        ..Default::default()
+    })
+    .await;
+    let v = publish(&d).await;
+
+    // Act
+    let (status, answer) = get(&d, &format!("/releases/{v}/readiness"), OPS).await;
+
+    // Assert: ready, the image uploaded under a smoke name and loaded by the graph.
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(entry(&answer, &sim)["ready"], true, "{answer}");
+    let prompts = sim.prompts().await;
+    assert_eq!(prompts.len(), 1, "{prompts:?}");
+    let id = prompts[0]["prompt_id"].as_str().expect("prompt id");
+    let graph = sim.graph_of(id).await;
+    let loaded = graph["1"]["inputs"]["image"].as_str().unwrap_or("");
+    assert!(
+        loaded.starts_with("comfyd_smoke_") && loaded.ends_with("_image.png"),
+        "{graph}"
+    );
+    assert!(sim.data_dir().join("input").join(loaded).is_file());
+}
