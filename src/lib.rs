@@ -6,7 +6,8 @@
 //! - [`routes`]: the HTTP API, over [`intake`], the submit service.
 //! - [`dispatch`]: the `Dispatcher` (durable queue, routing) and one `Backend` actor per ComfyUI server.
 //! - [`postprocess`]: actors after execution: `Uploader`, `Recorder` (the one database writer),
-//!   `Cleaner`, `Notifier`; [`access`]: API keys and who may see what.
+//!   `Cleaner`, `Notifier`; [`access`]: API keys and who may see what; [`readiness`]: every
+//!   configured backend checked against a release (`release::check`), recorded in the database.
 //! - [`db`] (one file per table) and [`entity`]: the database; [`blob`]: where outputs go (S3 or a
 //!   local folder).
 //! - [`task`]: a task's statuses, records and ids; [`config`]: settings from `config/*.toml`, `.env`
@@ -33,6 +34,7 @@ pub mod outbound;
 pub mod paths;
 pub mod pg_nodelay;
 pub mod postprocess;
+pub mod readiness;
 pub mod release;
 pub mod routes;
 pub mod startup;

@@ -62,6 +62,13 @@ enum ReleaseCommand {
     },
     /// One release, with its files, as JSON.
     Show { version: i32 },
+    /// Check every configured backend against a release now (recorded); exit 0 when all are ready.
+    Check {
+        version: i32,
+        /// How long each smoke run may take, in seconds (1 to 600).
+        #[arg(long, default_value_t = 60)]
+        smoke_timeout_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +171,10 @@ fn main() -> ExitCode {
                 ReleaseCommand::Show { version } => {
                     comfyd::cli::release::show(&settings, version).await
                 }
+                ReleaseCommand::Check {
+                    version,
+                    smoke_timeout_secs,
+                } => comfyd::cli::release::check(&settings, version, smoke_timeout_secs).await,
             },
         }
     });

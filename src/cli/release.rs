@@ -1,5 +1,6 @@
-//! `comfyd release publish|list|show`: releases from the command line, on the database of the
-//! configuration (the same rows `POST {prefix}/releases` writes).
+//! `comfyd release publish|list|show|check`: releases from the command line, on the database of the
+//! configuration (the same rows `POST {prefix}/releases` writes; `check` is the readiness route's
+//! `crate::readiness`, on the configuration's backends).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,7 +9,8 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::db::{self, releases::NewRelease, releases::Outcome};
-use crate::release::{self, PublishError, ReleaseRecord, Snapshot};
+use crate::readiness::{self, ReadinessError};
+use crate::release::{self, CheckOptions, PublishError, ReleaseRecord, Snapshot};
 
 /// `comfyd release publish [--from URL] [--note TEXT]`: snapshots the workflows folder into a
 /// release; exit code 1, with every problem listed, when it cannot.
@@ -89,4 +91,48 @@ pub async fn show(settings: &Settings, version: i32) -> anyhow::Result<ExitCode>
     let r = ReleaseRecord::of(&row, true).context("reading a stored release")?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `comfyd release check N [--smoke-timeout-secs S]`: every configured backend against release N,
+/// one block per backend (recorded in `backend_checks`); exit code 0 when all are ready, 1 otherwise.
+pub async fn check(
+    settings: &Settings,
+    version: i32,
+    smoke_timeout_secs: u64,
+) -> anyhow::Result<ExitCode> {
+    let max = release::check::MAX_SMOKE_TIMEOUT.as_secs();
+    if !(1..=max).contains(&smoke_timeout_secs) {
+        println!("--smoke-timeout-secs must be 1 to {max}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let options = CheckOptions {
+        smoke_timeout: std::time::Duration::from_secs(smoke_timeout_secs),
+    };
+    let db = db::connect::open(&settings.database_url(), 1).await?;
+    let r = match readiness::check_release(&db, settings, version, options).await {
+        Ok(r) => r,
+        Err(ReadinessError::NotFound(n)) => {
+            println!("no release {n}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("release {}", r.release);
+    for b in &r.backends {
+        println!(
+            "{}: {} (ComfyUI {}, checked {})",
+            b.backend,
+            if b.ready { "ready" } else { "NOT READY" },
+            b.comfyui_version.as_deref().unwrap_or("?"),
+            b.checked_at.to_rfc3339()
+        );
+        for reason in &b.reasons {
+            println!("  - {reason}");
+        }
+    }
+    Ok(if r.all_ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -9,7 +9,8 @@
 //! - [`deliveries`]: the `delivery` (webhook outbox) and `delivery_attempt` tables;
 //! - [`appends`]: [`appends::Appends`], the rows a transaction adds to those tables at its end;
 //! - [`api_keys`]: the `api_key` table;
-//! - [`releases`]: the `releases` table (written straight to the pool: see there why).
+//! - [`releases`]: the `releases` table (written straight to the pool: see there why);
+//! - [`backend_checks`]: the `backend_checks` table (readiness; straight to the pool too).
 //!
 //! Writes are made by the `Recorder` actor only (`postprocess::recorder`: one writer, in order,
 //! inside its transactions: the write functions here open none); readers (routes, recovery, the
@@ -19,6 +20,7 @@
 
 pub mod api_keys;
 pub mod appends;
+pub mod backend_checks;
 pub mod connect;
 pub mod deliveries;
 pub mod events;

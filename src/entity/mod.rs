@@ -1,5 +1,6 @@
 //! sea-orm entities, one module per table (schema in `migration/`). Queries live in `crate::db`.
 pub mod api_key;
+pub mod backend_check;
 pub mod delivery;
 pub mod delivery_attempt;
 pub mod output;

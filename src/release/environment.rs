@@ -115,7 +115,9 @@ pub async fn read(url: &str) -> Result<Environment, EnvironmentError> {
     }
 }
 
-async fn read_from(client: &ComfyClient) -> Result<Environment, EnvironmentError> {
+/// Reads the environment through a client already made (a backend's, `check`): every call bounded
+/// by the client's timeout and read limit; the caller bounds the whole.
+pub async fn read_from(client: &ComfyClient) -> Result<Environment, EnvironmentError> {
     let mut env = Environment::default();
     let stats = client
         .system_stats()

@@ -9,11 +9,14 @@
 //!   publishing the same draft twice finds the release already made;
 //! - [`needs`]: the node classes and model files the graphs use;
 //! - [`environment`]: what a development ComfyUI offers, and [`missing`] between the two;
-//! - [`publish`]: the checks before a release is stored; [`record`]: a stored release as shown.
+//! - [`publish`]: the checks before a release is stored; [`record`]: a stored release as shown;
+//! - [`check`]: whether a backend can serve a release (its environment and smoke runs).
 //!
 //! Everything a release is lives in the database (several comfyd instances may share it, #22):
-//! nothing here reads or keeps anything outside the texts it is given.
+//! nothing here reads or keeps anything outside the texts it is given, besides what a ComfyUI
+//! answers (`environment`, `check`) through the client it is handed.
 
+pub mod check;
 pub mod environment;
 pub mod needs;
 pub mod publish;
@@ -25,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::workflow::{LoadError, Workflow, WorkflowSet, WorkflowSources};
 
+pub use check::{check_backend, BackendCheck, CheckOptions};
 pub use environment::{missing, Environment, EnvironmentError, Missing};
 pub use needs::{ModelRef, Needs};
 pub use publish::{prepare, Draft, PublishError};

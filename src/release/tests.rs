@@ -289,3 +289,108 @@ fn dev_server_urls_are_http_with_a_host_and_no_credentials() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checking a backend (the pure part)
+
+#[test]
+fn a_backend_that_cannot_be_read_does_not_pass_and_says_why() {
+    let snap = Snapshot::of_dir(&shipped_dir()).expect("shipped");
+    let e = EnvironmentError::Call {
+        call: "GET /object_info".into(),
+        detail: "ComfyUI answered 500".into(),
+    };
+    let c = check::judge(&snap, Err(&e));
+    assert!(!c.passed);
+    assert_eq!(c.reasons, ["GET /object_info: ComfyUI answered 500"]);
+    assert!(c.missing.is_empty());
+    assert_eq!(c.comfyui_version, None);
+}
+
+#[test]
+fn a_backend_passes_the_static_check_only_with_everything_the_release_needs() {
+    let snap = Snapshot::of_dir(&shipped_dir()).expect("shipped");
+    // Lacking: the dev server has few classes and another checkpoint.
+    let c = check::judge(&snap, Ok(&dev_server()));
+    assert!(!c.passed);
+    assert_eq!(c.missing, missing(&snap.needs, &dev_server()));
+    assert_eq!(c.reasons, c.missing.problems());
+    assert_eq!(c.comfyui_version.as_deref(), Some("0.3.64"));
+    // Everything: passes, no reasons.
+    let mut env = dev_server();
+    env.node_classes
+        .extend(snap.needs.node_classes.iter().cloned());
+    env.models.insert(
+        "checkpoints".into(),
+        snap.needs.models.iter().map(|m| m.file.clone()).collect(),
+    );
+    let c = check::judge(&snap, Ok(&env));
+    assert!(c.passed, "{:?}", c.reasons);
+    assert!(c.reasons.is_empty() && c.missing.is_empty());
+}
+
+#[test]
+fn smoke_runs_are_the_workflows_with_a_smoke_table_rendered_as_a_task() {
+    let snap = Snapshot::of_dir(&shipped_dir()).expect("shipped");
+    let (runs, reasons, skipped) = check::smoke_runs(&snap);
+    assert!(reasons.is_empty(), "{reasons:?}");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let names: Vec<&str> = runs.iter().map(|r| r.workflow.as_str()).collect();
+    assert_eq!(names, ["solid"]);
+    let g = &runs[0].graph;
+    assert_eq!(g["1"]["inputs"]["width"], 8);
+    assert_eq!(g["1"]["inputs"]["height"], 8);
+    let prefix = g["2"]["inputs"]["filename_prefix"]
+        .as_str()
+        .expect("prefix");
+    assert!(prefix.starts_with("comfyd/smoke-"), "{prefix}");
+}
+
+#[test]
+fn a_smoke_image_is_uploaded_under_a_smoke_name_and_an_image_url_is_not_run() {
+    use base64::Engine;
+    let png = {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, 1, 1);
+        enc.set_color(png::ColorType::Rgb);
+        let mut w = enc.write_header().expect("header");
+        w.write_image_data(&[1, 2, 3]).expect("data");
+        drop(w);
+        out
+    };
+    let manifest = |image: &str| {
+        format!(
+            "name = \"inv\"\n[outputs]\nnodes = [\"2\"]\n[params.image]\ntype = \"image\"\nrequired = true\n\
+             targets = [{{ node = \"1\", input = \"image\" }}]\n[smoke]\nimage = \"{image}\"\n"
+        )
+    };
+    let graph = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "i"}},
+    })
+    .to_string();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let snap = Snapshot::from_files(files(&[("inv", &manifest(&b64), &graph)])).expect("loads");
+    let (runs, reasons, skipped) = check::smoke_runs(&snap);
+    assert!(
+        reasons.is_empty() && skipped.is_empty(),
+        "{reasons:?} {skipped:?}"
+    );
+    let img = &runs[0].images[0];
+    assert!(img.name.starts_with("comfyd_smoke_") && img.name.ends_with("_image.png"));
+    assert_eq!(
+        (img.bytes.as_slice(), img.content_type.as_str()),
+        (png.as_slice(), "image/png")
+    );
+    assert_eq!(img.targets[0].node, "1");
+
+    let by_url = Snapshot::from_files(files(&[(
+        "inv",
+        &manifest("https://example.com/a.png"),
+        &graph,
+    )]))
+    .expect("loads");
+    let (runs, reasons, skipped) = check::smoke_runs(&by_url);
+    assert!(runs.is_empty() && reasons.is_empty());
+    assert_eq!(skipped, ["inv"]);
+}

@@ -7,7 +7,8 @@
 //!   `POST {prefix}/tasks/{id}/cancel`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
 //! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`
-//! - `POST {prefix}/releases`, `GET {prefix}/releases`, `GET {prefix}/releases/{version}` (admin)
+//! - `POST {prefix}/releases`, `GET {prefix}/releases`, `GET {prefix}/releases/{version}`,
+//!   `GET {prefix}/releases/{version}/readiness` (admin)
 //! - `GET /openapi.json` (the OpenAPI document), `GET /docs` (it as a page), `GET /docs/ui.js`: at the
 //!   root like the original's, and the same under the prefix
 //!
@@ -102,6 +103,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
                 .route("/releases", web::post().to(releases::publish))
                 .route("/releases", web::get().to(releases::list))
                 .route("/releases/{version}", web::get().to(releases::get))
+                .route(
+                    "/releases/{version}/readiness",
+                    web::get().to(releases::readiness),
+                )
                 .route("/openapi.json", web::get().to(openapi::openapi_json))
                 .route("/docs", web::get().to(docs::page))
                 .route("/docs/ui.js", web::get().to(docs::script)),

@@ -1,5 +1,5 @@
 //! Releases over HTTP (admin keys): publish the workflows folder as a release, list releases, show
-//! one. The checks and the snapshot are `release`'s, the rows `db::releases`'s; the same as
+//! one, check every configured backend against one (readiness, `crate::readiness`). The checks and the snapshot are `release`'s, the rows `db::releases`'s; the same as
 //! `comfyd release` (`cli::release`). Serving a release is later work: publishing changes nothing
 //! that is served.
 
@@ -11,6 +11,7 @@ use super::auth::Admin;
 use super::input::query_int;
 use super::{ApiError, AppState};
 use crate::db::{self, releases::NewRelease, releases::Outcome};
+use crate::readiness::{self, ReadinessError};
 use crate::release::{self, PublishError, ReleaseRecord, Snapshot};
 use crate::workflow::FieldError;
 
@@ -24,6 +25,16 @@ pub struct PublishBody {
     pub from: Option<String>,
     /// A note kept with the release (at most 2000 characters).
     pub note: Option<String>,
+}
+
+/// `{version}` of a path: a positive integer, or a 400 naming it.
+fn version_of(raw: &str) -> Result<i32, ApiError> {
+    raw.parse::<i32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        let shown: String = raw.chars().take(40).collect();
+        ApiError::BadRequest(format!(
+            "version: must be a positive integer, got {shown:?}"
+        ))
+    })
 }
 
 fn record(
@@ -183,18 +194,76 @@ pub async fn get(
     _: Admin,
     version: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let n = version
-        .parse::<i32>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| {
-            let shown: String = version.chars().take(40).collect();
-            ApiError::BadRequest(format!(
-                "version: must be a positive integer, got {shown:?}"
-            ))
-        })?;
+    let n = version_of(&version)?;
     let row = db::releases::get(&state.db, n)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no release {n}")))?;
     Ok(HttpResponse::Ok().json(record(&row, true)?))
+}
+
+/// Options of `GET {prefix}/releases/{version}/readiness`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadinessQuery {
+    /// How long each smoke run may take, in seconds.
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 600, default = 60)]
+    // Text, range-checked by `query_int`: a 422 naming it, whatever it holds.
+    smoke_timeout_secs: Option<String>,
+}
+
+/// `GET {prefix}/releases/{version}/readiness`
+#[utoipa::path(
+    get,
+    path = "/releases/{version}/readiness",
+    tag = "Releases",
+    operation_id = "release_readiness",
+    summary = "Check every backend against a release, now",
+    description = "Checks every configured ComfyUI server against the release, in parallel: it must \
+answer `/system_stats`, have every node class (`/object_info`) and model file (`/models/{folder}`) \
+the release's graphs use, and run each workflow's `[smoke]` input to success (one with an image \
+URL is not run). Each result is recorded. Being ready does not gate traffic yet.",
+    params(
+        ("version" = i32, Path, minimum = 1, description = "The release's version"),
+        ReadinessQuery,
+    ),
+    security(("api_key" = ["admin"])),
+    responses(
+        (status = 200, description = "Each configured backend, ready or not and why", body = crate::readiness::Readiness),
+        (status = 400, description = "`version` is not a positive integer, or the query string is malformed", body = crate::routes::error::ErrorBody),
+        (status = 404, description = "No release has that version", body = crate::routes::error::ErrorBody),
+        (status = 422, description = "`smoke_timeout_secs` is out of range", body = crate::routes::error::ErrorBody),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+        (status = 401, description = "API keys are configured and the request carries none, or one not in force (answered with `WWW-Authenticate: Bearer`)", body = crate::routes::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "RFC 6750 challenge: `Bearer realm=\"comfyd\"`, with `error=\"invalid_token\"` when a key was given"))),
+        (status = 403, description = "API keys are configured and the key is a submit key: this route needs an admin key", body = crate::routes::error::ErrorBody),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds", body = crate::routes::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    )
+)]
+pub async fn readiness(
+    state: web::Data<AppState>,
+    _: Admin,
+    version: web::Path<String>,
+    q: web::Query<ReadinessQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let n = version_of(&version)?;
+    let max = release::check::MAX_SMOKE_TIMEOUT.as_secs();
+    let default = release::check::SMOKE_TIMEOUT.as_secs();
+    let secs = query_int(
+        "smoke_timeout_secs",
+        q.smoke_timeout_secs.as_deref(),
+        default,
+        1..=max,
+    )?;
+    let options = release::CheckOptions {
+        smoke_timeout: std::time::Duration::from_secs(secs),
+    };
+    let answer = readiness::check_release(&state.db, &state.settings, n, options)
+        .await
+        .map_err(|e| match e {
+            ReadinessError::NotFound(n) => ApiError::NotFound(format!("no release {n}")),
+            ReadinessError::Db(e) => ApiError::from(e),
+            e @ ReadinessError::Stored { .. } => ApiError::Internal(anyhow::Error::new(e)),
+        })?;
+    Ok(HttpResponse::Ok().json(answer))
 }

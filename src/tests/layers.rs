@@ -35,6 +35,9 @@ const LAYERS: &[(&str, u8)] = &[
     // post-processing actors, the API keys (read from the database, used by routes and cli).
     ("postprocess", 3),
     ("access", 3),
+    // Release readiness: `release::check` over the configured backends, recorded by `db` (release
+    // may use neither config nor db); used by routes and cli.
+    ("readiness", 3),
     ("dispatch", 4),
     // The submit service, the HTTP API over it, the wiring, the operator commands.
     ("intake", 5),

@@ -14,6 +14,7 @@ mod original;
 mod pipeline;
 mod postprocess;
 mod queue;
+mod readiness;
 mod releases;
 mod support;
 mod workflows_api;

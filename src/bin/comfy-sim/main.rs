@@ -10,11 +10,13 @@
 //! - `server.rs`: HTTP routes (ComfyUI's, also under `/api`, and the `/sim/*` hooks)
 //! - `ws.rs`: the websocket session actor
 //! - `exec.rs`: the worker that runs prompts and emits events
+//! - `catalog.rs`: the installed node classes and model files (`--without-node`, `--model`, ...)
 //! - `nodes.rs`: node classes (`/object_info`) and prompt validation
 //! - `files.rs`: upload, view and save-name rules
 //! - `image.rs`: simulated images and PNG encoding
 //! - `hostile.rs`: hostile mode (unsafe names, garbage, oversized and foreign frames)
 
+mod catalog;
 mod exec;
 mod files;
 mod hostile;
@@ -64,9 +66,21 @@ struct Cli {
     /// scripts the same per prompt).
     #[arg(long, value_parser = hostile::Hostile::parse)]
     hostile: Option<hostile::Hostile>,
-    /// Run without the `Clean input and output file` node (as a ComfyUI lacking that custom node).
+    /// Run without the `Clean input and output file` node (as a ComfyUI lacking that custom node);
+    /// the same as `--without-node "Clean input and output file"`.
     #[arg(long)]
     without_cleaner: bool,
+    /// Run without this node class: absent from `/object_info`, and a prompt using it is refused
+    /// as ComfyUI refuses an unknown class. Repeatable.
+    #[arg(long = "without-node", value_name = "CLASS")]
+    without_nodes: Vec<String>,
+    /// Add a model file `FOLDER/FILE` that `/models/{folder}` lists (to the defaults). Repeatable.
+    #[arg(long = "model", value_name = "FOLDER/FILE")]
+    models: Vec<String>,
+    /// Remove a default model file `FOLDER/FILE`, e.g.
+    /// `checkpoints/v1-5-pruned-emaonly.safetensors`. Repeatable.
+    #[arg(long = "without-model", value_name = "FOLDER/FILE")]
+    without_models: Vec<String>,
 }
 
 /// A fresh directory under the system temp dir.
@@ -97,7 +111,15 @@ async fn exit_on_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Before anything reads the node classes (they are built once).
-    nodes::WITHOUT_CLEANER.store(cli.without_cleaner, std::sync::atomic::Ordering::Relaxed);
+    catalog::set(
+        catalog::Catalog::from_flags(
+            &cli.without_nodes,
+            cli.without_cleaner,
+            &cli.models,
+            &cli.without_models,
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -11,17 +11,15 @@ use std::sync::LazyLock;
 
 use serde_json::{json, Map, Value};
 
-/// Checkpoint names offered by `CheckpointLoaderSimple`.
+use crate::catalog::Catalog;
+
+/// Checkpoint names `CheckpointLoaderSimple` offers by default (`catalog` may add or remove some).
 pub const CHECKPOINTS: [&str; 2] = [
     "v1-5-pruned-emaonly.safetensors",
     "sd_xl_base_1.0.safetensors",
 ];
 /// The class name of the cleaner node of the service comfyd replaces.
 pub const CLEAN_CLASS: &str = "Clean input and output file";
-/// Set once at start by `--without-cleaner`: the cleaner node is not installed (absent from
-/// `/object_info`, refused in prompts), as on a ComfyUI without that custom node.
-pub static WITHOUT_CLEANER: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 
 const MAX_RES: i64 = 16384;
 /// KSampler's sampler and scheduler lists as ComfyUI 0.3.64 offers them (comfy/samplers.py).
@@ -112,16 +110,22 @@ fn combo(items: &[&str]) -> Value {
     json!([items, {}])
 }
 
-/// Every node class, in a fixed order; `input_files` fills LoadImage's combo.
+/// Every installed node class (the catalog's), in a fixed order; `input_files` fills LoadImage's
+/// combo.
 pub fn object_info(input_files: &[String]) -> Vec<(&'static str, Value)> {
-    let mut all = all_classes(input_files);
-    if WITHOUT_CLEANER.load(std::sync::atomic::Ordering::Relaxed) {
-        all.retain(|(class, _)| *class != CLEAN_CLASS);
-    }
+    object_info_of(crate::catalog::get(), input_files)
+}
+
+/// [`object_info`] for a given catalog: the classes it leaves out are absent (so refused in
+/// prompts, as ComfyUI refuses a class it does not have), and the checkpoint combo lists its
+/// `checkpoints` folder.
+pub fn object_info_of(catalog: &Catalog, input_files: &[String]) -> Vec<(&'static str, Value)> {
+    let mut all = all_classes(input_files, &catalog.checkpoints());
+    all.retain(|(class, _)| catalog.has_node(class));
     all
 }
 
-fn all_classes(input_files: &[String]) -> Vec<(&'static str, Value)> {
+fn all_classes(input_files: &[String], checkpoints: &[String]) -> Vec<(&'static str, Value)> {
     let images = json!(["IMAGE", {"tooltip": "The images to save."}]);
     vec![
         ("EmptyImage", entry("EmptyImage", "EmptyImage", "image", "nodes", "", vec![
@@ -166,7 +170,7 @@ fn all_classes(input_files: &[String]) -> Vec<(&'static str, Value)> {
             ("images", json!(["IMAGE", {}])),
         ], false, &[], true)),
         ("CheckpointLoaderSimple", entry("CheckpointLoaderSimple", "Load Checkpoint", "loaders", "nodes", "Loads a diffusion model checkpoint, diffusion models are used to denoise latents.", vec![
-            ("ckpt_name", json!([CHECKPOINTS, {"tooltip": "The name of the checkpoint (model) to load."}])),
+            ("ckpt_name", json!([checkpoints, {"tooltip": "The name of the checkpoint (model) to load."}])),
         ], false, &["MODEL", "CLIP", "VAE"], false)),
         ("CLIPTextEncode", entry("CLIPTextEncode", "CLIP Text Encode (Prompt)", "conditioning", "nodes", "Encodes a text prompt using a CLIP model into an embedding that can be used to guide the diffusion model towards generating specific images.", vec![
             ("text", json!(["STRING", {"multiline": true, "dynamicPrompts": true, "tooltip": "The text to be encoded."}])),
@@ -252,7 +256,15 @@ pub fn error_body(kind: &str, message: &str, details: &str, node_errors: Value) 
 
 /// Validates a prompt graph; `Err` is the full 400 body.
 pub fn validate(prompt: &Map<String, Value>, input_dir: &Path) -> Result<Accepted, Value> {
-    let classes = class_map();
+    validate_in(class_map(), prompt, input_dir)
+}
+
+/// [`validate`] against the given node classes (the installed ones, or a test's).
+pub fn validate_in(
+    classes: &HashMap<&'static str, Value>,
+    prompt: &Map<String, Value>,
+    input_dir: &Path,
+) -> Result<Accepted, Value> {
     let mut ids: Vec<String> = prompt.keys().cloned().collect();
     sort_ids(&mut ids);
     for id in &ids {

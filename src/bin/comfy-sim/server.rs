@@ -459,36 +459,13 @@ async fn system_stats(sim: web::Data<Sim>) -> HttpResponse {
 }
 
 async fn models() -> HttpResponse {
-    HttpResponse::Ok().json(json!([
-        "checkpoints",
-        "configs",
-        "loras",
-        "vae",
-        "text_encoders",
-        "diffusion_models",
-        "clip_vision",
-        "style_models",
-        "embeddings",
-        "diffusers",
-        "vae_approx",
-        "controlnet",
-        "gligen",
-        "upscale_models",
-        "custom_nodes",
-        "hypernetworks",
-        "photomaker",
-        "classifiers",
-        "model_patches",
-        "audio_encoders"
-    ]))
+    HttpResponse::Ok().json(crate::catalog::get().folders())
 }
 
 async fn models_in(folder: web::Path<String>) -> HttpResponse {
-    match folder.as_str() {
-        "checkpoints" => HttpResponse::Ok().json(nodes::CHECKPOINTS),
-        "configs" | "loras" | "vae" | "text_encoders" | "diffusion_models" | "embeddings"
-        | "upscale_models" => HttpResponse::Ok().json(json!([])),
-        _ => HttpResponse::NotFound().finish(),
+    match crate::catalog::get().files(folder.as_str()) {
+        Some(files) => HttpResponse::Ok().json(files),
+        None => HttpResponse::NotFound().finish(),
     }
 }
 

@@ -1045,3 +1045,118 @@ async fn cleaner_node_deletes_inside_data_dir_and_refuses_escapes() {
         "value_not_in_list"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The catalog: `--without-node`, `--model`, `--without-model`
+
+mod catalog_flags {
+    use std::collections::HashMap;
+
+    use serde_json::{json, Map, Value};
+
+    use crate::catalog::Catalog;
+    use crate::nodes;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn classes_of(c: &Catalog) -> HashMap<&'static str, Value> {
+        nodes::object_info_of(c, &[]).into_iter().collect()
+    }
+
+    #[test]
+    fn defaults_are_todays_server() {
+        let c = Catalog::from_flags(&[], false, &[], &[]).expect("defaults");
+        assert_eq!(c, Catalog::default());
+        assert_eq!(c.files("checkpoints"), Some(strings(&nodes::CHECKPOINTS)));
+        assert_eq!(c.files("loras"), Some(vec![]));
+        assert_eq!(
+            c.files("clip_vision"),
+            None,
+            "listed in /models, 404 as recorded"
+        );
+        assert_eq!(c.folders().len(), 20);
+        assert!(classes_of(&c).contains_key(nodes::CLEAN_CLASS));
+    }
+
+    #[test]
+    fn without_node_removes_the_class_and_prompts_using_it_are_refused() {
+        let c = Catalog::from_flags(&strings(&["VAEDecode"]), false, &[], &[]).expect("flags");
+        let classes = classes_of(&c);
+        assert!(!classes.contains_key("VAEDecode"));
+        assert!(classes.contains_key("SaveImage"));
+        let prompt: Map<String, Value> = serde_json::from_value(json!({
+            "1": {"class_type": "VAEDecode", "inputs": {}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+        }))
+        .expect("prompt");
+        let dir = tempfile::tempdir().expect("dir");
+        let Err(body) = nodes::validate_in(&classes, &prompt, dir.path()) else {
+            panic!("a prompt using a class the server lacks must be refused");
+        };
+        // The shape recorded in e_validation_errors (NoSuchNodeClass).
+        assert_eq!(
+            body,
+            json!({
+                "error": {"type": "invalid_prompt",
+                          "message": "Cannot execute because node VAEDecode does not exist.",
+                          "details": "Node ID '#1'", "extra_info": {}},
+                "node_errors": {},
+            })
+        );
+    }
+
+    #[test]
+    fn without_cleaner_is_without_node_cleaner() {
+        let a = Catalog::from_flags(&[], true, &[], &[]).expect("flags");
+        let b =
+            Catalog::from_flags(&strings(&[nodes::CLEAN_CLASS]), false, &[], &[]).expect("flags");
+        assert_eq!(a, b);
+        assert!(!classes_of(&a).contains_key(nodes::CLEAN_CLASS));
+    }
+
+    #[test]
+    fn models_are_added_and_removed() {
+        let c = Catalog::from_flags(
+            &[],
+            false,
+            &strings(&[
+                "checkpoints/extra.safetensors",
+                "loras/sub/l.safetensors",
+                "mine/m.gguf",
+            ]),
+            &strings(&["checkpoints/sd_xl_base_1.0.safetensors"]),
+        )
+        .expect("flags");
+        assert_eq!(
+            c.files("checkpoints"),
+            Some(strings(&[
+                "v1-5-pruned-emaonly.safetensors",
+                "extra.safetensors"
+            ]))
+        );
+        assert_eq!(c.files("loras"), Some(strings(&["sub/l.safetensors"])));
+        assert_eq!(c.files("mine"), Some(strings(&["m.gguf"])));
+        assert_eq!(c.folders().last().map(String::as_str), Some("mine"));
+        // The checkpoint loader's combo is the folder: a removed file is refused in prompts.
+        let classes = classes_of(&c);
+        assert_eq!(
+            classes["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0],
+            json!(["v1-5-pruned-emaonly.safetensors", "extra.safetensors"])
+        );
+    }
+
+    #[test]
+    fn bad_model_flags_are_refused() {
+        for bad in ["nofolder", "/x.safetensors", "checkpoints/"] {
+            assert!(
+                Catalog::from_flags(&[], false, &[bad.to_string()], &[]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            Catalog::from_flags(&[], false, &[], &strings(&["checkpoints/nope.ckpt"])).is_err()
+        );
+    }
+}

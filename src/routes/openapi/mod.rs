@@ -65,6 +65,7 @@ the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
         super::releases::publish,
         super::releases::list,
         super::releases::get,
+        super::releases::readiness,
         super::health::healthz,
         super::health::readyz,
         openapi_json,
