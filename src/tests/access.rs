@@ -4,52 +4,17 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::Duration;
 
 use comfyd::entity::{api_key, task};
 use sea_orm::EntityTrait;
 use serde_json::{json, Value};
 
-use crate::support::daemon::{Daemon, DaemonConfig};
+use crate::support::daemon::{call, Daemon, DaemonConfig};
 use crate::support::db::TestDb;
 use crate::support::eventually;
 use crate::support::sim::Sim;
 use crate::support::webhook::WebhookReceiver;
 use comfyd::access::hash_key;
-
-/// A request to the daemon's API with an optional bearer key; (status, WWW-Authenticate, body).
-async fn call(
-    d: &Daemon,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Option<String>, Value) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
-    let url = format!("{}{path}", d.api);
-    let mut req = match method {
-        "POST" => client.post(url),
-        _ => client.get(url),
-    };
-    if let Some(k) = key {
-        req = req.insert_header(("authorization", format!("Bearer {k}")));
-    }
-    let mut resp = match body {
-        Some(b) => req.send_json(&b).await,
-        None => req.send().await,
-    }
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = resp.status().as_u16();
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = resp.json().limit(16 << 20).await.unwrap_or(Value::Null);
-    (status, challenge, body)
-}
 
 /// Runs `comfyd keys ...` against the test database; returns its standard output.
 fn keys_cli(db_url: &str, args: &[&str]) -> String {

@@ -4,12 +4,11 @@
 //! exactly what is missing, and recorded in `backend_checks`; on SQLite and PostgreSQL.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::daemon::{Daemon, DaemonConfig};
+use crate::support::daemon::{self, Daemon, DaemonConfig};
 use crate::support::db::TestDb;
 use crate::support::sim::Sim;
 use comfyd::access::hash_key;
@@ -19,20 +18,8 @@ const APP: &str = "key-of-app-0123456789";
 const CHECKPOINT: &str = "v1-5-pruned-emaonly.safetensors";
 
 async fn get(d: &Daemon, path: &str, key: &str) -> (u16, Value) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .finish();
-    let mut resp = client
-        .get(format!("{}{path}", d.api))
-        .insert_header(("authorization", format!("Bearer {key}")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let status = resp.status().as_u16();
-    (
-        status,
-        resp.json().limit(16 << 20).await.unwrap_or(Value::Null),
-    )
+    let (status, _, body) = daemon::call(d, "GET", path, Some(key), None).await;
+    (status, body)
 }
 
 async fn publish(d: &Daemon) -> i64 {
@@ -65,26 +52,19 @@ fn entry<'a>(answer: &'a Value, sim: &Sim) -> &'a Value {
 
 /// Runs `comfyd release ...` on the test database with these backends; (success, output).
 fn release_cli(db_url: &str, endpoints: &[&str], args: &[&str]) -> (bool, String) {
-    let cwd = tempfile::tempdir().expect("cwd");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
-    let out = Command::new(env!("CARGO_BIN_EXE_comfyd"))
-        .arg("release")
-        .args(args)
-        .current_dir(cwd.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db_url)
-        .env("COMFYD_WORKFLOWS_DIR", shipped)
-        .env("COMFYUI_ENDPOINTS", endpoints.join(","))
-        .output()
-        .expect("run comfyd release");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    let endpoints = endpoints.join(",");
+    let args: Vec<&str> = ["release"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    daemon::cli(
+        &args,
+        &[
+            ("DATABASE_URL", db_url.as_ref()),
+            ("COMFYD_WORKFLOWS_DIR", shipped.as_os_str()),
+            ("COMFYUI_ENDPOINTS", endpoints.as_ref()),
+        ],
     )
 }
 

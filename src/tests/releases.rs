@@ -3,12 +3,10 @@
 //! recorded, or the publish refused naming what it lacks), on SQLite and PostgreSQL; and the CLI.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::daemon::{Daemon, DaemonConfig};
+use crate::support::daemon::{self, Daemon, DaemonConfig};
 use crate::support::db::TestDb;
 use crate::support::sim::Sim;
 use comfyd::access::hash_key;
@@ -24,27 +22,8 @@ async fn call(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .finish();
-    let url = format!("{}{path}", d.api);
-    let mut req = match method {
-        "POST" => client.post(url),
-        _ => client.get(url),
-    };
-    if let Some(k) = key {
-        req = req.insert_header(("authorization", format!("Bearer {k}")));
-    }
-    let mut resp = match body {
-        Some(b) => req.send_json(&b).await,
-        None => req.send().await,
-    }
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = resp.status().as_u16();
-    (
-        status,
-        resp.json().limit(16 << 20).await.unwrap_or(Value::Null),
-    )
+    let (status, _, body) = daemon::call(d, method, path, key, body).await;
+    (status, body)
 }
 
 /// A copy of the shipped workflows: the draft a test changes.
@@ -309,23 +288,18 @@ async fn releases_are_published_listed_and_shown_postgres() {
     releases_are_published_listed_and_shown(TestDb::postgres().await).await;
 }
 
-/// Runs `comfyd release ...` on the test database and draft; (success, stdout).
+/// Runs `comfyd release ...` on the test database and draft; (success, its output).
 fn release_cli(db_url: &str, draft: &Path, args: &[&str]) -> (bool, String) {
-    let cwd = tempfile::tempdir().expect("cwd");
-    let out = Command::new(env!("CARGO_BIN_EXE_comfyd"))
-        .arg("release")
-        .args(args)
-        .current_dir(cwd.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db_url)
-        .env("COMFYD_WORKFLOWS_DIR", draft)
-        .output()
-        .expect("run comfyd release");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    (
-        out.status.success(),
-        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    let args: Vec<&str> = ["release"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    daemon::cli(
+        &args,
+        &[
+            ("DATABASE_URL", db_url.as_ref()),
+            ("COMFYD_WORKFLOWS_DIR", draft.as_os_str()),
+        ],
     )
 }
 

@@ -269,6 +269,65 @@ impl Daemon {
     }
 }
 
+/// A request to the daemon's API (`path` after the route prefix) with an optional bearer key and
+/// JSON body; answers (status, `WWW-Authenticate`, body as JSON or `null`). Bounded: a 120 s
+/// timeout, a 16 MiB body.
+pub async fn call(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Option<String>, Value) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .finish();
+    let url = format!("{}{path}", d.api);
+    let mut req = match method {
+        "POST" => client.post(url),
+        _ => client.get(url),
+    };
+    if let Some(k) = key {
+        req = req.insert_header(("authorization", format!("Bearer {k}")));
+    }
+    let mut resp = match body {
+        Some(b) => req.send_json(&b).await,
+        None => req.send().await,
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.json().limit(16 << 20).await.unwrap_or(Value::Null);
+    (status, challenge, body)
+}
+
+/// Runs `comfyd <args>` from an empty working folder with only PATH and `env` set; answers
+/// (success, standard output followed by standard error).
+pub fn cli(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
+    let cwd = tempfile::tempdir().expect("cwd");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfyd"));
+    cmd.args(args)
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run comfyd");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
