@@ -161,6 +161,7 @@ impl Application {
         dispatcher.send(AttachBackends(backends)).await?;
         let keys = start_api_keys(&settings, &db).await?;
 
+        crate::metrics::know_workflows(workflows.iter().map(|w| w.name.as_str()));
         let workflows = Catalog::new(workflows);
         let accepting = Arc::new(AtomicBool::new(true));
         let intake = Intake {
@@ -359,6 +360,7 @@ fn reload_workflows(state: &AppState) {
                 "SIGHUP: reloaded {} workflows",
                 set.len()
             );
+            crate::metrics::know_workflows(set.iter().map(|w| w.name.as_str()));
             state.workflows.replace(set);
         }
         Err(e) => error!("SIGHUP: workflows not reloaded, keeping the previous set:\n{e}"),

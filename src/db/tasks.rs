@@ -286,6 +286,8 @@ pub struct Finished {
     pub applied: bool,
     /// The webhook put in the outbox, when the task has a callback URL.
     pub delivery: Option<delivery::Model>,
+    /// The task's workflow (for the finished-tasks metric).
+    pub workflow: String,
 }
 
 /// The terminal transition of a task, what became of its outputs, and its webhook. Run in a
@@ -311,10 +313,12 @@ pub async fn finish<C: ConnectionTrait>(
         mark(txn, id, m).await?;
     }
     appends.event(id, event);
+    let workflow = task.workflow.clone();
     let delivery = put_webhook(txn, task, None, give_up_at, appends).await?;
     Ok(Finished {
         applied: true,
         delivery,
+        workflow,
     })
 }
 
@@ -391,10 +395,12 @@ pub async fn complete<C: ConnectionTrait>(
     rows.sort_by(|a, b| (&a.node_id, a.idx).cmp(&(&b.node_id, b.idx)));
     let recorded = rows.iter().map(OutputInfo::from).collect();
     appends.outputs(rows);
+    let workflow = task.workflow.clone();
     let delivery = put_webhook(txn, task, Some(recorded), give_up_at, appends).await?;
     Ok(Some(Finished {
         applied: true,
         delivery,
+        workflow,
     }))
 }
 

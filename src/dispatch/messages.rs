@@ -106,6 +106,9 @@ pub struct BackendView {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     pub queued: usize,
+    /// `queued` by priority (for `/metrics`; not part of the JSON answers).
+    #[serde(skip)]
+    pub queued_by_priority: std::collections::BTreeMap<i32, usize>,
     pub accepting: bool,
     pub backends: Vec<BackendView>,
 }

@@ -33,6 +33,15 @@ impl Queue {
         self.order.len()
     }
 
+    /// How many tasks wait at each priority.
+    pub fn by_priority(&self) -> std::collections::BTreeMap<i32, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for k in &self.order {
+            *out.entry(-k.neg_priority as i32).or_insert(0) += 1;
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

@@ -289,6 +289,7 @@ impl Intake {
         )?;
         match self.insert(new).await? {
             Inserted::New(task) => {
+                crate::metrics::task_accepted(&task.workflow);
                 self.dispatcher.do_send(Enqueue {
                     task_id: task.id.clone().into(),
                     priority: task.priority,

@@ -49,6 +49,7 @@ impl Finisher {
     ) -> anyhow::Result<bool> {
         let give_up_at = Utc::now()
             + chrono::Duration::from_std(self.webhook_horizon).unwrap_or(chrono::Duration::days(1));
+        let code = patch.error_code.unwrap_or(error_code::OK);
         let finished = self
             .recorder
             .send(Finish {
@@ -61,6 +62,9 @@ impl Finisher {
                 give_up_at,
             })
             .await??;
+        if finished.applied {
+            crate::metrics::task_finished(&finished.workflow, to.as_str(), code);
+        }
         if let Some(d) = finished.delivery {
             self.notifier.do_send(notifier::Deliver(d));
         }

@@ -85,6 +85,11 @@ impl Notifier {
                 Err(e) => (None, Some(e.to_string())),
             };
             let delivered = matches!(result, Ok(200..=299));
+            crate::metrics::webhook_attempt(result.as_ref().ok().copied());
+            if delivered {
+                let took = (Utc::now() - d.created_at).to_std().unwrap_or_default();
+                crate::metrics::completion_to_webhook(took);
+            }
             let attempt_no = (d.attempts + 1) as u32;
             let next = now
                 + chrono::Duration::from_std(retry_delay(attempt_no, cfg.first_backoff, cfg.max_backoff, rand::thread_rng().gen()))

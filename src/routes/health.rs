@@ -144,3 +144,34 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         ))
         .json(body))
 }
+
+/// `GET /metrics`: comfyd's Prometheus metrics in the text exposition format. The gauges (queue,
+/// backends) are read from the dispatcher's snapshot now; the counters and histograms are kept by
+/// the actors as things happen (see `crate::metrics`). Open like `/healthz`: no task ids or secrets.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "Service",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "The metrics in Prometheus' text exposition format (0.0.4): tasks accepted and \
+finished, queue depth, backends, dispatch/execution/store/webhook latency histograms, webhook \
+attempts and uploads. Labels are bounded (no task ids).",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain"),
+        (status = 500, description = "Internal error (the cause is logged, not answered)", body = crate::routes::error::ErrorBody),
+    )
+)]
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let snap = state.dispatcher.send(Snapshot).await?;
+    crate::metrics::set_queue(&snap.queued_by_priority);
+    crate::metrics::set_backends(snap.backends.iter().map(|b| crate::metrics::BackendGauges {
+        name: b.name.as_str(),
+        up: b.up,
+        in_flight: b.in_flight,
+        queue_remaining: b.queue_remaining,
+    }));
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(crate::metrics::render()))
+}

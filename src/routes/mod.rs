@@ -1,12 +1,12 @@
 //! The HTTP API. One module per resource; [`error::ApiError`] is the one error type of this boundary.
 //!
-//! Routes (under `{route_prefix}`, default `/api/v1`, except `/healthz`):
+//! Routes (under `{route_prefix}`, default `/api/v1`, except `/healthz`, `/readyz`, `/metrics` and the docs):
 //! - `POST {prefix}`: the original service's submit (`service_type` = workflow name)
 //! - `GET {prefix}/workflows`, `GET {prefix}/workflows/{name}`, `POST {prefix}/workflows/{name}/tasks`
 //! - `GET {prefix}/tasks`, `GET {prefix}/tasks/{id}`, `GET {prefix}/tasks/{id}/events`,
 //!   `POST {prefix}/tasks/{id}/cancel`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
-//! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`
+//! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus)
 //! - `POST {prefix}/releases`, `GET {prefix}/releases`, `GET {prefix}/releases/{version}`,
 //!   `GET {prefix}/releases/{version}/readiness` (admin)
 //! - `GET /openapi.json` (the OpenAPI document), `GET /docs` (it as a page), `GET /docs/ui.js`: at the
@@ -77,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
         .route("/docs", web::get().to(docs::page))
         .route("/docs/ui.js", web::get().to(docs::script))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
         .service(
             web::scope(prefix)
                 .route("", web::post().to(submit::submit_original))

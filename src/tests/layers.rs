@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("db_health", 0),
     ("comfy", 0),
     ("workflow", 0),
+    ("metrics", 0),
     // The domain types and the settings.
     ("paths", 1),
     ("task", 1),

@@ -105,6 +105,7 @@ impl Backend {
         if let Some(job) = self.jobs.get_mut(prompt_id) {
             if !job.started {
                 job.started = true;
+                job.started_at = Some(Instant::now());
                 self.reports.started.do_send(JobStarted {
                     backend: self.cfg.name.clone(),
                     task_id: job.task_id.clone(),

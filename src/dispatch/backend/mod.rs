@@ -56,6 +56,8 @@ struct Job {
     output_nodes: Vec<String>,
     files: Vec<FileRef>,
     started: bool,
+    /// When comfyd saw it start (for the execution-time metric).
+    started_at: Option<Instant>,
     /// The POST /prompt answered (before that, a vanished prompt is not lost: it may not be queued yet).
     queued: bool,
     /// Events may have been missed (a reconnect since it was queued): settle it from history.
@@ -130,6 +132,9 @@ impl Backend {
 
     fn end_job(&mut self, prompt_id: &str, outcome: JobOutcome) {
         if let Some(job) = self.jobs.remove(prompt_id) {
+            if let Some(at) = job.started_at {
+                crate::metrics::execution_time(self.cfg.name.as_str(), at.elapsed());
+            }
             self.reports.ended.do_send(JobEnded {
                 backend: self.cfg.name.clone(),
                 task_id: job.task_id,

@@ -188,6 +188,11 @@ impl Dispatcher {
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!(e))??;
+            // Accepted → first claimed; a requeued task's later claims would count it twice.
+            if let Some(t) = claimed.as_ref().filter(|t| t.attempts <= 1) {
+                let wait = (Utc::now() - t.created_at).to_std().unwrap_or_default();
+                crate::metrics::dispatch_delay(&t.workflow, wait);
+            }
             Ok::<_, anyhow::Error>(claimed)
         }
         .into_actor(self)
@@ -416,6 +421,7 @@ impl Handler<Snapshot> for Dispatcher {
     fn handle(&mut self, _: Snapshot, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(SnapshotView {
             queued: self.queue.len(),
+            queued_by_priority: self.queue.by_priority(),
             accepting: self.accepting,
             backends: self
                 .slots

@@ -248,6 +248,7 @@ impl StoreJob {
         }
 
         // Store what is not stored yet (all of it, unless this is a replay after a crash).
+        let storing = std::time::Instant::now();
         let mut worst = Trouble::None;
         let mut first_error = None;
         let mut marks = Vec::new();
@@ -260,6 +261,7 @@ impl StoreJob {
                 first_error = err;
             }
         }
+        crate::metrics::store_time(self.store.kind(), storing.elapsed());
         let (first, first_stored) = &outputs[0];
         let first_stored = *first_stored
             || marks
@@ -482,12 +484,14 @@ impl StoreJob {
                 .await
             {
                 Ok(()) => {
+                    crate::metrics::upload(self.store.kind(), true);
                     mark.stored = true;
                     return Ok((mark, Trouble::None, None));
                 }
                 Err(e) => {
                     last_err = e.to_string();
                     if attempt < self.cfg.upload_attempts && e.is_transient() {
+                        crate::metrics::upload_retry(self.store.kind());
                         self.event(
                             "store_retry",
                             json!({ "key": o.storage_key, "attempt": attempt, "error": last_err }),
@@ -500,6 +504,7 @@ impl StoreJob {
                 }
             }
         }
+        crate::metrics::upload(self.store.kind(), false);
         let msg = format!("could not store {}: {last_err}", o.storage_key);
         let path = match self.fallback_path(o).await {
             Ok(p) => p,

@@ -26,9 +26,10 @@ use super::AppState;
 use crate::workflow::WorkflowSet;
 
 /// Paths of the document that are mounted at the root rather than under the route prefix.
-pub const ROOT_PATHS: [&str; 5] = [
+pub const ROOT_PATHS: [&str; 6] = [
     "/healthz",
     "/readyz",
+    "/metrics",
     "/openapi.json",
     "/docs",
     "/docs/ui.js",
@@ -47,7 +48,7 @@ Every typed route `POST {prefix}/workflows/<name>/tasks` below is one loaded wor
 parameters; the document follows the workflow set in force (reloaded on SIGHUP).\n\n\
 When API keys are configured, operations marked with the `api_key` security requirement need \
 `Authorization: Bearer <key>`: a submit key for most, an admin key where the requirement names \
-the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
+the `admin` role. `/healthz`, `/readyz`, `/metrics`, this document and `/docs` stay open."
     ),
     modifiers(&BearerKeys),
     paths(
@@ -68,6 +69,7 @@ the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
         super::releases::readiness,
         super::health::healthz,
         super::health::readyz,
+        super::health::metrics,
         openapi_json,
         super::docs::page,
         super::docs::script,
