@@ -9,6 +9,7 @@ mod db;
 mod db_outage;
 mod hostile_backend;
 mod layers;
+mod metrics;
 mod openapi;
 mod original;
 mod pipeline;
