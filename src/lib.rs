@@ -14,9 +14,9 @@
 //!   and the environment; [`outbound`]: every call to a URL a client gave us; [`paths`]: the one way a
 //!   relative name becomes a path comfyd writes; [`release`]: releases as data (a snapshot of the
 //!   workflows folder, what it needs, a dev server's environment; stored by [`db::releases`]).
-//! - [`workflow`]: workflows as data; [`metrics`]: the Prometheus registry and its families (`/metrics`); [`comfy`]: the ComfyUI protocol (frames, HTTP calls, names from a
+//! - [`workflow`]: workflows as data; [`comfy`]: the ComfyUI protocol (frames, HTTP calls, names from a
 //!   server); [`db_health`]: whether the database takes writes now; [`budget`]: the memory requests may
-//!   hold at once.
+//!   hold at once; [`metrics`]: the Prometheus registry and every metric family (`GET /metrics`).
 
 pub mod access;
 pub mod blob;
