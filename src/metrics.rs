@@ -12,7 +12,7 @@
 //!
 //! Labels are bounded: no task ids, prompt ids or URLs. Workflow names pass [`workflow_label`]
 //! (only names of the loaded catalog, see [`know_workflows`]; anything else is `other`), backend
-//! names come from the config, status and error-code classes are fixed sets, queue priorities are the
+//! names come from the config (without any credentials in the URL), status and error-code classes are fixed sets, queue priorities are the
 //! API's -1000..=1000 and only those queued now are exported.
 //!
 //! Release and deployment metrics (rotation state, a `comfyd_deployment_state` gauge) go here too,
@@ -209,6 +209,21 @@ pub fn status_class(code: Option<u16>) -> &'static str {
     }
 }
 
+/// A backend's name (its configured URL) as a label: without user, password, query or fragment, so
+/// that credentials written into an endpoint never reach the open `/metrics`.
+pub fn backend_label(name: &str) -> String {
+    match url::Url::parse(name) {
+        Ok(mut u) if u.has_host() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.as_str().trim_end_matches('/').to_string()
+        }
+        _ => name.to_string(),
+    }
+}
+
 /// The error-code label: one of the codes of `task::error_code`, else `other`.
 fn error_code_label(code: i32) -> &'static str {
     match code {
@@ -254,7 +269,7 @@ pub fn dispatch_delay(workflow: &str, wait: Duration) {
 pub fn execution_time(backend: &str, run: Duration) {
     METRICS
         .execution_time
-        .with_label_values(&[backend])
+        .with_label_values(&[backend_label(backend).as_str()])
         .observe(run.as_secs_f64());
 }
 
@@ -314,14 +329,15 @@ pub fn set_backends<'a>(backends: impl IntoIterator<Item = BackendGauges<'a>>) {
     m.backend_in_flight.reset();
     m.backend_queue.reset();
     for b in backends {
+        let name = backend_label(b.name);
         m.backend_up
-            .with_label_values(&[b.name])
+            .with_label_values(&[name.as_str()])
             .set(i64::from(b.up));
         m.backend_in_flight
-            .with_label_values(&[b.name])
+            .with_label_values(&[name.as_str()])
             .set(b.in_flight as i64);
         m.backend_queue
-            .with_label_values(&[b.name])
+            .with_label_values(&[name.as_str()])
             .set(i64::from(b.queue_remaining));
     }
 }
@@ -373,6 +389,14 @@ mod tests {
         assert_eq!(error_code_label(7), "other");
         assert_eq!(status_class(Some(503)), "5xx");
         assert_eq!(status_class(None), "error");
+        assert_eq!(
+            backend_label("http://u:secret@gpu1:8188/?token=x"),
+            "http://gpu1:8188"
+        );
+        assert_eq!(
+            backend_label("http://127.0.0.1:8188"),
+            "http://127.0.0.1:8188"
+        );
     }
 
     #[test]
