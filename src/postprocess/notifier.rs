@@ -86,7 +86,9 @@ impl Notifier {
             };
             let delivered = matches!(result, Ok(200..=299));
             crate::metrics::webhook_attempt(result.as_ref().ok().copied());
-            if delivered {
+            // Its first delivery only: a redelivery (the API's) of one delivered before is not a
+            // task's completion.
+            if delivered && d.delivered_at.is_none() {
                 let took = (Utc::now() - d.created_at).to_std().unwrap_or_default();
                 crate::metrics::completion_to_webhook(took);
             }
