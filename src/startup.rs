@@ -181,6 +181,8 @@ impl Application {
             accepting: accepting.clone(),
             db_health: db_health.clone(),
         };
+        let deployer = crate::deploy::Deployer::new(db.clone(), settings.clone());
+        deployer.resume().await?;
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db,
@@ -196,6 +198,7 @@ impl Application {
                 Duration::from_millis(settings.limits.in_flight_wait_ms),
             ),
             intake,
+            deployer,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {

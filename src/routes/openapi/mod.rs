@@ -66,6 +66,10 @@ the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
         super::releases::list,
         super::releases::get,
         super::releases::readiness,
+        super::deployments::create,
+        super::deployments::list,
+        super::deployments::get,
+        super::deployments::cancel,
         super::health::healthz,
         super::health::readyz,
         openapi_json,
@@ -80,6 +84,7 @@ the `admin` role. `/healthz`, `/readyz`, this document and `/docs` stay open."
         (name = "Deliveries", description = "The webhooks comfyd sent for a task"),
         (name = "Workflows", description = "What can be run"),
         (name = "Releases", description = "Immutable snapshots of the workflows folder"),
+        (name = "Deployments", description = "A release checked on each backend, one deployment at a time"),
         (name = "Service", description = "comfyd itself and its ComfyUI servers"),
         (name = "Docs", description = "This document and its page"),
     )
