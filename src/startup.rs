@@ -181,7 +181,9 @@ impl Application {
             accepting: accepting.clone(),
             db_health: db_health.clone(),
         };
-        let deployer = crate::deploy::Deployer::new(db.clone(), settings.clone());
+        let deployer =
+            crate::deploy::Deployer::new(db.clone(), settings.clone(), workflows.clone());
+        deployer.serve_at_start().await?;
         deployer.resume().await?;
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -357,12 +359,13 @@ fn reload_workflows(state: &AppState) {
     notify(&[sd_notify::NotifyState::Reloading]);
     match WorkflowSet::load_dir(&state.settings.workflows.dir) {
         Ok(set) => {
-            info!(
-                count = set.len(),
-                "SIGHUP: reloaded {} workflows",
-                set.len()
-            );
-            state.workflows.replace(set);
+            let count = set.len();
+            if state.workflows.replace(set) {
+                info!(count, "SIGHUP: reloaded {count} workflows");
+            } else {
+                // What is served changes by a deployment only; the folder is what a publish reads.
+                warn!("SIGHUP: a release is served, not the workflows folder: nothing reloaded");
+            }
         }
         Err(e) => error!("SIGHUP: workflows not reloaded, keeping the previous set:\n{e}"),
     }

@@ -37,6 +37,8 @@ pub struct NewTask {
     pub owner: Option<String>,
     /// The prompt id its first attempt runs under, chosen at submit so the answer can carry it.
     pub prompt_id: Option<String>,
+    /// The served release it was accepted under (None: the workflows folder was served).
+    pub release_version: Option<i32>,
 }
 
 /// What inserting a task came to.
@@ -123,6 +125,7 @@ fn new_task_row(t: &NewTask, now: DateTime<Utc>) -> task::Model {
         started_at: None,
         finished_at: None,
         owner: t.owner.clone(),
+        release_version: t.release_version,
     }
 }
 

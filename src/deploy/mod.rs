@@ -2,16 +2,19 @@
 //! It checks each of the deployment's backends against the release (`readiness::check_one`, at
 //! most `max_unavailable` at once), records each result in `backend_checks` and
 //! `deployment_backends`, then ends `succeeded` when at least one backend passed (the ones that
-//! did not are listed `failed` with why) or `failed` when none did.
+//! did not are listed `failed` with why) or `failed` when none did. The served release is the
+//! newest succeeded deployment's: on success the deployer puts its workflow set in the
+//! [`Catalog`], so new submits are validated against it and stamped with its version; at start,
+//! [`Deployer::serve_at_start`] does the same from the database.
 //!
 //! State is in the database only (`db::deployments`), so that a restart — or, later (#22),
 //! another instance — can pick it up: at start, [`Deployer::resume`] re-runs a deployment that is
 //! not terminal from its checks. Every step is a conditional update, so a cancel
 //! (`POST {prefix}/deployments/{id}/cancel`) between two steps wins and the deployer stops.
 //!
-//! Called by `routes::deployments` (start) and `startup` (resume). Not here yet: serving the
-//! release to submits and routing its tasks only to the backends that passed (the deployer does
-//! not tell the dispatcher anything), managed pools, canary, pause and promote.
+//! Called by `routes::deployments` (start) and `startup` (serve, resume). Not here yet: routing a
+//! release's tasks only to the backends that passed (the deployer does not tell the dispatcher
+//! anything), managed pools, canary, pause and promote.
 
 use std::sync::Arc;
 
@@ -24,17 +27,52 @@ use crate::db;
 use crate::db::deployments::{BackendState, State};
 use crate::readiness;
 use crate::release::CheckOptions;
+use crate::workflow::Catalog;
 
 /// Starts and resumes deployments; cheap to clone.
 #[derive(Clone)]
 pub struct Deployer {
     db: DatabaseConnection,
     settings: Arc<Settings>,
+    catalog: Catalog,
 }
 
 impl Deployer {
-    pub fn new(db: DatabaseConnection, settings: Arc<Settings>) -> Deployer {
-        Deployer { db, settings }
+    pub fn new(db: DatabaseConnection, settings: Arc<Settings>, catalog: Catalog) -> Deployer {
+        Deployer {
+            db,
+            settings,
+            catalog,
+        }
+    }
+
+    /// At start: serves the newest succeeded deployment's release, if any (else the workflows
+    /// folder stays served). A stored release that does not load is logged and not served.
+    pub async fn serve_at_start(&self) -> Result<(), DbErr> {
+        if let Some(version) = db::deployments::served(&self.db).await? {
+            if let Err(e) = self.serve(version).await? {
+                tracing::error!(release = version, "the served release is not served: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts release `version`'s workflow set in the catalog; Err(why) when it does not load.
+    async fn serve(&self, version: i32) -> Result<Result<(), String>, DbErr> {
+        let Some(row) = db::releases::get(&self.db, version).await? else {
+            return Ok(Err(format!("no release {version}")));
+        };
+        let set = readiness::snapshot_of(&row)
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.workflow_set().map_err(|e| e.to_string()));
+        Ok(set.map(|set| {
+            info!(
+                release = version,
+                workflows = set.len(),
+                "serving release {version}"
+            );
+            self.catalog.serve_release(set, version);
+        }))
     }
 
     /// The configured backends' names, as deployments record them.
@@ -174,6 +212,13 @@ impl Deployer {
             db::deployments::set_backend(db, id, backend, BackendState::Switched, None).await?;
         }
         if db::deployments::transition(db, id, &[State::Rolling], State::Succeeded, None).await? {
+            // Loaded and checked above (`snapshot`): it loads.
+            if let Err(e) = self.serve(release).await? {
+                warn!(
+                    deployment = id,
+                    release, "a succeeded release is not served: {e}"
+                );
+            }
             info!(
                 deployment = id,
                 release,

@@ -2,6 +2,7 @@
 //! class the release uses (succeeded, that backend failed and why), one at a time (a second start
 //! is a 409 naming the running one), history newest first, a rollback, a cancel, a deployment no
 //! backend passes (failed), and kill -9 mid-deployment (resumed to a terminal state on restart);
+//! what is served (the newest succeeded deployment's release) and the release tasks are stamped with;
 //! on SQLite and PostgreSQL where it matters.
 
 use std::path::Path;
@@ -87,6 +88,31 @@ async fn until_terminal(d: &Daemon, id: i64) -> Value {
     }
 }
 
+/// Submits a `solid` task with the submit key; its id.
+async fn submit(d: &Daemon) -> String {
+    let body = json!({"params": {"width": 8, "height": 8, "color": 1}});
+    let (status, answer) = call(d, "POST", "/workflows/solid/tasks", APP, Some(body)).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["id"].as_str().expect("id").to_string()
+}
+
+/// The release a task was stamped with, from its row.
+async fn stamped(conn: &sea_orm::DatabaseConnection, id: &str) -> Option<i64> {
+    comfyd::db::tasks::get(conn, id)
+        .await
+        .expect("read")
+        .expect("task row")
+        .release_version
+        .map(i64::from)
+}
+
+/// The served `solid` workflow's description.
+async fn solid_description(d: &Daemon) -> String {
+    let (status, body) = call(d, "GET", "/workflows/solid", APP, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["description"].as_str().unwrap_or_default().to_string()
+}
+
 fn backend<'a>(record: &'a Value, sim: &Sim) -> &'a Value {
     record["backends"]
         .as_array()
@@ -103,8 +129,12 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
     let fast = Sim::start(20).await;
     let no_node = Sim::start_with(20, &["--without-node", "VAEDecode"]).await;
     let dir = draft();
-    let d = daemon(&db, &[&slow, &fast, &no_node], dir.path()).await;
+    let mut d = daemon(&db, &[&slow, &fast, &no_node], dir.path()).await;
+    let conn = db.connect().await;
     let v1 = publish(&d).await;
+    // Before any deployment the folder is served: tasks carry no release.
+    let before = submit(&d).await;
+    assert_eq!(stamped(&conn, &before).await, None);
 
     // Act: deploy it, and at once another.
     let (status, first) = deploy(&d, json!({"release": v1})).await;
@@ -150,8 +180,13 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
         "{failed}"
     );
     assert!(failed["ended_at"].is_string(), "{failed}");
+    // Served now: submits are stamped with it.
+    let task = submit(&d).await;
+    assert_eq!(stamped(&conn, &task).await, Some(v1));
+    assert!(solid_description(&d)
+        .await
+        .starts_with("A solid-colour image"));
     // Each check is recorded as readiness records it.
-    let conn = db.connect().await;
     let rows = comfyd::db::backend_checks::latest_per_backend(&conn, v1 as i32)
         .await
         .expect("rows");
@@ -180,11 +215,28 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
     let id2 = second["id"].as_i64().expect("id");
     assert_eq!(second["previous_release"], v1, "{second}");
     assert_eq!(until_terminal(&d, id2).await["state"], "succeeded");
+    assert!(solid_description(&d).await.starts_with("A plain image"));
+    let task = submit(&d).await;
+    assert_eq!(stamped(&conn, &task).await, Some(v2));
+    // While a release is served, SIGHUP does not serve the folder.
+    std::fs::write(
+        &solid,
+        original.replace("A solid-colour image", "A folder image"),
+    )
+    .expect("write");
+    d.sighup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(solid_description(&d).await.starts_with("A plain image"));
     let (status, third) = deploy(&d, json!({"release": v1})).await;
     assert_eq!(status, 202, "{third}");
     let id3 = third["id"].as_i64().expect("id");
     assert_eq!(third["previous_release"], v2, "{third}");
     assert_eq!(until_terminal(&d, id3).await["state"], "succeeded");
+    assert!(solid_description(&d)
+        .await
+        .starts_with("A solid-colour image"));
+    let task = submit(&d).await;
+    assert_eq!(stamped(&conn, &task).await, Some(v1));
     assert_eq!(
         comfyd::db::deployments::served(&conn)
             .await
@@ -251,6 +303,14 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let (status, _) = call(&d, "GET", "/deployments/abc", OPS, None).await;
     assert_eq!(status, 400);
+
+    // After a restart the served release is still the newest succeeded deployment's.
+    d.restart().await;
+    assert!(solid_description(&d)
+        .await
+        .starts_with("A solid-colour image"));
+    let task = submit(&d).await;
+    assert_eq!(stamped(&conn, &task).await, Some(v1));
 }
 
 #[actix_web::test]
@@ -289,6 +349,8 @@ async fn a_deployment_no_backend_passes_fails() {
             .expect("served"),
         None
     );
+    let task = submit(&d).await;
+    assert_eq!(stamped(&conn, &task).await, None);
 }
 
 /// kill -9 while a backend is being checked: on restart the deployment is re-run from its checks
@@ -330,6 +392,8 @@ async fn a_deployment_killed_midway_is_resumed_on_restart() {
         .expect("read")
         .expect("a check recorded");
     assert!(checks.passed);
+    let task = submit(&d).await;
+    assert_eq!(stamped(&conn, &task).await, Some(v));
     let (status, body) = deploy(&d, json!({"release": v})).await;
     assert_eq!(status, 202, "{body}");
 }
