@@ -158,6 +158,8 @@ impl Application {
                 cleanup: settings.cleanup.enabled,
             })
             .collect();
+        // Which releases each backend passed, before it is attached and anything is routed.
+        crate::deploy::send_gates(&db, &dispatcher.clone().recipient()).await?;
         dispatcher.send(AttachBackends(backends)).await?;
         let keys = start_api_keys(&settings, &db).await?;
 
@@ -181,8 +183,12 @@ impl Application {
             accepting: accepting.clone(),
             db_health: db_health.clone(),
         };
-        let deployer =
-            crate::deploy::Deployer::new(db.clone(), settings.clone(), workflows.clone());
+        let deployer = crate::deploy::Deployer::new(
+            db.clone(),
+            settings.clone(),
+            workflows.clone(),
+            dispatcher.clone().recipient(),
+        );
         deployer.serve_at_start().await?;
         deployer.resume().await?;
         let state = web::Data::new(AppState {

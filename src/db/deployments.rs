@@ -266,3 +266,35 @@ pub async fn set_backend<C: ConnectionTrait>(
         .await?;
     Ok(())
 }
+
+/// Every backend's result in every deployment, oldest first, as (backend, release, passed):
+/// `switched` passed, `failed` did not. Replayed in order, the last word on each (backend,
+/// release) is whether the backend may run that release's tasks (the dispatcher's gate at start).
+pub async fn gates<C: ConnectionTrait>(db: &C) -> Result<Vec<(String, i32, bool)>, DbErr> {
+    let deployments: std::collections::HashMap<i64, i32> = deployment::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.release_version))
+        .collect();
+    let rows = deployment_backend::Entity::find()
+        .filter(deployment_backend::Column::State.is_in([
+            BackendState::Switched.as_str(),
+            BackendState::Failed.as_str(),
+        ]))
+        .order_by_asc(deployment_backend::Column::DeploymentId)
+        .order_by_asc(deployment_backend::Column::Id)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|b| {
+            let release = *deployments.get(&b.deployment_id)?;
+            Some((
+                b.backend,
+                release,
+                b.state == BackendState::Switched.as_str(),
+            ))
+        })
+        .collect())
+}

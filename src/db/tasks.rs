@@ -459,13 +459,17 @@ pub async fn list(
 }
 
 /// Queued tasks in dispatch order (priority first, then age), with the prompt id each will run
-/// under: how the Dispatcher rebuilds its queue.
-pub async fn queued(db: &DatabaseConnection) -> Result<Vec<(String, i32, Option<String>)>, DbErr> {
-    let rows: Vec<(String, i32, Option<String>)> = task::Entity::find()
+/// under and the release it was accepted under: how the Dispatcher rebuilds its queue.
+#[allow(clippy::type_complexity)]
+pub async fn queued(
+    db: &DatabaseConnection,
+) -> Result<Vec<(String, i32, Option<String>, Option<i32>)>, DbErr> {
+    let rows: Vec<(String, i32, Option<String>, Option<i32>)> = task::Entity::find()
         .select_only()
         .column(task::Column::Id)
         .column(task::Column::Priority)
         .column(task::Column::ComfyuiTaskId)
+        .column(task::Column::ReleaseVersion)
         .filter(task::Column::Status.eq(Status::Queued.as_str()))
         .order_by_desc(task::Column::Priority)
         .order_by_asc(task::Column::CreatedAt)

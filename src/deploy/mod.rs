@@ -12,9 +12,14 @@
 //! not terminal from its checks. Every step is a conditional update, so a cancel
 //! (`POST {prefix}/deployments/{id}/cancel`) between two steps wins and the deployer stops.
 //!
-//! Called by `routes::deployments` (start) and `startup` (serve, resume). Not here yet: routing a
-//! release's tasks only to the backends that passed (the deployer does not tell the dispatcher
-//! anything), managed pools, canary, pause and promote.
+//! The gate: a backend runs a release's tasks only once the dispatcher was told it passed
+//! (`ReleaseGate`); the deployer tells it for each passed backend while `rolling`, and waits for
+//! it, before the release is served, so no task is stamped with a release no backend may run. A
+//! backend that failed is told so (it keeps only the releases it passed). At start,
+//! [`send_gates`] replays every deployment's per-backend results to the dispatcher.
+//!
+//! Called by `routes::deployments` (start) and `startup` (gates, serve, resume). Not here yet:
+//! managed pools, canary, pause and promote, several instances driving one deployment (#22).
 
 use std::sync::Arc;
 
@@ -22,9 +27,12 @@ use futures_util::future::join_all;
 use sea_orm::{DatabaseConnection, DbErr};
 use tracing::{info, warn};
 
+use actix::Recipient;
+
 use crate::config::Settings;
 use crate::db;
 use crate::db::deployments::{BackendState, State};
+use crate::dispatch::messages::ReleaseGate;
 use crate::readiness;
 use crate::release::CheckOptions;
 use crate::workflow::Catalog;
@@ -35,15 +43,49 @@ pub struct Deployer {
     db: DatabaseConnection,
     settings: Arc<Settings>,
     catalog: Catalog,
+    gate: Recipient<ReleaseGate>,
+}
+
+/// Tells the dispatcher, from the database, which releases each backend passed (at start).
+pub async fn send_gates(
+    db: &DatabaseConnection,
+    gate: &Recipient<ReleaseGate>,
+) -> Result<(), DbErr> {
+    for (backend, release, passed) in db::deployments::gates(db).await? {
+        gate.do_send(ReleaseGate {
+            backend: backend.into(),
+            release,
+            passed,
+        });
+    }
+    Ok(())
 }
 
 impl Deployer {
-    pub fn new(db: DatabaseConnection, settings: Arc<Settings>, catalog: Catalog) -> Deployer {
+    pub fn new(
+        db: DatabaseConnection,
+        settings: Arc<Settings>,
+        catalog: Catalog,
+        gate: Recipient<ReleaseGate>,
+    ) -> Deployer {
         Deployer {
             db,
             settings,
             catalog,
+            gate,
         }
+    }
+
+    /// Tells the dispatcher whether `backend` may run `release`'s tasks, and waits until it knows.
+    async fn tell(&self, backend: &str, release: i32, passed: bool) -> Result<(), DbErr> {
+        self.gate
+            .send(ReleaseGate {
+                backend: backend.to_string().into(),
+                release,
+                passed,
+            })
+            .await
+            .map_err(|e| DbErr::Custom(format!("telling the dispatcher: {e}")))
     }
 
     /// At start: serves the newest succeeded deployment's release, if any (else the workflows
@@ -193,6 +235,7 @@ impl Deployer {
                     passed.push(name.clone());
                 } else {
                     let reason = check.reasons.join("; ");
+                    self.tell(name, release, false).await?;
                     db::deployments::set_backend(db, id, name, BackendState::Failed, Some(&reason))
                         .await?;
                 }
@@ -208,7 +251,9 @@ impl Deployer {
         if !db::deployments::transition(db, id, &[State::Checking], State::Rolling, None).await? {
             return Ok(());
         }
+        // Each passed backend may run the release's tasks before any task is stamped with it.
         for backend in &passed {
+            self.tell(backend, release, true).await?;
             db::deployments::set_backend(db, id, backend, BackendState::Switched, None).await?;
         }
         if db::deployments::transition(db, id, &[State::Rolling], State::Succeeded, None).await? {

@@ -298,6 +298,7 @@ impl Intake {
                     task_id: task.id.clone().into(),
                     priority: task.priority,
                     prompt_id: task.comfyui_task_id.clone().map(Into::into),
+                    release: task.release_version,
                 });
                 tracing::info!(task.id = %task.id, workflow = %task.workflow, "task {} accepted", task.id);
                 Ok((TaskRecord::new(&task, &[]), true))

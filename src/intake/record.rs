@@ -85,6 +85,7 @@ impl Intake {
                     prompt_id: task.comfyui_task_id.clone().map(Into::into),
                     task_id: task.id.into(),
                     priority: task.priority,
+                    release: task.release_version,
                 });
             }
         });

@@ -106,6 +106,41 @@ async fn stamped(conn: &sea_orm::DatabaseConnection, id: &str) -> Option<i64> {
         .map(i64::from)
 }
 
+/// Waits until every task in `ids` is done; their rows.
+async fn all_done(
+    d: &Daemon,
+    conn: &sea_orm::DatabaseConnection,
+    ids: &[String],
+) -> Vec<comfyd::entity::task::Model> {
+    let started = Instant::now();
+    for id in ids {
+        loop {
+            let (status, body) = call(d, "GET", &format!("/tasks/{id}"), APP, None).await;
+            assert_eq!(status, 200, "{body}");
+            match body["status"].as_str() {
+                Some("done") => break,
+                Some("failed" | "cancelled") => panic!("task {id} ended: {body}"),
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "task {id} not done: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut rows = Vec::new();
+    for id in ids {
+        rows.push(
+            comfyd::db::tasks::get(conn, id)
+                .await
+                .expect("read")
+                .expect("row"),
+        );
+    }
+    rows
+}
+
 /// The served `solid` workflow's description.
 async fn solid_description(d: &Daemon) -> String {
     let (status, body) = call(d, "GET", "/workflows/solid", APP, None).await;
@@ -135,6 +170,7 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
     // Before any deployment the folder is served: tasks carry no release.
     let before = submit(&d).await;
     assert_eq!(stamped(&conn, &before).await, None);
+    all_done(&d, &conn, std::slice::from_ref(&before)).await;
 
     // Act: deploy it, and at once another.
     let (status, first) = deploy(&d, json!({"release": v1})).await;
@@ -180,9 +216,21 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
         "{failed}"
     );
     assert!(failed["ended_at"].is_string(), "{failed}");
-    // Served now: submits are stamped with it.
-    let task = submit(&d).await;
-    assert_eq!(stamped(&conn, &task).await, Some(v1));
+    // Served now: submits are stamped with it, and never run on the backend that failed it.
+    let seen_by_failing = no_node.prompts().await.len();
+    let mut after = Vec::new();
+    for _ in 0..6 {
+        after.push(submit(&d).await);
+    }
+    for row in all_done(&d, &conn, &after).await {
+        assert_eq!(row.release_version, Some(v1 as i32));
+        assert_ne!(
+            row.backend.as_deref(),
+            Some(name(&no_node).as_str()),
+            "{row:?}"
+        );
+    }
+    assert_eq!(no_node.prompts().await.len(), seen_by_failing);
     assert!(solid_description(&d)
         .await
         .starts_with("A solid-colour image"));
@@ -214,7 +262,21 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
     assert_eq!(status, 202, "{second}");
     let id2 = second["id"].as_i64().expect("id");
     assert_eq!(second["previous_release"], v1, "{second}");
+    // Steady submits while it runs: every one done, none lost.
+    let mut during = Vec::new();
+    for _ in 0..5 {
+        during.push(submit(&d).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(until_terminal(&d, id2).await["state"], "succeeded");
+    for row in all_done(&d, &conn, &during).await {
+        assert!(row.release_version.is_some(), "{row:?}");
+        assert_ne!(
+            row.backend.as_deref(),
+            Some(name(&no_node).as_str()),
+            "{row:?}"
+        );
+    }
     assert!(solid_description(&d).await.starts_with("A plain image"));
     let task = submit(&d).await;
     assert_eq!(stamped(&conn, &task).await, Some(v2));

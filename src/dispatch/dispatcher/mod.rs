@@ -20,7 +20,7 @@ mod deadlines;
 mod outcomes;
 mod recovery;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use tracing::{error, info};
 use super::backend::Backend;
 use super::messages::{
     AttachBackends, BackendState, BackendView, Cancel, CancelOutcome, CancelTask, DispatchError,
-    Enqueue, Reconcile, Reports, Run, Snapshot, SnapshotView, StopDispatching,
+    Enqueue, Reconcile, ReleaseGate, Reports, Run, Snapshot, SnapshotView, StopDispatching,
 };
 use super::queue::{Queue, QueueKey};
 use super::routing::{self, BackendFacts};
@@ -73,12 +73,13 @@ struct Slot {
 }
 
 impl Slot {
-    fn facts(&self) -> BackendFacts {
+    fn facts(&self, passed: Option<&BTreeSet<i32>>) -> BackendFacts {
         BackendFacts {
             up: self.up,
             held: self.held.len(),
             queue_remaining: self.queue_remaining,
             cool_until: self.cool_until,
+            passed: passed.cloned().unwrap_or_default(),
         }
     }
 }
@@ -95,6 +96,9 @@ pub struct Dispatcher {
     /// A reconciliation is under way; `reconcile_again`: another outage ended meanwhile.
     reconciling: bool,
     reconcile_again: bool,
+    /// The releases each backend passed (`ReleaseGate`), by name: known before the backends are
+    /// attached (startup sends them first).
+    passed: HashMap<BackendName, BTreeSet<i32>>,
 }
 
 impl Dispatcher {
@@ -109,15 +113,22 @@ impl Dispatcher {
             accepting: true,
             reconciling: false,
             reconcile_again: false,
+            passed: HashMap::new(),
         }
     }
 
     /// Queues a task unless it is queued or held already; answers whether it was queued now.
-    fn push(&mut self, task_id: TaskId, priority: i32, prompt_id: Option<PromptId>) -> bool {
+    fn push(
+        &mut self,
+        task_id: TaskId,
+        priority: i32,
+        prompt_id: Option<PromptId>,
+        release: Option<i32>,
+    ) -> bool {
         if self.queue.contains(task_id.as_str()) || self.holds(task_id.as_str()) {
             return false;
         }
-        self.queue.push(task_id, priority, prompt_id);
+        self.queue.push_of(task_id, priority, prompt_id, release);
         true
     }
 
@@ -128,7 +139,11 @@ impl Dispatcher {
 
     /// The next task and the backend (slot) it goes to: see [`routing::next_assignment`].
     fn next_assignment(&mut self) -> Option<(usize, TaskId)> {
-        let backends: Vec<BackendFacts> = self.slots.iter().map(Slot::facts).collect();
+        let backends: Vec<BackendFacts> = self
+            .slots
+            .iter()
+            .map(|s| s.facts(self.passed.get(&s.name)))
+            .collect();
         let choice = routing::next_assignment(
             &backends,
             self.queue.facts(),
@@ -362,7 +377,21 @@ impl Handler<Enqueue> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
-        self.push(msg.task_id, msg.priority, msg.prompt_id);
+        self.push(msg.task_id, msg.priority, msg.prompt_id, msg.release);
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<ReleaseGate> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseGate, ctx: &mut Context<Self>) {
+        let set = self.passed.entry(msg.backend).or_default();
+        if msg.passed {
+            set.insert(msg.release);
+        } else {
+            set.remove(&msg.release);
+        }
         self.dispatch(ctx);
     }
 }
