@@ -2,7 +2,8 @@
 //! parallel, each result recorded in `backend_checks`. The check itself is `release::check`'s;
 //! this module adds what it may not use (the settings' backend list, the database). Called by
 //! `GET {prefix}/releases/{version}/readiness` (`routes::releases`) and `comfyd release check`
-//! (`cli::release`). Passing does not gate traffic yet: nothing reads these rows to route.
+//! (`cli::release`), and, one backend at a time, by the deployer ([`check_one`], `deploy`). A
+//! check made here gates nothing; a deployment's checks do (`deploy`).
 //!
 //! Backend URLs come from the configuration only, never from a request: a check makes comfyd call
 //! them and queue prompts there.
