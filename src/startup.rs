@@ -188,6 +188,7 @@ impl Application {
             settings.clone(),
             workflows.clone(),
             dispatcher.clone().recipient(),
+            dispatcher.clone().recipient(),
         );
         deployer.serve_at_start().await?;
         deployer.resume().await?;

@@ -1,6 +1,7 @@
 //! Deployments (#19): the deployer, which takes a deployment from `pending` to a terminal state.
 //! It checks each of the deployment's backends against the release (`readiness::check_one`, at
-//! most `max_unavailable` at once), records each result in `backend_checks` and
+//! most `max_unavailable` at once, each out of traffic while it is checked: no new job goes there,
+//! the ones it holds carry on; in memory only, so a restart puts it back), records each result in `backend_checks` and
 //! `deployment_backends`, then ends `succeeded` when at least one backend passed (the ones that
 //! did not are listed `failed` with why) or `failed` when none did. The served release is the
 //! newest succeeded deployment's: on success the deployer puts its workflow set in the
@@ -32,7 +33,7 @@ use actix::Recipient;
 use crate::config::Settings;
 use crate::db;
 use crate::db::deployments::{BackendState, State};
-use crate::dispatch::messages::ReleaseGate;
+use crate::dispatch::messages::{Checking, ReleaseGate};
 use crate::readiness;
 use crate::release::CheckOptions;
 use crate::workflow::Catalog;
@@ -44,6 +45,7 @@ pub struct Deployer {
     settings: Arc<Settings>,
     catalog: Catalog,
     gate: Recipient<ReleaseGate>,
+    checking: Recipient<Checking>,
 }
 
 /// Tells the dispatcher, from the database, which releases each backend passed (at start).
@@ -67,13 +69,27 @@ impl Deployer {
         settings: Arc<Settings>,
         catalog: Catalog,
         gate: Recipient<ReleaseGate>,
+        checking: Recipient<Checking>,
     ) -> Deployer {
         Deployer {
             db,
             settings,
             catalog,
             gate,
+            checking,
         }
+    }
+
+    /// Takes `backend` out of traffic while it is checked (`checking`), or puts it back.
+    async fn out_of_traffic(&self, backend: &str, checking: bool) {
+        // The dispatcher gone means comfyd is stopping: nothing to route any more.
+        let _ = self
+            .checking
+            .send(Checking {
+                backend: backend.to_string().into(),
+                checking,
+            })
+            .await;
     }
 
     /// Tells the dispatcher whether `backend` may run `release`'s tasks, and waits until it knows.
@@ -196,8 +212,12 @@ impl Deployer {
             if !self.still(id, State::Checking).await? {
                 return Ok(());
             }
+            // At most `max_unavailable` backends out of traffic at once: the others keep serving.
             for backend in group {
                 db::deployments::set_backend(db, id, backend, BackendState::Checking, None).await?;
+            }
+            for backend in group {
+                self.out_of_traffic(backend, true).await;
             }
             let checks = group.iter().map(|name| {
                 let snapshot = &snapshot;
@@ -217,6 +237,9 @@ impl Deployer {
                 }
             });
             let results = join_all(checks).await;
+            for backend in group {
+                self.out_of_traffic(backend, false).await;
+            }
             for (name, result) in group.iter().zip(results) {
                 let Some((_, check)) = result else {
                     db::deployments::set_backend(

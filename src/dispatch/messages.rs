@@ -58,6 +58,14 @@ pub struct Enqueue {
     pub release: Option<i32>,
 }
 
+/// From the deployer: `backend` is being checked (out of traffic: no new job) or no longer.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Checking {
+    pub backend: BackendName,
+    pub checking: bool,
+}
+
 /// From the deployer (and startup, from the database): whether `backend` may run tasks of
 /// `release` (it passed that release's check in a deployment, or failed it since).
 #[derive(Message, Debug, Clone)]

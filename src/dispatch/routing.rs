@@ -3,8 +3,8 @@
 //! tested alone; the `Dispatcher` builds the facts from its state and applies the choice.
 //!
 //! The rules, in order:
-//! - a backend takes a job only while it is up, holds fewer than `max_in_flight` jobs, and is not
-//!   cooling down after it failed to take one ([`open`]);
+//! - a backend takes a job only while it is up, holds fewer than `max_in_flight` jobs, is not
+//!   cooling down after it failed to take one, and is not being checked by a deployment ([`open`]);
 //! - open backends are tried least loaded first (load: the jobs comfyd holds there, or the server's
 //!   own queue when others use it too), ties in round-robin order from the cursor, so a burst spreads;
 //! - each takes the first queued task it may run ([`may_run`]): a task of a release only where that
@@ -33,6 +33,8 @@ pub struct BackendFacts {
     pub cool_until: Option<Instant>,
     /// The releases whose tasks it may run: it passed their check in a deployment.
     pub passed: BTreeSet<i32>,
+    /// A deployment is checking it: out of traffic until the check ends (its jobs carry on).
+    pub checking: bool,
 }
 
 impl BackendFacts {
@@ -64,7 +66,7 @@ pub struct Choice<'a> {
 
 /// Whether backend `b` takes a new job at all now.
 pub fn open(b: &BackendFacts, max_in_flight: usize, now: Instant) -> bool {
-    b.up && b.held < max_in_flight && b.cool_until.is_none_or(|t| t <= now)
+    b.up && !b.checking && b.held < max_in_flight && b.cool_until.is_none_or(|t| t <= now)
 }
 
 /// Whether another backend than `i` is up: a requeued task then goes there instead.
@@ -285,5 +287,19 @@ mod tests {
         assert_eq!(route(&b, &q, 0), Some((0, "t1".into())));
         assert_eq!(route(&b, &[q[0], q[2]], 0), Some((0, "t2".into())));
         assert_eq!(route(&b, &q[..1], 0), None);
+    }
+
+    #[test]
+    fn a_backend_being_checked_takes_nothing_until_the_check_ends() {
+        let t = ids(1);
+        let checked = BackendFacts {
+            checking: true,
+            ..up(0)
+        };
+        assert_eq!(
+            route(&[checked.clone(), up(1)], &fresh(&t), 0),
+            Some((1, "t0".into()))
+        );
+        assert_eq!(route(std::slice::from_ref(&checked), &fresh(&t), 0), None);
     }
 }

@@ -20,7 +20,7 @@ mod deadlines;
 mod outcomes;
 mod recovery;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,9 @@ use tracing::{error, info};
 
 use super::backend::Backend;
 use super::messages::{
-    AttachBackends, BackendState, BackendView, Cancel, CancelOutcome, CancelTask, DispatchError,
-    Enqueue, Reconcile, ReleaseGate, Reports, Run, Snapshot, SnapshotView, StopDispatching,
+    AttachBackends, BackendState, BackendView, Cancel, CancelOutcome, CancelTask, Checking,
+    DispatchError, Enqueue, Reconcile, ReleaseGate, Reports, Run, Snapshot, SnapshotView,
+    StopDispatching,
 };
 use super::queue::{Queue, QueueKey};
 use super::routing::{self, BackendFacts};
@@ -73,13 +74,14 @@ struct Slot {
 }
 
 impl Slot {
-    fn facts(&self, passed: Option<&BTreeSet<i32>>) -> BackendFacts {
+    fn facts(&self, passed: Option<&BTreeSet<i32>>, checking: bool) -> BackendFacts {
         BackendFacts {
             up: self.up,
             held: self.held.len(),
             queue_remaining: self.queue_remaining,
             cool_until: self.cool_until,
             passed: passed.cloned().unwrap_or_default(),
+            checking,
         }
     }
 }
@@ -99,6 +101,8 @@ pub struct Dispatcher {
     /// The releases each backend passed (`ReleaseGate`), by name: known before the backends are
     /// attached (startup sends them first).
     passed: HashMap<BackendName, BTreeSet<i32>>,
+    /// The backends a deployment is checking now (`Checking`): no new jobs there meanwhile.
+    checking: HashSet<BackendName>,
 }
 
 impl Dispatcher {
@@ -114,6 +118,7 @@ impl Dispatcher {
             reconciling: false,
             reconcile_again: false,
             passed: HashMap::new(),
+            checking: HashSet::new(),
         }
     }
 
@@ -142,7 +147,7 @@ impl Dispatcher {
         let backends: Vec<BackendFacts> = self
             .slots
             .iter()
-            .map(|s| s.facts(self.passed.get(&s.name)))
+            .map(|s| s.facts(self.passed.get(&s.name), self.checking.contains(&s.name)))
             .collect();
         let choice = routing::next_assignment(
             &backends,
@@ -378,6 +383,19 @@ impl Handler<Enqueue> for Dispatcher {
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
         self.push(msg.task_id, msg.priority, msg.prompt_id, msg.release);
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<Checking> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Checking, ctx: &mut Context<Self>) {
+        if msg.checking {
+            self.checking.insert(msg.backend);
+        } else {
+            self.checking.remove(&msg.backend);
+        }
         self.dispatch(ctx);
     }
 }
