@@ -266,9 +266,11 @@ impl Deployer {
         }
         if passed.is_empty() {
             let reason = format!("no backend passed release {release}");
-            db::deployments::transition(db, id, &[State::Checking], State::Failed, Some(&reason))
-                .await?;
-            info!(deployment = id, release, "deployment failed: {reason}");
+            if db::deployments::transition(db, id, &[State::Checking], State::Failed, Some(&reason))
+                .await?
+            {
+                info!(deployment = id, release, "deployment failed: {reason}");
+            }
             return Ok(());
         }
         if !db::deployments::transition(db, id, &[State::Checking], State::Rolling, None).await? {

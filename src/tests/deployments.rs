@@ -3,7 +3,7 @@
 //! is a 409 naming the running one), history newest first, a rollback, a cancel, a deployment no
 //! backend passes (failed), and kill -9 mid-deployment (resumed to a terminal state on restart);
 //! what is served (the newest succeeded deployment's release) and the release tasks are stamped with;
-//! on SQLite and PostgreSQL where it matters.
+//! a task no up backend passed waits and says why; on SQLite and PostgreSQL where it matters.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -458,4 +458,49 @@ async fn a_deployment_killed_midway_is_resumed_on_restart() {
     assert_eq!(stamped(&conn, &task).await, Some(v));
     let (status, body) = deploy(&d, json!({"release": v})).await;
     assert_eq!(status, 202, "{body}");
+}
+
+/// A backend that failed a later deployment of the served release no longer runs its tasks: a task
+/// then waits, with one `waiting` event saying why, and runs once a deployment passes it again.
+#[actix_web::test]
+async fn a_task_no_up_backend_passed_waits_and_says_why() {
+    let sim = Sim::start(20).await;
+    let dir = draft();
+    let db = TestDb::sqlite();
+    let d = daemon(&db, &[&sim], dir.path()).await;
+    let conn = db.connect().await;
+    let v = publish(&d).await;
+    let (_, first) = deploy(&d, json!({"release": v})).await;
+    let first = until_terminal(&d, first["id"].as_i64().expect("id")).await;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    // Its smoke run fails this time: it no longer passes v, which stays served.
+    sim.script(json!({"fail_next": 1})).await;
+    let (_, second) = deploy(&d, json!({"release": v})).await;
+    let second = until_terminal(&d, second["id"].as_i64().expect("id")).await;
+    assert_eq!(second["state"], "failed", "{second}");
+
+    let task = submit(&d).await;
+    assert_eq!(stamped(&conn, &task).await, Some(v));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (_, record) = call(&d, "GET", &format!("/tasks/{task}"), APP, None).await;
+    assert_eq!(record["status"], "queued", "{record}");
+    let events = comfyd::db::events::for_task(&conn, &task)
+        .await
+        .expect("events");
+    let waiting: Vec<_> = events.iter().filter(|e| e.kind == "waiting").collect();
+    assert_eq!(waiting.len(), 1, "{events:?}");
+    assert!(
+        waiting[0]
+            .details
+            .contains(&format!("no up backend passed release {v}")),
+        "{:?}",
+        waiting[0]
+    );
+
+    let (_, third) = deploy(&d, json!({"release": v})).await;
+    let third = until_terminal(&d, third["id"].as_i64().expect("id")).await;
+    assert_eq!(third["state"], "succeeded", "{third}");
+    let rows = all_done(&d, &conn, std::slice::from_ref(&task)).await;
+    assert_eq!(rows[0].backend.as_deref(), Some(name(&sim).as_str()));
 }

@@ -40,7 +40,7 @@ use super::queue::{Queue, QueueKey};
 use super::routing::{self, BackendFacts};
 use crate::db::{events::Event, tasks::TaskPatch};
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
-use crate::postprocess::recorder::Claim;
+use crate::postprocess::recorder::{Claim, RecordEvent};
 use crate::postprocess::Pipeline;
 use crate::task::ids::{BackendName, PromptId, TaskId};
 use crate::task::{error_code, InputFile, Status};
@@ -103,6 +103,9 @@ pub struct Dispatcher {
     passed: HashMap<BackendName, BTreeSet<i32>>,
     /// The backends a deployment is checking now (`Checking`): no new jobs there meanwhile.
     checking: HashSet<BackendName>,
+    /// Queued tasks whose `waiting` event (no up backend passed their release) is recorded: one
+    /// event per wait, not one per routing pass.
+    waiting_noted: HashSet<TaskId>,
 }
 
 impl Dispatcher {
@@ -119,6 +122,7 @@ impl Dispatcher {
             reconcile_again: false,
             passed: HashMap::new(),
             checking: HashSet::new(),
+            waiting_noted: HashSet::new(),
         }
     }
 
@@ -168,6 +172,7 @@ impl Dispatcher {
             let Some((key, prompt_id)) = self.queue.take(task_id.as_str()) else {
                 break; // routing chooses among queued tasks only
             };
+            self.waiting_noted.remove(&task_id);
             let prompt_id = prompt_id.unwrap_or_else(PromptId::new);
             self.slots[i].held.insert(
                 task_id,
@@ -178,6 +183,38 @@ impl Dispatcher {
                 },
             );
             self.hand_over(i, key, prompt_id, ctx);
+        }
+        self.note_waiting();
+    }
+
+    /// Records a `waiting` event on each queued task of a release no up backend passed (once per
+    /// task while it waits). Walks the queue only when such a release exists.
+    fn note_waiting(&mut self) {
+        let runnable = |r: i32| {
+            self.slots
+                .iter()
+                .any(|s| s.up && self.passed.get(&s.name).is_some_and(|p| p.contains(&r)))
+        };
+        let mut blocked: HashMap<i32, bool> = HashMap::new();
+        let mut newly = Vec::new();
+        for t in self.queue.facts() {
+            let Some(r) = t.release else { continue };
+            if !*blocked.entry(r).or_insert_with(|| !runnable(r)) {
+                continue;
+            }
+            if !self.waiting_noted.contains(t.task_id) {
+                newly.push((t.task_id.clone(), r));
+            }
+        }
+        for (task_id, r) in newly {
+            self.pipeline.recorder.do_send(RecordEvent {
+                task_id: task_id.clone(),
+                event: Event::new(
+                    "waiting",
+                    json!({ "reason": format!("no up backend passed release {r}") }),
+                ),
+            });
+            self.waiting_noted.insert(task_id);
         }
     }
 
@@ -305,6 +342,7 @@ impl Dispatcher {
     /// (deleted from its queue, or interrupted). Its terminal state is the caller's to record.
     fn withdraw(&mut self, task_id: &TaskId) {
         self.queue.forget(task_id.as_str());
+        self.waiting_noted.remove(task_id);
         let Some(i) = self.slots.iter().position(|s| s.held.contains_key(task_id)) else {
             return;
         };
