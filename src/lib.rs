@@ -3,7 +3,8 @@
 //! # Layout
 //! From the top layer down; a module uses only those below it (`src/tests/layers.rs` checks it).
 //! - [`cli`]: the operator commands; [`startup`]: builds and runs the application.
-//! - [`routes`]: the HTTP API, over [`intake`], the submit service.
+//! - [`routes`]: the HTTP API, over [`intake`], the submit service, and [`deploy`], the deployer
+//!   (a release checked on each backend, recorded as a deployment).
 //! - [`dispatch`]: the `Dispatcher` (durable queue, routing) and one `Backend` actor per ComfyUI server.
 //! - [`postprocess`]: actors after execution: `Uploader`, `Recorder` (the one database writer),
 //!   `Cleaner`, `Notifier`; [`access`]: API keys and who may see what; [`readiness`]: every
@@ -26,6 +27,7 @@ pub mod comfy;
 pub mod config;
 pub mod db;
 pub mod db_health;
+pub mod deploy;
 pub mod dispatch;
 pub mod dotenv;
 pub mod entity;

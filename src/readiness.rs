@@ -2,7 +2,8 @@
 //! parallel, each result recorded in `backend_checks`. The check itself is `release::check`'s;
 //! this module adds what it may not use (the settings' backend list, the database). Called by
 //! `GET {prefix}/releases/{version}/readiness` (`routes::releases`) and `comfyd release check`
-//! (`cli::release`). Passing does not gate traffic yet: nothing reads these rows to route.
+//! (`cli::release`), and, one backend at a time, by the deployer ([`check_one`], `deploy`). A
+//! check made here gates nothing; a deployment's checks do (`deploy`).
 //!
 //! Backend URLs come from the configuration only, never from a request: a check makes comfyd call
 //! them and queue prompts there.
@@ -80,36 +81,12 @@ pub async fn check_release(
     let row = db::releases::get(db, version)
         .await?
         .ok_or(ReadinessError::NotFound(version))?;
-    let stored = |detail: String| ReadinessError::Stored { version, detail };
-    let files: Vec<WorkflowFiles> =
-        serde_json::from_str(&row.files).map_err(|e| stored(e.to_string()))?;
-    let snapshot = Snapshot::from_files(files).map_err(|e| stored(e.to_string()))?;
-    let smoke_count = snapshot
-        .workflow_set()
-        .map(|set| set.iter().filter(|w| w.smoke.is_some()).count())
-        .unwrap_or(0) as u32;
-    let bound = environment::READ_TIMEOUT + options.smoke_timeout * smoke_count + SLACK;
-    let http_timeout = Duration::from_millis(settings.comfyui.http_timeout_ms);
-    let limits = settings.comfyui_limits.limits();
-    let checks = settings.comfyui.endpoints.iter().map(|url| {
-        let snapshot = &snapshot;
-        async move {
-            let client = ComfyClient::new(url, http_timeout).with_limits(limits);
-            let check = match tokio::time::timeout(bound, check_backend(&client, snapshot, options))
-                .await
-            {
-                Ok(check) => check,
-                Err(_) => BackendCheck {
-                    passed: false,
-                    reasons: vec![format!("the check took longer than {} s", bound.as_secs())],
-                    missing: Missing::default(),
-                    comfyui_version: None,
-                    checked_at: Utc::now(),
-                },
-            };
-            (url.trim_end_matches('/').to_string(), check)
-        }
-    });
+    let snapshot = snapshot_of(&row)?;
+    let checks = settings
+        .comfyui
+        .endpoints
+        .iter()
+        .map(|url| check_one(settings, &snapshot, url, options));
     let results = join_all(checks).await;
     let mut backends = Vec::with_capacity(results.len());
     for (backend, check) in results {
@@ -127,4 +104,42 @@ pub async fn check_release(
         release: version,
         backends,
     })
+}
+
+/// The snapshot of a stored release.
+pub fn snapshot_of(row: &crate::entity::release::Model) -> Result<Snapshot, ReadinessError> {
+    let version = row.version;
+    let stored = |detail: String| ReadinessError::Stored { version, detail };
+    let files: Vec<WorkflowFiles> =
+        serde_json::from_str(&row.files).map_err(|e| stored(e.to_string()))?;
+    Snapshot::from_files(files).map_err(|e| stored(e.to_string()))
+}
+
+/// Checks one configured backend (`url`) against `snapshot`, bounded as a whole; (its name, the
+/// result). Not recorded: the caller does that. Also used by the deployer (`deploy`).
+pub async fn check_one(
+    settings: &Settings,
+    snapshot: &Snapshot,
+    url: &str,
+    options: CheckOptions,
+) -> (String, BackendCheck) {
+    let smoke_count = snapshot
+        .workflow_set()
+        .map(|set| set.iter().filter(|w| w.smoke.is_some()).count())
+        .unwrap_or(0) as u32;
+    let bound = environment::READ_TIMEOUT + options.smoke_timeout * smoke_count + SLACK;
+    let http_timeout = Duration::from_millis(settings.comfyui.http_timeout_ms);
+    let limits = settings.comfyui_limits.limits();
+    let client = ComfyClient::new(url, http_timeout).with_limits(limits);
+    let check = match tokio::time::timeout(bound, check_backend(&client, snapshot, options)).await {
+        Ok(check) => check,
+        Err(_) => BackendCheck {
+            passed: false,
+            reasons: vec![format!("the check took longer than {} s", bound.as_secs())],
+            missing: Missing::default(),
+            comfyui_version: None,
+            checked_at: Utc::now(),
+        },
+    };
+    (url.trim_end_matches('/').to_string(), check)
 }

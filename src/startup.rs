@@ -158,6 +158,8 @@ impl Application {
                 cleanup: settings.cleanup.enabled,
             })
             .collect();
+        // Which releases each backend passed, before it is attached and anything is routed.
+        crate::deploy::send_gates(&db, &dispatcher.clone().recipient()).await?;
         dispatcher.send(AttachBackends(backends)).await?;
         let keys = start_api_keys(&settings, &db).await?;
 
@@ -182,6 +184,15 @@ impl Application {
             accepting: accepting.clone(),
             db_health: db_health.clone(),
         };
+        let deployer = crate::deploy::Deployer::new(
+            db.clone(),
+            settings.clone(),
+            workflows.clone(),
+            dispatcher.clone().recipient(),
+            dispatcher.clone().recipient(),
+        );
+        deployer.serve_at_start().await?;
+        deployer.resume().await?;
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             db,
@@ -197,6 +208,7 @@ impl Application {
                 Duration::from_millis(settings.limits.in_flight_wait_ms),
             ),
             intake,
+            deployer,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -355,13 +367,15 @@ fn reload_workflows(state: &AppState) {
     notify(&[sd_notify::NotifyState::Reloading]);
     match WorkflowSet::load_dir(&state.settings.workflows.dir) {
         Ok(set) => {
-            info!(
-                count = set.len(),
-                "SIGHUP: reloaded {} workflows",
-                set.len()
-            );
-            crate::metrics::know_workflows(set.iter().map(|w| w.name.as_str()));
-            state.workflows.replace(set);
+            let count = set.len();
+            let names: Vec<String> = set.iter().map(|w| w.name.clone()).collect();
+            if state.workflows.replace(set) {
+                crate::metrics::know_workflows(names.iter().map(String::as_str));
+                info!(count, "SIGHUP: reloaded {count} workflows");
+            } else {
+                // What is served changes by a deployment only; the folder is what a publish reads.
+                warn!("SIGHUP: a release is served, not the workflows folder: nothing reloaded");
+            }
         }
         Err(e) => error!("SIGHUP: workflows not reloaded, keeping the previous set:\n{e}"),
     }

@@ -6,6 +6,7 @@ mod m20261124_000001_create_tables;
 mod m20261203_000010_task_owner_and_api_keys;
 mod m20261204_000020_create_releases;
 mod m20261204_000030_create_backend_checks;
+mod m20261204_000040_create_deployments;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_task_owner_and_api_keys::Migration),
             Box::new(m20261204_000020_create_releases::Migration),
             Box::new(m20261204_000030_create_backend_checks::Migration),
+            Box::new(m20261204_000040_create_deployments::Migration),
         ]
     }
 }

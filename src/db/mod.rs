@@ -10,7 +10,8 @@
 //! - [`appends`]: [`appends::Appends`], the rows a transaction adds to those tables at its end;
 //! - [`api_keys`]: the `api_key` table;
 //! - [`releases`]: the `releases` table (written straight to the pool: see there why);
-//! - [`backend_checks`]: the `backend_checks` table (readiness; straight to the pool too).
+//! - [`backend_checks`]: the `backend_checks` table (readiness; straight to the pool too);
+//! - [`deployments`]: the `deployments` and `deployment_backends` tables (straight to the pool).
 //!
 //! Writes are made by the `Recorder` actor only (`postprocess::recorder`: one writer, in order,
 //! inside its transactions: the write functions here open none); readers (routes, recovery, the
@@ -23,6 +24,7 @@ pub mod appends;
 pub mod backend_checks;
 pub mod connect;
 pub mod deliveries;
+pub mod deployments;
 pub mod events;
 pub mod outputs;
 pub mod releases;

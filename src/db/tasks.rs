@@ -37,6 +37,8 @@ pub struct NewTask {
     pub owner: Option<String>,
     /// The prompt id its first attempt runs under, chosen at submit so the answer can carry it.
     pub prompt_id: Option<String>,
+    /// The served release it was accepted under (None: the workflows folder was served).
+    pub release_version: Option<i32>,
 }
 
 /// What inserting a task came to.
@@ -123,6 +125,7 @@ fn new_task_row(t: &NewTask, now: DateTime<Utc>) -> task::Model {
         started_at: None,
         finished_at: None,
         owner: t.owner.clone(),
+        release_version: t.release_version,
     }
 }
 
@@ -462,13 +465,17 @@ pub async fn list(
 }
 
 /// Queued tasks in dispatch order (priority first, then age), with the prompt id each will run
-/// under: how the Dispatcher rebuilds its queue.
-pub async fn queued(db: &DatabaseConnection) -> Result<Vec<(String, i32, Option<String>)>, DbErr> {
-    let rows: Vec<(String, i32, Option<String>)> = task::Entity::find()
+/// under and the release it was accepted under: how the Dispatcher rebuilds its queue.
+#[allow(clippy::type_complexity)]
+pub async fn queued(
+    db: &DatabaseConnection,
+) -> Result<Vec<(String, i32, Option<String>, Option<i32>)>, DbErr> {
+    let rows: Vec<(String, i32, Option<String>, Option<i32>)> = task::Entity::find()
         .select_only()
         .column(task::Column::Id)
         .column(task::Column::Priority)
         .column(task::Column::ComfyuiTaskId)
+        .column(task::Column::ReleaseVersion)
         .filter(task::Column::Status.eq(Status::Queued.as_str()))
         .order_by_desc(task::Column::Priority)
         .order_by_asc(task::Column::CreatedAt)

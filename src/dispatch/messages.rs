@@ -54,6 +54,26 @@ pub struct Enqueue {
     pub priority: i32,
     /// The prompt id recorded with the task at submit.
     pub prompt_id: Option<PromptId>,
+    /// The release it was accepted under (None: runs on any backend).
+    pub release: Option<i32>,
+}
+
+/// From the deployer: `backend` is being checked (out of traffic: no new job) or no longer.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Checking {
+    pub backend: BackendName,
+    pub checking: bool,
+}
+
+/// From the deployer (and startup, from the database): whether `backend` may run tasks of
+/// `release` (it passed that release's check in a deployment, or failed it since).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ReleaseGate {
+    pub backend: BackendName,
+    pub release: i32,
+    pub passed: bool,
 }
 
 /// What a cancel came to.

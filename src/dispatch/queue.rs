@@ -14,6 +14,8 @@ pub struct QueueKey {
     neg_priority: i64,
     seq: u64,
     pub task_id: TaskId,
+    /// The release it was accepted under (None: runs anywhere); routing gates on it.
+    pub release: Option<i32>,
 }
 
 #[derive(Default)]
@@ -52,11 +54,23 @@ impl Queue {
 
     /// Adds a task at the end of its priority (the caller checked it is not queued already).
     pub fn push(&mut self, task_id: TaskId, priority: i32, prompt_id: Option<PromptId>) {
+        self.push_of(task_id, priority, prompt_id, None);
+    }
+
+    /// [`Queue::push`] of a task accepted under a release.
+    pub fn push_of(
+        &mut self,
+        task_id: TaskId,
+        priority: i32,
+        prompt_id: Option<PromptId>,
+        release: Option<i32>,
+    ) {
         self.seq += 1;
         let key = QueueKey {
             neg_priority: -(priority as i64),
             seq: self.seq,
             task_id,
+            release,
         };
         self.put_back(key, prompt_id);
     }
@@ -103,6 +117,7 @@ impl Queue {
         self.order.iter().map(|k| TaskFacts {
             task_id: &k.task_id,
             failed_on: self.avoid.get(&k.task_id).copied(),
+            release: k.release,
         })
     }
 }

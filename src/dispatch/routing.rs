@@ -3,17 +3,20 @@
 //! tested alone; the `Dispatcher` builds the facts from its state and applies the choice.
 //!
 //! The rules, in order:
-//! - a backend takes a job only while it is up, holds fewer than `max_in_flight` jobs, and is not
-//!   cooling down after it failed to take one ([`open`]);
+//! - a backend takes a job only while it is up, holds fewer than `max_in_flight` jobs, is not
+//!   cooling down after it failed to take one, and is not being checked by a deployment ([`open`]);
 //! - open backends are tried least loaded first (load: the jobs comfyd holds there, or the server's
 //!   own queue when others use it too), ties in round-robin order from the cursor, so a burst spreads;
-//! - each takes the first queued task it may run ([`may_run`]): a requeued task does not go back to
-//!   the backend it failed on while another backend is up.
+//! - each takes the first queued task it may run ([`may_run`]): a task of a release only where that
+//!   release passed the backend's check (a deployment's, #19; a task of no release runs anywhere),
+//!   and a requeued task does not go back to the backend it failed on while another backend is up.
+//!   A task no open backend may run is skipped, not waited on: the tasks behind it still go.
 //!
 //! A new requirement (say, a task runs only where its release passed the check) is one more field
 //! in [`BackendFacts`]/[`TaskFacts`] and one more condition in [`may_run`]; a preference (a backend
 //! with the task's models loaded) is one more term in the order. The actor does not change.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use crate::task::ids::TaskId;
@@ -28,6 +31,10 @@ pub struct BackendFacts {
     pub queue_remaining: u32,
     /// No new job before this: it just failed to take one.
     pub cool_until: Option<Instant>,
+    /// The releases whose tasks it may run: it passed their check in a deployment.
+    pub passed: BTreeSet<i32>,
+    /// A deployment is checking it: out of traffic until the check ends (its jobs carry on).
+    pub checking: bool,
 }
 
 impl BackendFacts {
@@ -43,6 +50,8 @@ pub struct TaskFacts<'a> {
     pub task_id: &'a TaskId,
     /// The backend (index) this task last failed on, when it was requeued after that.
     pub failed_on: Option<usize>,
+    /// The release it was accepted under; None: before releases were served (runs anywhere).
+    pub release: Option<i32>,
 }
 
 /// The next task to hand out and where.
@@ -57,7 +66,7 @@ pub struct Choice<'a> {
 
 /// Whether backend `b` takes a new job at all now.
 pub fn open(b: &BackendFacts, max_in_flight: usize, now: Instant) -> bool {
-    b.up && b.held < max_in_flight && b.cool_until.is_none_or(|t| t <= now)
+    b.up && !b.checking && b.held < max_in_flight && b.cool_until.is_none_or(|t| t <= now)
 }
 
 /// Whether another backend than `i` is up: a requeued task then goes there instead.
@@ -65,11 +74,14 @@ fn another_up(backends: &[BackendFacts], i: usize) -> bool {
     backends.iter().enumerate().any(|(j, b)| j != i && b.up)
 }
 
-/// Whether `task` may run on backend `i`, given whether another backend is up (asked once per
-/// backend, not once per queued task: the queue can hold thousands).
-pub fn may_run(i: usize, others_up: bool, task: &TaskFacts<'_>) -> bool {
+/// Whether `task` may run on backend `i` (`b`), given whether another backend is up (asked once
+/// per backend, not once per queued task: the queue can hold thousands).
+pub fn may_run(i: usize, b: &BackendFacts, others_up: bool, task: &TaskFacts<'_>) -> bool {
+    // A task of a release runs only where that release passed: never elsewhere, not even when
+    // no backend that passed is up (it waits).
+    let release_ok = task.release.is_none_or(|r| b.passed.contains(&r));
     // A requeued task goes elsewhere, unless no other backend is up (then back is better than never).
-    !others_up || task.failed_on != Some(i)
+    release_ok && (!others_up || task.failed_on != Some(i))
 }
 
 /// The next assignment: over the open backends, least loaded first (ties round-robin from
@@ -94,7 +106,10 @@ where
     candidates.sort_by_key(|&i| (backends[i].load(), (i + n - cursor) % n));
     for i in candidates {
         let others_up = another_up(backends, i);
-        if let Some(task) = queue.clone().find(|t| may_run(i, others_up, t)) {
+        if let Some(task) = queue
+            .clone()
+            .find(|t| may_run(i, &backends[i], others_up, t))
+        {
             return Some(Choice {
                 backend: i,
                 task_id: task.task_id,
@@ -130,6 +145,7 @@ mod tests {
             .map(|task_id| TaskFacts {
                 task_id,
                 failed_on: None,
+                release: None,
             })
             .collect()
     }
@@ -234,5 +250,56 @@ mod tests {
         assert_eq!(route(&[up(0), up(0)], &[], 0), None);
         let down = BackendFacts::default();
         assert_eq!(route(&[down.clone(), down], &fresh(&t), 0), None);
+    }
+
+    fn passed(held: usize, releases: &[i32]) -> BackendFacts {
+        BackendFacts {
+            passed: releases.iter().copied().collect(),
+            ..up(held)
+        }
+    }
+
+    #[test]
+    fn a_task_of_a_release_runs_only_where_that_release_passed() {
+        let t = ids(1);
+        let mut q = fresh(&t);
+        q[0].release = Some(2);
+        // Backend 0 is the least loaded but did not pass release 2: backend 1 gets it.
+        assert_eq!(
+            route(&[passed(0, &[1]), passed(1, &[1, 2])], &q, 0),
+            Some((1, "t0".into()))
+        );
+        // A backend that did not pass never gets it, even alone (requeued there, too).
+        assert_eq!(route(&[passed(0, &[1])], &q, 0), None);
+        q[0].failed_on = Some(0);
+        assert_eq!(route(&[passed(0, &[1])], &q, 0), None);
+        // A task of no release runs anywhere.
+        assert_eq!(route(&[up(0)], &fresh(&t), 0), Some((0, "t0".into())));
+    }
+
+    #[test]
+    fn a_task_no_up_backend_may_run_waits_without_blocking_the_others() {
+        let t = ids(3);
+        let mut q = fresh(&t);
+        q[0].release = Some(7);
+        q[2].release = Some(1);
+        let b = [passed(0, &[1])];
+        assert_eq!(route(&b, &q, 0), Some((0, "t1".into())));
+        assert_eq!(route(&b, &[q[0], q[2]], 0), Some((0, "t2".into())));
+        assert_eq!(route(&b, &q[..1], 0), None);
+    }
+
+    #[test]
+    fn a_backend_being_checked_takes_nothing_until_the_check_ends() {
+        let t = ids(1);
+        let checked = BackendFacts {
+            checking: true,
+            ..up(0)
+        };
+        assert_eq!(
+            route(&[checked.clone(), up(1)], &fresh(&t), 0),
+            Some((1, "t0".into()))
+        );
+        assert_eq!(route(std::slice::from_ref(&checked), &fresh(&t), 0), None);
     }
 }

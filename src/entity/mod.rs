@@ -3,6 +3,8 @@ pub mod api_key;
 pub mod backend_check;
 pub mod delivery;
 pub mod delivery_attempt;
+pub mod deployment;
+pub mod deployment_backend;
 pub mod output;
 pub mod release;
 pub mod task;

@@ -39,6 +39,9 @@ pub struct Model {
     /// The name of the API key that submitted the task (null without keys); only that key's name
     /// and admin keys see it.
     pub owner: Option<String>,
+    /// The release it was accepted under (`releases.version`); NULL: the workflows folder was
+    /// served. Its graph is stored above, so a later deployment does not change what it runs.
+    pub release_version: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

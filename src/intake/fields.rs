@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::outbound::Outbound;
-use crate::workflow::{list_unknown, Catalog, FieldError, Workflow};
+use crate::workflow::{list_unknown, FieldError, Workflow, WorkflowSet};
 
 /// The fields of a submit, once their JSON types are checked.
 pub(super) struct Fields {
@@ -27,15 +27,15 @@ pub(super) fn field_err(field: &str, reason: impl Into<String>) -> FieldError {
 /// The workflow the original format's `service_type` names, if it is loaded; otherwise the problem
 /// is added to `errors`.
 pub(super) fn service_type(
-    catalog: &Catalog,
+    set: &WorkflowSet,
     obj: &Map<String, Value>,
     errors: &mut Vec<FieldError>,
 ) -> Option<Arc<Workflow>> {
     match obj.get("service_type") {
         Some(Value::String(s)) => {
-            let found = catalog.current().get(s).cloned();
+            let found = set.get(s).cloned();
             if found.is_none() {
-                let known: Vec<String> = catalog.current().iter().map(|w| w.name.clone()).collect();
+                let known: Vec<String> = set.iter().map(|w| w.name.clone()).collect();
                 // The name is the client's text, perhaps megabytes of it: echoed cut short.
                 let shown: String = s.chars().take(64).collect();
                 errors.push(field_err(

@@ -117,11 +117,14 @@ impl Intake {
             caller,
             held,
         } = submission;
+        // One read of what is served: the workflow is looked up in it and the task stamped with
+        // its release, even if a deployment replaces it meanwhile.
+        let served = self.catalog.served();
         // A typed route's workflow is looked up before its body is.
         let named = match target {
             Target::Named(name) => Some(
-                self.catalog
-                    .current()
+                served
+                    .set
                     .get(name.as_str())
                     .cloned()
                     .ok_or(IntakeError::UnknownWorkflow(name))?,
@@ -139,7 +142,7 @@ impl Intake {
                 (workflow, fields)
             }
             None => {
-                let workflow = fields::service_type(&self.catalog, obj, &mut errors);
+                let workflow = fields::service_type(&served.set, obj, &mut errors);
                 let fields =
                     fields::read_common(&self.outbound, obj, &["service_type"], &mut errors);
                 let (Some(workflow), Some(fields)) = (workflow, fields) else {
@@ -149,7 +152,7 @@ impl Intake {
             }
         };
         let (record, created) = self
-            .accept(&caller, &workflow, fields, errors, held)
+            .accept(&caller, &workflow, served.release, fields, errors, held)
             .await?;
         Ok(Accepted { record, created })
     }
@@ -161,6 +164,7 @@ impl Intake {
         &self,
         caller: &Caller,
         workflow: &Workflow,
+        release: Option<i32>,
         s: Fields,
         mut errors: Vec<FieldError>,
         held: &mut Reservation,
@@ -285,6 +289,7 @@ impl Intake {
                 request_hash: &request_hash,
                 inputs: &inputs,
                 owner: caller.owner(),
+                release,
             },
         )?;
         match self.insert(new).await? {
@@ -294,6 +299,7 @@ impl Intake {
                     task_id: task.id.clone().into(),
                     priority: task.priority,
                     prompt_id: task.comfyui_task_id.clone().map(Into::into),
+                    release: task.release_version,
                 });
                 tracing::info!(task.id = %task.id, workflow = %task.workflow, "task {} accepted", task.id);
                 Ok((TaskRecord::new(&task, &[]), true))

@@ -20,6 +20,8 @@ pub(super) struct Recorded<'a> {
     pub request_hash: &'a str,
     pub inputs: &'a [InputFile],
     pub owner: Option<String>,
+    /// The served release it is accepted under (None: the workflows folder).
+    pub release: Option<i32>,
 }
 
 /// The row of a newly accepted task: its graph rendered, its params as stored (values and the names
@@ -52,6 +54,7 @@ pub(super) fn new_task(
         owner: r.owner,
         // Chosen now, so the answer carries the id the task runs under (the original's answer did).
         prompt_id: Some(uuid::Uuid::new_v4().to_string()),
+        release_version: r.release,
     })
 }
 
@@ -82,6 +85,7 @@ impl Intake {
                     prompt_id: task.comfyui_task_id.clone().map(Into::into),
                     task_id: task.id.into(),
                     priority: task.priority,
+                    release: task.release_version,
                 });
             }
         });

@@ -9,6 +9,8 @@
 //! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus)
 //! - `POST {prefix}/releases`, `GET {prefix}/releases`, `GET {prefix}/releases/{version}`,
 //!   `GET {prefix}/releases/{version}/readiness` (admin)
+//! - `POST {prefix}/deployments`, `GET {prefix}/deployments`, `GET {prefix}/deployments/{id}`,
+//!   `POST {prefix}/deployments/{id}/cancel` (admin)
 //! - `GET /openapi.json` (the OpenAPI document), `GET /docs` (it as a page), `GET /docs/ui.js`: at the
 //!   root like the original's, and the same under the prefix
 //!
@@ -16,6 +18,7 @@
 
 pub mod auth;
 pub mod deliveries;
+pub mod deployments;
 pub mod docs;
 pub mod error;
 pub mod health;
@@ -62,6 +65,8 @@ pub struct AppState {
     pub budget: MemoryBudget,
     /// The submit service the submit routes hand their bodies to.
     pub intake: Intake,
+    /// Runs deployments (`POST {prefix}/deployments`).
+    pub deployer: crate::deploy::Deployer,
 }
 
 impl AppState {
@@ -107,6 +112,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
                 .route(
                     "/releases/{version}/readiness",
                     web::get().to(releases::readiness),
+                )
+                .route("/deployments", web::post().to(deployments::create))
+                .route("/deployments", web::get().to(deployments::list))
+                .route("/deployments/{id}", web::get().to(deployments::get))
+                .route(
+                    "/deployments/{id}/cancel",
+                    web::post().to(deployments::cancel),
                 )
                 .route("/openapi.json", web::get().to(openapi::openapi_json))
                 .route("/docs", web::get().to(docs::page))

@@ -1,7 +1,7 @@
 //! Releases over HTTP (admin keys): publish the workflows folder as a release, list releases, show
 //! one, check every configured backend against one (readiness, `crate::readiness`). The checks and the snapshot are `release`'s, the rows `db::releases`'s; the same as
-//! `comfyd release` (`cli::release`). Serving a release is later work: publishing changes nothing
-//! that is served.
+//! `comfyd release` (`cli::release`). Publishing changes nothing that is served: a deployment
+//! does (`routes::deployments`).
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;

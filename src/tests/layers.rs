@@ -40,6 +40,10 @@ const LAYERS: &[(&str, u8)] = &[
     // may use neither config nor db); used by routes and cli.
     ("readiness", 3),
     ("dispatch", 4),
+    // Deployments: the deployer runs readiness checks for a deployment and records them in `db`;
+    // above dispatch (it will tell the dispatcher which releases a backend passed). Used by
+    // routes and startup.
+    ("deploy", 5),
     // The submit service, the HTTP API over it, the wiring, the operator commands.
     ("intake", 5),
     ("routes", 6),

@@ -7,6 +7,7 @@ mod blob;
 mod chaos;
 mod db;
 mod db_outage;
+mod deployments;
 mod hostile_backend;
 mod layers;
 mod metrics;

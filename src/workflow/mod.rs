@@ -33,7 +33,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, Served};
 pub use check::check_against_object_info;
 pub use image::{set_image, sniff_image, ImageParam, ImageSource};
 pub use params::{

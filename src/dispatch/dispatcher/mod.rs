@@ -20,7 +20,7 @@ mod deadlines;
 mod outcomes;
 mod recovery;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,14 +32,15 @@ use tracing::{error, info};
 
 use super::backend::Backend;
 use super::messages::{
-    AttachBackends, BackendState, BackendView, Cancel, CancelOutcome, CancelTask, DispatchError,
-    Enqueue, Reconcile, Reports, Run, Snapshot, SnapshotView, StopDispatching,
+    AttachBackends, BackendState, BackendView, Cancel, CancelOutcome, CancelTask, Checking,
+    DispatchError, Enqueue, Reconcile, ReleaseGate, Reports, Run, Snapshot, SnapshotView,
+    StopDispatching,
 };
 use super::queue::{Queue, QueueKey};
 use super::routing::{self, BackendFacts};
 use crate::db::{events::Event, tasks::TaskPatch};
 use crate::postprocess::cleaner::{CleanFiles, RegisterBackend};
-use crate::postprocess::recorder::Claim;
+use crate::postprocess::recorder::{Claim, RecordEvent};
 use crate::postprocess::Pipeline;
 use crate::task::ids::{BackendName, PromptId, TaskId};
 use crate::task::{error_code, InputFile, Status};
@@ -73,12 +74,14 @@ struct Slot {
 }
 
 impl Slot {
-    fn facts(&self) -> BackendFacts {
+    fn facts(&self, passed: Option<&BTreeSet<i32>>, checking: bool) -> BackendFacts {
         BackendFacts {
             up: self.up,
             held: self.held.len(),
             queue_remaining: self.queue_remaining,
             cool_until: self.cool_until,
+            passed: passed.cloned().unwrap_or_default(),
+            checking,
         }
     }
 }
@@ -95,6 +98,14 @@ pub struct Dispatcher {
     /// A reconciliation is under way; `reconcile_again`: another outage ended meanwhile.
     reconciling: bool,
     reconcile_again: bool,
+    /// The releases each backend passed (`ReleaseGate`), by name: known before the backends are
+    /// attached (startup sends them first).
+    passed: HashMap<BackendName, BTreeSet<i32>>,
+    /// The backends a deployment is checking now (`Checking`): no new jobs there meanwhile.
+    checking: HashSet<BackendName>,
+    /// Queued tasks whose `waiting` event (no up backend passed their release) is recorded: one
+    /// event per wait, not one per routing pass.
+    waiting_noted: HashSet<TaskId>,
 }
 
 impl Dispatcher {
@@ -109,15 +120,24 @@ impl Dispatcher {
             accepting: true,
             reconciling: false,
             reconcile_again: false,
+            passed: HashMap::new(),
+            checking: HashSet::new(),
+            waiting_noted: HashSet::new(),
         }
     }
 
     /// Queues a task unless it is queued or held already; answers whether it was queued now.
-    fn push(&mut self, task_id: TaskId, priority: i32, prompt_id: Option<PromptId>) -> bool {
+    fn push(
+        &mut self,
+        task_id: TaskId,
+        priority: i32,
+        prompt_id: Option<PromptId>,
+        release: Option<i32>,
+    ) -> bool {
         if self.queue.contains(task_id.as_str()) || self.holds(task_id.as_str()) {
             return false;
         }
-        self.queue.push(task_id, priority, prompt_id);
+        self.queue.push_of(task_id, priority, prompt_id, release);
         true
     }
 
@@ -128,7 +148,11 @@ impl Dispatcher {
 
     /// The next task and the backend (slot) it goes to: see [`routing::next_assignment`].
     fn next_assignment(&mut self) -> Option<(usize, TaskId)> {
-        let backends: Vec<BackendFacts> = self.slots.iter().map(Slot::facts).collect();
+        let backends: Vec<BackendFacts> = self
+            .slots
+            .iter()
+            .map(|s| s.facts(self.passed.get(&s.name), self.checking.contains(&s.name)))
+            .collect();
         let choice = routing::next_assignment(
             &backends,
             self.queue.facts(),
@@ -148,6 +172,7 @@ impl Dispatcher {
             let Some((key, prompt_id)) = self.queue.take(task_id.as_str()) else {
                 break; // routing chooses among queued tasks only
             };
+            self.waiting_noted.remove(&task_id);
             let prompt_id = prompt_id.unwrap_or_else(PromptId::new);
             self.slots[i].held.insert(
                 task_id,
@@ -158,6 +183,38 @@ impl Dispatcher {
                 },
             );
             self.hand_over(i, key, prompt_id, ctx);
+        }
+        self.note_waiting();
+    }
+
+    /// Records a `waiting` event on each queued task of a release no up backend passed (once per
+    /// task while it waits). Walks the queue only when such a release exists.
+    fn note_waiting(&mut self) {
+        let runnable = |r: i32| {
+            self.slots
+                .iter()
+                .any(|s| s.up && self.passed.get(&s.name).is_some_and(|p| p.contains(&r)))
+        };
+        let mut blocked: HashMap<i32, bool> = HashMap::new();
+        let mut newly = Vec::new();
+        for t in self.queue.facts() {
+            let Some(r) = t.release else { continue };
+            if !*blocked.entry(r).or_insert_with(|| !runnable(r)) {
+                continue;
+            }
+            if !self.waiting_noted.contains(t.task_id) {
+                newly.push((t.task_id.clone(), r));
+            }
+        }
+        for (task_id, r) in newly {
+            self.pipeline.recorder.do_send(RecordEvent {
+                task_id: task_id.clone(),
+                event: Event::new(
+                    "waiting",
+                    json!({ "reason": format!("no up backend passed release {r}") }),
+                ),
+            });
+            self.waiting_noted.insert(task_id);
         }
     }
 
@@ -290,6 +347,7 @@ impl Dispatcher {
     /// (deleted from its queue, or interrupted). Its terminal state is the caller's to record.
     fn withdraw(&mut self, task_id: &TaskId) {
         self.queue.forget(task_id.as_str());
+        self.waiting_noted.remove(task_id);
         let Some(i) = self.slots.iter().position(|s| s.held.contains_key(task_id)) else {
             return;
         };
@@ -367,7 +425,34 @@ impl Handler<Enqueue> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
-        self.push(msg.task_id, msg.priority, msg.prompt_id);
+        self.push(msg.task_id, msg.priority, msg.prompt_id, msg.release);
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<Checking> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Checking, ctx: &mut Context<Self>) {
+        if msg.checking {
+            self.checking.insert(msg.backend);
+        } else {
+            self.checking.remove(&msg.backend);
+        }
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<ReleaseGate> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseGate, ctx: &mut Context<Self>) {
+        let set = self.passed.entry(msg.backend).or_default();
+        if msg.passed {
+            set.insert(msg.release);
+        } else {
+            set.remove(&msg.release);
+        }
         self.dispatch(ctx);
     }
 }

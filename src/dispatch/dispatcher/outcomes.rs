@@ -66,7 +66,7 @@ impl Dispatcher {
         .into_actor(self)
         .map(|res, act, ctx| match res {
             Ok(Some((task, true, next))) => {
-                act.push(task.id.into(), task.priority, next);
+                act.push(task.id.into(), task.priority, next, task.release_version);
                 act.dispatch(ctx);
             }
             Ok(Some((task, false, _))) => {

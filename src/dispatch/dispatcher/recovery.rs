@@ -22,7 +22,7 @@ use crate::task::Status;
 /// executed ones (outputs being stored).
 struct Unfinished {
     /// (id, priority, the prompt id its next attempt runs under)
-    queued: Vec<(String, i32, Option<String>)>,
+    queued: Vec<(String, i32, Option<String>, Option<i32>)>,
     on_backend: Vec<crate::entity::task::Model>,
     executed: Vec<crate::entity::task::Model>,
 }
@@ -99,8 +99,8 @@ impl Dispatcher {
     /// (the Uploader skips tasks it is storing).
     fn resume(&mut self, unfinished: Unfinished, what: &str, ctx: &mut Context<Self>) {
         let (mut nq, mut nb, ne) = (0, 0, unfinished.executed.len());
-        for (id, priority, prompt_id) in unfinished.queued {
-            nq += usize::from(self.push(id.into(), priority, prompt_id.map(Into::into)));
+        for (id, priority, prompt_id, release) in unfinished.queued {
+            nq += usize::from(self.push(id.into(), priority, prompt_id.map(Into::into), release));
         }
         for t in unfinished.on_backend {
             if self.holds(&t.id) {

@@ -56,6 +56,7 @@ fn insert(task: &str) -> Write {
         deadline_at: Utc::now(),
         owner: None,
         prompt_id: None,
+        release_version: None,
     })
 }
 

@@ -67,6 +67,10 @@ the `admin` role. `/healthz`, `/readyz`, `/metrics`, this document and `/docs` s
         super::releases::list,
         super::releases::get,
         super::releases::readiness,
+        super::deployments::create,
+        super::deployments::list,
+        super::deployments::get,
+        super::deployments::cancel,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
@@ -82,6 +86,7 @@ the `admin` role. `/healthz`, `/readyz`, `/metrics`, this document and `/docs` s
         (name = "Deliveries", description = "The webhooks comfyd sent for a task"),
         (name = "Workflows", description = "What can be run"),
         (name = "Releases", description = "Immutable snapshots of the workflows folder"),
+        (name = "Deployments", description = "A release checked on each backend, one deployment at a time"),
         (name = "Service", description = "comfyd itself and its ComfyUI servers"),
         (name = "Docs", description = "This document and its page"),
     )

@@ -45,6 +45,7 @@ pub fn new_task(id: &str, callback: Option<&str>) -> NewTask {
         deadline_at: Utc::now() + chrono::Duration::minutes(5),
         owner: None,
         prompt_id: None,
+        release_version: None,
     }
 }
 

@@ -74,6 +74,7 @@ fn new_task(id: &str, client_task_id: Option<&str>, callback: bool) -> NewTask {
         deadline_at: at(3600),
         owner: Some("key-1".into()),
         prompt_id: Some(format!("p-{id}")),
+        release_version: None,
     }
 }
 
