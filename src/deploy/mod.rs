@@ -36,7 +36,7 @@ use crate::db::deployments::{BackendState, State};
 use crate::dispatch::messages::{Checking, ReleaseGate};
 use crate::readiness;
 use crate::release::CheckOptions;
-use crate::workflow::Catalog;
+use crate::workflow::{Catalog, WorkflowSet};
 
 /// Starts and resumes deployments; cheap to clone.
 #[derive(Clone)]
@@ -117,21 +117,28 @@ impl Deployer {
 
     /// Puts release `version`'s workflow set in the catalog; Err(why) when it does not load.
     async fn serve(&self, version: i32) -> Result<Result<(), String>, DbErr> {
+        Ok(self.load(version).await?.map(|set| self.put(set, version)))
+    }
+
+    /// Release `version`'s workflow set, built from its stored files; Err(why) when it does not load.
+    async fn load(&self, version: i32) -> Result<Result<WorkflowSet, String>, DbErr> {
         let Some(row) = db::releases::get(&self.db, version).await? else {
             return Ok(Err(format!("no release {version}")));
         };
-        let set = readiness::snapshot_of(&row)
+        Ok(readiness::snapshot_of(&row)
             .map_err(|e| e.to_string())
-            .and_then(|s| s.workflow_set().map_err(|e| e.to_string()));
-        Ok(set.map(|set| {
-            info!(
-                release = version,
-                workflows = set.len(),
-                "serving release {version}"
-            );
-            crate::metrics::know_workflows(set.iter().map(|w| w.name.as_str()));
-            self.catalog.serve_release(set, version);
-        }))
+            .and_then(|s| s.workflow_set().map_err(|e| e.to_string())))
+    }
+
+    /// Serves `set` as release `version` from now on.
+    fn put(&self, set: WorkflowSet, version: i32) {
+        info!(
+            release = version,
+            workflows = set.len(),
+            "serving release {version}"
+        );
+        crate::metrics::know_workflows(set.iter().map(|w| w.name.as_str()));
+        self.catalog.serve_release(set, version);
     }
 
     /// The configured backends' names, as deployments record them.
@@ -282,14 +289,34 @@ impl Deployer {
             self.tell(backend, release, true).await?;
             db::deployments::set_backend(db, id, backend, BackendState::Switched, None).await?;
         }
-        if db::deployments::transition(db, id, &[State::Rolling], State::Succeeded, None).await? {
-            // Loaded and checked above (`snapshot`): it loads.
-            if let Err(e) = self.serve(release).await? {
-                warn!(
-                    deployment = id,
-                    release, "a succeeded release is not served: {e}"
-                );
+        // The release is served before its deployment reads `succeeded`, so a client that saw it
+        // succeed submits under it; put back as it was if the deployment was cancelled meanwhile
+        // or its end could not be recorded (then it is resumed at the next start).
+        let set = match self.load(release).await? {
+            Ok(set) => set,
+            Err(e) => {
+                // Loaded and checked above (`snapshot`), so only a row changed under us.
+                let reason = format!("release {release} does not load: {e}");
+                db::deployments::transition(
+                    db,
+                    id,
+                    &[State::Rolling],
+                    State::Failed,
+                    Some(&reason),
+                )
+                .await?;
+                warn!(deployment = id, release, "deployment failed: {reason}");
+                return Ok(());
             }
+        };
+        let before = self.catalog.served();
+        self.put(set, release);
+        let ended = db::deployments::transition(db, id, &[State::Rolling], State::Succeeded, None)
+            .await
+            .inspect_err(|_| self.catalog.restore(before.clone()))?;
+        if !ended {
+            self.catalog.restore(before);
+        } else {
             info!(
                 deployment = id,
                 release,

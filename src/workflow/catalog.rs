@@ -56,6 +56,14 @@ impl Catalog {
         true
     }
 
+    /// Serves what was served before (a deployment that did not end as it began to serve).
+    pub fn restore(&self, served: Served) {
+        match self.0.write() {
+            Ok(mut g) => *g = served,
+            Err(p) => *p.into_inner() = served,
+        }
+    }
+
     /// Serves release `version`'s set from now on.
     pub fn serve_release(&self, set: WorkflowSet, version: i32) {
         let served = Served {
