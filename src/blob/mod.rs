@@ -1,7 +1,9 @@
 //! Where outputs go: an S3-compatible bucket or a local folder.
 //!
 //! [`BlobStore`] is the one place that writes output bytes; the `Uploader` (in `postprocess`) calls
-//! [`BlobStore::put`] for every output image and `/healthz` calls [`BlobStore::check`]. Writes are idempotent
+//! [`BlobStore::put`] for every output image and `/healthz` calls [`BlobStore::check`]. The task routes
+//! ask it where a stored output can be read: [`BlobStore::presigned_get`] (S3) or
+//! [`BlobStore::local_path`] (local). Writes are idempotent
 //! (same key, same result), so post-processing can retry them freely.
 //!
 //! The S3 client is built without the SDK's default features (one TLS library: rustls with ring),
@@ -28,6 +30,7 @@ use aws_sdk_s3::config::{
     StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use bytes::Bytes;
@@ -379,6 +382,50 @@ impl BlobStore {
                 bucket, key_prefix, ..
             } => format!("s3://{bucket}/{key_prefix}"),
         }
+    }
+
+    /// A presigned `GetObject` URL for `key` (prefix applied), valid for `expiry`; `None` for the
+    /// local store, whose files the API serves itself. Signing is local work: no network.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<Option<String>, BlobError> {
+        validate_key(key)?;
+        let BlobStore::S3 {
+            client,
+            thread,
+            bucket,
+            key_prefix,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let config = PresigningConfig::expires_in(expiry).map_err(|e| BlobError::S3 {
+            operation: "PresignGetObject",
+            message: e.to_string(),
+            status: None,
+            transient: false,
+        })?;
+        let request = client
+            .get_object()
+            .bucket(bucket)
+            .key(full_key(key_prefix, key))
+            .presigned(config);
+        let presigned = thread.call("PresignGetObject", request).await?;
+        Ok(Some(presigned.uri().to_owned()))
+    }
+
+    /// The file that holds `key` in the local store (checked to stay under its folder); `None` for
+    /// S3. Blocking: it asks the filesystem.
+    pub fn local_path(&self, key: &str) -> Option<Result<PathBuf, BlobError>> {
+        let BlobStore::Local { root } = self else {
+            return None;
+        };
+        Some(
+            validate_key(key)
+                .and_then(|()| crate::paths::join_under(root, key).map_err(BlobError::from)),
+        )
     }
 
     /// `"s3"` or `"local"`, for metrics and logs.
