@@ -42,6 +42,10 @@ const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const S3_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts per S3 operation (the first one included), with the SDK's standard backoff.
 const S3_MAX_ATTEMPTS: u32 = 3;
+/// Presigned URLs made within one such window are the same (see [`BlobStore::presigned_get`]).
+const PRESIGN_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a presigned URL may last (SigV4's limit).
+const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// S3 refuses longer keys; refusing them here gives a clearer error.
 const MAX_KEY_LEN: usize = 1024;
 
@@ -401,12 +405,24 @@ impl BlobStore {
         else {
             return Ok(None);
         };
-        let config = PresigningConfig::expires_in(expiry).map_err(|e| BlobError::S3 {
-            operation: "PresignGetObject",
-            message: e.to_string(),
-            status: None,
-            transient: false,
-        })?;
+        // Signed as of the start of the current minute, and valid that much longer: the URLs made
+        // within one minute are the same (a client or cache keeps one image under one URL, and a
+        // webhook's record matches the API's), and each lasts at least `expiry` from now.
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let window_start = secs - secs % PRESIGN_WINDOW.as_secs();
+        let config = PresigningConfig::builder()
+            .start_time(std::time::UNIX_EPOCH + Duration::from_secs(window_start))
+            .expires_in((expiry + PRESIGN_WINDOW).min(MAX_PRESIGN_EXPIRY))
+            .build()
+            .map_err(|e| BlobError::S3 {
+                operation: "PresignGetObject",
+                message: e.to_string(),
+                status: None,
+                transient: false,
+            })?;
         let request = client
             .get_object()
             .bucket(bucket)
