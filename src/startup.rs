@@ -80,7 +80,7 @@ impl Application {
 
         let storage = Arc::new(build_store(&settings)?);
         info!("outputs go to {}", storage.describe());
-        let urls = crate::task::OutputUrls::new(
+        let urls = crate::blob::OutputUrls::new(
             storage.clone(),
             &settings.server.route_prefix,
             Duration::from_secs(settings.storage.presign_expiry_secs),

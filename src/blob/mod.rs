@@ -3,7 +3,7 @@
 //! [`BlobStore`] is the one place that writes output bytes; the `Uploader` (in `postprocess`) calls
 //! [`BlobStore::put`] for every output image and `/healthz` calls [`BlobStore::check`]. The task routes
 //! ask it where a stored output can be read: [`BlobStore::presigned_get`] (S3) or
-//! [`BlobStore::local_path`] (local). Writes are idempotent
+//! [`BlobStore::local_path`] (local); [`urls::OutputUrls`] turns that into the records' `url`s. Writes are idempotent
 //! (same key, same result), so post-processing can retry them freely.
 //!
 //! The S3 client is built without the SDK's default features (one TLS library: rustls with ring),
@@ -15,6 +15,7 @@
 
 #[cfg(test)]
 mod tests;
+pub mod urls;
 
 use std::fmt;
 use std::io;
@@ -35,6 +36,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use bytes::Bytes;
 use serde::Deserialize;
+
+pub use urls::OutputUrls;
 
 /// Time allowed to open a TCP (and TLS) connection to the S3 endpoint.
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,10 +17,11 @@ use tracing::{debug, info, warn};
 
 use super::recorder::{RecordAttempt, Recorder};
 use super::retry_delay;
+use crate::blob::OutputUrls;
 use crate::db::{self, deliveries::AttemptOutcome};
 use crate::entity::delivery;
 use crate::outbound::{sign_webhook, Outbound};
-use crate::task::{OutputUrls, TaskRecord};
+use crate::task::TaskRecord;
 
 /// How often the outbox is read for due deliveries.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,7 +42,7 @@ pub struct Notifier {
     outbound: Outbound,
     in_progress: HashSet<String>,
     polling: bool,
-    /// Sets the outputs' `url`s of each payload as it is sent (see `task::urls`); none: sent as stored.
+    /// Sets the outputs' `url`s of each payload as it is sent (see `blob::urls`); none: sent as stored.
     urls: Option<OutputUrls>,
 }
 

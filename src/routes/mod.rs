@@ -69,7 +69,7 @@ pub struct AppState {
     /// Runs deployments (`POST {prefix}/deployments`).
     pub deployer: crate::deploy::Deployer,
     /// The output store, and how the records' output URLs are made.
-    pub urls: crate::task::OutputUrls,
+    pub urls: crate::blob::OutputUrls,
 }
 
 impl AppState {

@@ -1,6 +1,6 @@
 //! `GET {prefix}/tasks/{id}/outputs/{n}`: one stored output of a task, the `n`th of its record's
 //! `outputs`. The local store's file is streamed from disk; with S3 the answer is a 302 to a fresh
-//! presigned URL (see `task::urls`). The same access rule as `GET {prefix}/tasks/{id}`.
+//! presigned URL (see `blob::urls`). The same access rule as `GET {prefix}/tasks/{id}`.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};

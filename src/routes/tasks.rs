@@ -158,7 +158,8 @@ pub async fn events(
     Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = record(&state, &caller, &id).await?;
+    // The task, not its record: its outputs' URLs are not answered here.
+    let task = auth::visible_task(&state, &caller, &id).await?;
     let events: Vec<_> = db::events::for_task(&state.db, &task.id)
         .await?
         .into_iter()

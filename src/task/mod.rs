@@ -6,7 +6,6 @@
 //! fetch and store the outputs recorded for it; a terminal status = nothing (its webhook has its own outbox).
 
 pub mod ids;
-pub mod urls;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +13,6 @@ use crate::entity::{output, task};
 use crate::workflow::Target;
 
 pub use ids::{BackendName, PromptId, TaskId};
-pub use urls::OutputUrls;
 
 /// A task's status, stored as its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

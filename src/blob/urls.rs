@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{OutputInfo, TaskRecord};
-use crate::blob::{BlobError, BlobStore};
+use super::{BlobError, BlobStore};
+use crate::task::{OutputInfo, TaskRecord};
 
 /// What an output's URL is made from. Cheap to clone.
 #[derive(Clone, Debug)]
