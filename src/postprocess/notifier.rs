@@ -4,7 +4,8 @@
 //! are due (retries, and anything left from before a restart). Any 2xx is delivered, whatever the body.
 //! Otherwise it is retried with exponential backoff and jitter until its give-up time. Messages are
 //! signed per Standard Webhooks when a secret is configured; the `webhook-id` stays the same across
-//! retries, so receivers de-duplicate on it (delivery is at least once).
+//! retries, so receivers de-duplicate on it (delivery is at least once). Each attempt sets the stored
+//! outputs' `url`s of the payload afresh (`blob::urls`): the outbox keeps the payload without them.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
