@@ -80,6 +80,11 @@ impl Application {
 
         let storage = Arc::new(build_store(&settings)?);
         info!("outputs go to {}", storage.describe());
+        let urls = crate::blob::OutputUrls::new(
+            storage.clone(),
+            &settings.server.route_prefix,
+            Duration::from_secs(settings.storage.presign_expiry_secs),
+        );
         let outbound = Outbound::new(OutboundSettings {
             fetch_max_bytes: settings.inputs.fetch_max_bytes,
             fetch_timeout_ms: settings.inputs.fetch_timeout_ms,
@@ -104,6 +109,7 @@ impl Application {
             recorder.clone(),
             outbound.clone(),
         )
+        .with_urls(urls.clone())
         .start();
         let cleaner = Cleaner::new(settings.cleanup.enabled).start();
         let finisher = Finisher {
@@ -209,6 +215,7 @@ impl Application {
             ),
             intake,
             deployer,
+            urls,
         });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {

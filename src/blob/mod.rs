@@ -1,7 +1,9 @@
 //! Where outputs go: an S3-compatible bucket or a local folder.
 //!
 //! [`BlobStore`] is the one place that writes output bytes; the `Uploader` (in `postprocess`) calls
-//! [`BlobStore::put`] for every output image and `/healthz` calls [`BlobStore::check`]. Writes are idempotent
+//! [`BlobStore::put`] for every output image and `/healthz` calls [`BlobStore::check`]. The task routes
+//! ask it where a stored output can be read: [`BlobStore::presigned_get`] (S3) or
+//! [`BlobStore::local_path`] (local); [`urls::OutputUrls`] turns that into the records' `url`s. Writes are idempotent
 //! (same key, same result), so post-processing can retry them freely.
 //!
 //! The S3 client is built without the SDK's default features (one TLS library: rustls with ring),
@@ -13,6 +15,7 @@
 
 #[cfg(test)]
 mod tests;
+pub mod urls;
 
 use std::fmt;
 use std::io;
@@ -28,10 +31,13 @@ use aws_sdk_s3::config::{
     StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use bytes::Bytes;
 use serde::Deserialize;
+
+pub use urls::OutputUrls;
 
 /// Time allowed to open a TCP (and TLS) connection to the S3 endpoint.
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +45,10 @@ const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const S3_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts per S3 operation (the first one included), with the SDK's standard backoff.
 const S3_MAX_ATTEMPTS: u32 = 3;
+/// Presigned URLs made within one such window are the same (see [`BlobStore::presigned_get`]).
+const PRESIGN_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a presigned URL may last (SigV4's limit).
+const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// S3 refuses longer keys; refusing them here gives a clearer error.
 const MAX_KEY_LEN: usize = 1024;
 
@@ -379,6 +389,62 @@ impl BlobStore {
                 bucket, key_prefix, ..
             } => format!("s3://{bucket}/{key_prefix}"),
         }
+    }
+
+    /// A presigned `GetObject` URL for `key` (prefix applied), valid for `expiry`; `None` for the
+    /// local store, whose files the API serves itself. Signing is local work: no network.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<Option<String>, BlobError> {
+        validate_key(key)?;
+        let BlobStore::S3 {
+            client,
+            thread,
+            bucket,
+            key_prefix,
+        } = self
+        else {
+            return Ok(None);
+        };
+        // Signed as of the start of the current minute, and valid that much longer: the URLs made
+        // within one minute are the same (a client or cache keeps one image under one URL, and a
+        // webhook's record matches the API's), and each lasts at least `expiry` from now.
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let window_start = secs - secs % PRESIGN_WINDOW.as_secs();
+        let config = PresigningConfig::builder()
+            .start_time(std::time::UNIX_EPOCH + Duration::from_secs(window_start))
+            .expires_in((expiry + PRESIGN_WINDOW).min(MAX_PRESIGN_EXPIRY))
+            .build()
+            .map_err(|e| BlobError::S3 {
+                operation: "PresignGetObject",
+                message: e.to_string(),
+                status: None,
+                transient: false,
+            })?;
+        let request = client
+            .get_object()
+            .bucket(bucket)
+            .key(full_key(key_prefix, key))
+            .presigned(config);
+        let presigned = thread.call("PresignGetObject", request).await?;
+        Ok(Some(presigned.uri().to_owned()))
+    }
+
+    /// The file that holds `key` in the local store (checked to stay under its folder); `None` for
+    /// S3. Blocking: it asks the filesystem.
+    pub fn local_path(&self, key: &str) -> Option<Result<PathBuf, BlobError>> {
+        let BlobStore::Local { root } = self else {
+            return None;
+        };
+        Some(
+            validate_key(key)
+                .and_then(|()| crate::paths::join_under(root, key).map_err(BlobError::from)),
+        )
     }
 
     /// `"s3"` or `"local"`, for metrics and logs.

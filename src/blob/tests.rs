@@ -191,3 +191,41 @@ async fn s3_put_to_a_closed_port_is_a_transient_error() {
     );
     assert!(err.is_transient(), "{err}");
 }
+
+#[tokio::test]
+async fn the_local_store_presigns_nothing_and_finds_files_only_under_its_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::local(dir.path().to_path_buf());
+    let expiry = std::time::Duration::from_secs(60);
+    assert_eq!(
+        store.presigned_get("t/0.png", expiry).await.expect("ok"),
+        None
+    );
+    let path = store
+        .local_path("t/0.png")
+        .expect("local")
+        .expect("plain key");
+    assert_eq!(path, dir.path().join("t/0.png"));
+    assert!(store.local_path("../escape.png").expect("local").is_err());
+}
+
+#[tokio::test]
+async fn an_s3_store_presigns_a_get_of_the_prefixed_key_without_the_network() {
+    // A closed port: presigning is local work and must not need the server.
+    let store = BlobStore::s3(&s3_settings("pre/")).expect("store");
+    let expiry = std::time::Duration::from_secs(300);
+    let url = store
+        .presigned_get("t/0.png", expiry)
+        .await
+        .expect("presigned")
+        .expect("a URL");
+    assert!(url.contains("/pre/t/0.png?"), "{url}");
+    assert!(url.contains("X-Amz-Expires=360"), "{url}");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    // Within the same minute, the same URL (unless the minute just turned).
+    let again = store.presigned_get("t/0.png", expiry).await.expect("ok");
+    let third = store.presigned_get("t/0.png", expiry).await.expect("ok");
+    assert!(again.as_deref() == Some(url.as_str()) || again == third);
+    assert!(store.local_path("t/0.png").is_none());
+    assert!(store.presigned_get("../x", expiry).await.is_err());
+}

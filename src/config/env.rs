@@ -50,6 +50,7 @@ pub(super) struct EnvOverrides {
     pub(super) comfyd_key_prefix: Option<String>,
     pub(super) comfyd_local_dir: Option<String>,
     pub(super) comfyd_upload_attempts: Option<u32>,
+    pub(super) comfyd_presign_expiry_secs: Option<u64>,
     pub(super) comfyd_webhook_secret: Option<String>,
     pub(super) comfyd_webhook_timeout_ms: Option<u64>,
     pub(super) comfyd_webhook_horizon_secs: Option<u64>,
@@ -161,6 +162,10 @@ impl Settings {
         set(&mut s.storage.key_prefix, env.comfyd_key_prefix);
         set(&mut s.storage.local_dir, env.comfyd_local_dir);
         set(&mut s.storage.upload_attempts, env.comfyd_upload_attempts);
+        set(
+            &mut s.storage.presign_expiry_secs,
+            env.comfyd_presign_expiry_secs,
+        );
         set(&mut s.webhooks.secret, env.comfyd_webhook_secret);
         set(&mut s.webhooks.timeout_ms, env.comfyd_webhook_timeout_ms);
         set(

@@ -100,6 +100,8 @@ pub struct StorageSettings {
     pub local_dir: String,
     pub fallback_dir: String,
     pub upload_attempts: u32,
+    /// Lifetime of the presigned GET URLs in task records and webhooks (S3 store), in seconds.
+    pub presign_expiry_secs: u64,
 }
 
 impl std::fmt::Debug for StorageSettings {
@@ -317,6 +319,15 @@ impl Settings {
         }
         if self.storage.upload_attempts == 0 {
             bail!("storage.upload_attempts (COMFYD_UPLOAD_ATTEMPTS) must be at least 1");
+        }
+        // S3's (SigV4's) limit for a presigned URL is seven days.
+        const MAX_PRESIGN_SECS: u64 = 7 * 24 * 3600;
+        if !(1..=MAX_PRESIGN_SECS).contains(&self.storage.presign_expiry_secs) {
+            bail!(
+                "storage.presign_expiry_secs (COMFYD_PRESIGN_EXPIRY_SECS) must be from 1 to \
+                 {MAX_PRESIGN_SECS} seconds, not {}",
+                self.storage.presign_expiry_secs
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(

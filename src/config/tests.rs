@@ -237,3 +237,28 @@ fn bad_endpoint_is_named() {
     );
     assert!(err.contains("COMFYUI_ENDPOINTS"), "{err}");
 }
+
+#[test]
+fn the_presigned_url_lifetime_defaults_to_an_hour_and_is_range_checked() {
+    let s = Settings::load_file(None).expect("valid");
+    assert_eq!(s.storage.presign_expiry_secs, 3600);
+    for (value, ok) in [(0, false), (1, true), (604_800, true), (604_801, false)] {
+        let env = EnvOverrides {
+            comfyd_presign_expiry_secs: Some(value),
+            ..Default::default()
+        };
+        match Settings::from_parts(None, env) {
+            Ok(s) => {
+                assert!(ok, "{value} accepted");
+                assert_eq!(s.storage.presign_expiry_secs, value);
+            }
+            Err(e) => {
+                assert!(!ok, "{value} refused: {e:#}");
+                assert!(
+                    format!("{e:#}").contains("COMFYD_PRESIGN_EXPIRY_SECS"),
+                    "{e:#}"
+                );
+            }
+        }
+    }
+}

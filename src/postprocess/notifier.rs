@@ -4,7 +4,8 @@
 //! are due (retries, and anything left from before a restart). Any 2xx is delivered, whatever the body.
 //! Otherwise it is retried with exponential backoff and jitter until its give-up time. Messages are
 //! signed per Standard Webhooks when a secret is configured; the `webhook-id` stays the same across
-//! retries, so receivers de-duplicate on it (delivery is at least once).
+//! retries, so receivers de-duplicate on it (delivery is at least once). Each attempt sets the stored
+//! outputs' `url`s of the payload afresh (`blob::urls`): the outbox keeps the payload without them.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -17,9 +18,11 @@ use tracing::{debug, info, warn};
 
 use super::recorder::{RecordAttempt, Recorder};
 use super::retry_delay;
+use crate::blob::OutputUrls;
 use crate::db::{self, deliveries::AttemptOutcome};
 use crate::entity::delivery;
 use crate::outbound::{sign_webhook, Outbound};
+use crate::task::TaskRecord;
 
 /// How often the outbox is read for due deliveries.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -40,6 +43,8 @@ pub struct Notifier {
     outbound: Outbound,
     in_progress: HashSet<String>,
     polling: bool,
+    /// Sets the outputs' `url`s of each payload as it is sent (see `blob::urls`); none: sent as stored.
+    urls: Option<OutputUrls>,
 }
 
 impl Notifier {
@@ -56,7 +61,15 @@ impl Notifier {
             outbound,
             in_progress: HashSet::new(),
             polling: false,
+            urls: None,
         }
+    }
+
+    /// Payloads get their outputs' `url`s, fresh for each attempt (a presigned URL made when the
+    /// task ended would have expired by a late retry).
+    pub fn with_urls(mut self, urls: OutputUrls) -> Notifier {
+        self.urls = Some(urls);
+        self
     }
 
     fn attempt(&mut self, d: delivery::Model, ctx: &mut Context<Self>) {
@@ -66,8 +79,13 @@ impl Notifier {
         let outbound = self.outbound.clone();
         let recorder = self.recorder.clone();
         let cfg = self.cfg.clone();
+        let urls = self.urls.clone();
         let id = d.id.clone();
         async move {
+            let payload = match &urls {
+                Some(urls) => with_urls(urls, &d.payload).await,
+                None => d.payload.clone(),
+            };
             let started = Instant::now();
             let now = Utc::now();
             let mut headers = vec![
@@ -75,10 +93,10 @@ impl Notifier {
                 ("webhook-timestamp".to_string(), now.timestamp().to_string()),
             ];
             if !cfg.secret.is_empty() {
-                let sig = sign_webhook(&cfg.secret, &d.id, now.timestamp(), d.payload.as_bytes());
+                let sig = sign_webhook(&cfg.secret, &d.id, now.timestamp(), payload.as_bytes());
                 headers.push(("webhook-signature".to_string(), sig));
             }
-            let result = outbound.post_webhook(&d.url, bytes::Bytes::from(d.payload.clone()), &headers).await;
+            let result = outbound.post_webhook(&d.url, bytes::Bytes::from(payload), &headers).await;
             let duration_ms = started.elapsed().as_millis() as i64;
             let (status_code, error) = match &result {
                 Ok(code) => (Some(*code as i32), None),
@@ -189,4 +207,24 @@ impl Handler<PollNow> for Notifier {
     fn handle(&mut self, _: PollNow, ctx: &mut Context<Self>) {
         self.poll(ctx);
     }
+}
+
+/// `payload` with its stored outputs' `url`s set; as stored when it has none (byte for byte), or
+/// when they cannot be made (logged: the webhook still goes out, without them).
+async fn with_urls(urls: &OutputUrls, payload: &str) -> String {
+    let mut record: TaskRecord = match serde_json::from_str(payload) {
+        Ok(record) => record,
+        Err(e) => {
+            warn!(error = %e, "webhook payload is not a task record; sent as stored");
+            return payload.to_owned();
+        }
+    };
+    if !record.outputs.iter().any(|o| o.stored) {
+        return payload.to_owned();
+    }
+    if let Err(e) = urls.fill(&mut record).await {
+        warn!(task.id = %record.id, error = %e, "no output URLs for the webhook; sent without them");
+        return payload.to_owned();
+    }
+    serde_json::to_string(&record).unwrap_or_else(|_| payload.to_owned())
 }

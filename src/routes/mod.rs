@@ -4,7 +4,7 @@
 //! - `POST {prefix}`: the original service's submit (`service_type` = workflow name)
 //! - `GET {prefix}/workflows`, `GET {prefix}/workflows/{name}`, `POST {prefix}/workflows/{name}/tasks`
 //! - `GET {prefix}/tasks`, `GET {prefix}/tasks/{id}`, `GET {prefix}/tasks/{id}/events`,
-//!   `POST {prefix}/tasks/{id}/cancel`
+//!   `POST {prefix}/tasks/{id}/cancel`, `GET {prefix}/tasks/{id}/outputs/{n}`
 //! - `GET {prefix}/tasks/{id}/deliveries`, `POST {prefix}/deliveries/{id}/redeliver`
 //! - `GET {prefix}/backends`, `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus)
 //! - `POST {prefix}/releases`, `GET {prefix}/releases`, `GET {prefix}/releases/{version}`,
@@ -25,6 +25,7 @@ pub mod health;
 pub mod input;
 pub mod openapi;
 pub mod outage;
+pub mod outputs;
 pub mod releases;
 pub mod submit;
 pub mod tasks;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub intake: Intake,
     /// Runs deployments (`POST {prefix}/deployments`).
     pub deployer: crate::deploy::Deployer,
+    /// The output store, and how the records' output URLs are made.
+    pub urls: crate::blob::OutputUrls,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefix: &str) {
                 .route("/tasks/{id}", web::get().to(tasks::get))
                 .route("/tasks/{id}/events", web::get().to(tasks::events))
                 .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
+                .route("/tasks/{id}/outputs/{n}", web::get().to(outputs::get))
                 .route(
                     "/tasks/{id}/deliveries",
                     web::get().to(deliveries::for_task),

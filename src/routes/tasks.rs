@@ -16,7 +16,18 @@ use crate::task::{Status, TaskRecord};
 async fn record(state: &AppState, caller: &Caller, id: &str) -> Result<TaskRecord, ApiError> {
     let task = auth::visible_task(state, caller, id).await?;
     let outputs = db::outputs::for_task(&state.db, &task.id).await?;
-    Ok(TaskRecord::new(&task, &outputs))
+    let mut record = TaskRecord::new(&task, &outputs);
+    with_urls(state, &mut record).await?;
+    Ok(record)
+}
+
+/// Sets the outputs' `url`s of a record about to be answered (fresh ones: presigned URLs expire).
+async fn with_urls(state: &AppState, record: &mut TaskRecord) -> Result<(), ApiError> {
+    state
+        .urls
+        .fill(record)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// `GET {prefix}/tasks/{id}`: by comfyd id or client_task_id.
@@ -116,7 +127,9 @@ pub async fn list(
     let mut tasks = Vec::with_capacity(rows.len());
     for t in &rows {
         let outputs = db::outputs::for_task(&state.db, &t.id).await?;
-        tasks.push(TaskRecord::new(t, &outputs));
+        let mut record = TaskRecord::new(t, &outputs);
+        with_urls(&state, &mut record).await?;
+        tasks.push(record);
     }
     Ok(HttpResponse::Ok()
         .json(json!({ "tasks": tasks, "total": total, "limit": limit, "offset": filter.offset })))
@@ -145,7 +158,8 @@ pub async fn events(
     Submitter(caller): Submitter,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = record(&state, &caller, &id).await?;
+    // The task, not its record: its outputs' URLs are not answered here.
+    let task = auth::visible_task(&state, &caller, &id).await?;
     let events: Vec<_> = db::events::for_task(&state.db, &task.id)
         .await?
         .into_iter()

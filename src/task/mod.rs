@@ -113,6 +113,11 @@ pub struct OutputInfo {
     pub stored: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_path: Option<String>,
+    /// Where a stored output can be fetched: a presigned GET URL (S3 store; it expires after
+    /// `storage.presign_expiry_secs`) or the API path `{prefix}/tasks/{id}/outputs/{n}` (local
+    /// store). Absent when the output was not stored. Added by comfyd; not in the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl From<&output::Model> for OutputInfo {
@@ -132,6 +137,7 @@ impl From<&output::Model> for OutputInfo {
             },
             stored: o.stored,
             fallback_path: o.fallback_path.clone(),
+            url: None,
         }
     }
 }

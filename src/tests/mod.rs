@@ -13,6 +13,7 @@ mod layers;
 mod metrics;
 mod openapi;
 mod original;
+mod outputs;
 mod pipeline;
 mod postprocess;
 mod queue;

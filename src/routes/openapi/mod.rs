@@ -60,6 +60,7 @@ the `admin` role. `/healthz`, `/readyz`, `/metrics`, this document and `/docs` s
         super::tasks::get,
         super::tasks::events,
         super::tasks::cancel,
+        super::outputs::get,
         super::deliveries::for_task,
         super::deliveries::redeliver,
         super::health::backends,

@@ -405,3 +405,33 @@ fn the_served_document_is_kept_per_workflow_set() {
         serde_json::from_slice::<Value>(&other).expect("JSON")["paths"]["/svc/tasks"].is_object()
     );
 }
+
+#[test]
+fn outputs_carry_an_optional_url_and_their_route_is_documented() {
+    let doc = document("/api/v1", &shipped());
+    let output = &doc["components"]["schemas"]["OutputInfo"];
+    assert!(output["properties"]["url"].is_object(), "{output}");
+    let required: BTreeSet<&str> = output["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!required.contains("url"), "url is optional: {required:?}");
+    // The original's fields stay required as they were.
+    for field in ["node_id", "filename", "key", "stored"] {
+        assert!(required.contains(field), "{field} in {required:?}");
+    }
+    let op = &doc["paths"]["/api/v1/tasks/{id}/outputs/{n}"]["get"];
+    assert_eq!(op["operationId"], "get_task_output");
+    let statuses: BTreeSet<&str> = op["responses"]
+        .as_object()
+        .expect("responses")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for status in ["200", "302", "400", "404"] {
+        assert!(statuses.contains(status), "{status} in {statuses:?}");
+    }
+    assert!(op["responses"]["302"]["headers"]["Location"].is_object());
+}
