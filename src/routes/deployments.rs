@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::Admin;
-use super::input::query_int;
+use super::input::{positive_path_int, query_int};
 use super::{ApiError, AppState};
 use crate::db::{self, deployments::Created, deployments::State};
 use crate::entity::{deployment, deployment_backend};
@@ -94,14 +94,6 @@ impl DeploymentRecord {
             }),
         }
     }
-}
-
-/// `{id}` of a path: a positive integer, or a 400 naming it.
-fn id_of(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-        let shown: String = raw.chars().take(40).collect();
-        ApiError::BadRequest(format!("id: must be a positive integer, got {shown:?}"))
-    })
 }
 
 async fn full(state: &AppState, d: deployment::Model) -> Result<DeploymentRecord, ApiError> {
@@ -255,7 +247,7 @@ pub async fn get(
     _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id_of(&id)?;
+    let id = positive_path_int::<i64>("id", &id)?;
     let d = db::deployments::get(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
@@ -290,7 +282,7 @@ pub async fn cancel(
     _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id_of(&id)?;
+    let id = positive_path_int::<i64>("id", &id)?;
     let cancelled = db::deployments::transition(
         &state.db,
         id,

@@ -297,6 +297,21 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 }
 
+/// A path segment that must be a positive integer (a release's version, a deployment's id): a 400
+/// naming it otherwise, with the value shown cut to 40 characters.
+pub fn positive_path_int<T>(name: &str, raw: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    raw.parse::<T>()
+        .ok()
+        .filter(|n| *n >= T::from(1))
+        .ok_or_else(|| {
+            let shown: String = raw.chars().take(40).collect();
+            ApiError::BadRequest(format!("{name}: must be a positive integer, got {shown:?}"))
+        })
+}
+
 /// An integer query parameter: `default` when absent or empty, else an integer within `range`.
 /// Read from text by hand so that anything else, values past `u64` and `i64` included, is a 422
 /// naming the parameter rather than a parse error or an overflow further down.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Admin;
-use super::input::query_int;
+use super::input::{positive_path_int, query_int};
 use super::{ApiError, AppState};
 use crate::db::{self, releases::NewRelease, releases::Outcome};
 use crate::readiness::{self, ReadinessError};
@@ -25,16 +25,6 @@ pub struct PublishBody {
     pub from: Option<String>,
     /// A note kept with the release (at most 2000 characters).
     pub note: Option<String>,
-}
-
-/// `{version}` of a path: a positive integer, or a 400 naming it.
-fn version_of(raw: &str) -> Result<i32, ApiError> {
-    raw.parse::<i32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-        let shown: String = raw.chars().take(40).collect();
-        ApiError::BadRequest(format!(
-            "version: must be a positive integer, got {shown:?}"
-        ))
-    })
 }
 
 fn record(
@@ -194,7 +184,7 @@ pub async fn get(
     _: Admin,
     version: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let n = version_of(&version)?;
+    let n = positive_path_int::<i32>("version", &version)?;
     let row = db::releases::get(&state.db, n)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no release {n}")))?;
@@ -246,7 +236,7 @@ pub async fn readiness(
     version: web::Path<String>,
     q: web::Query<ReadinessQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let n = version_of(&version)?;
+    let n = positive_path_int::<i32>("version", &version)?;
     let max = release::check::MAX_SMOKE_TIMEOUT.as_secs();
     let default = release::check::SMOKE_TIMEOUT.as_secs();
     let secs = query_int(
