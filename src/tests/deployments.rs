@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::support::daemon::{self, Daemon, DaemonConfig};
 use crate::support::db::TestDb;
 use crate::support::sim::Sim;
+use crate::support::workflows_draft;
 use comfyd::access::hash_key;
 
 const OPS: &str = "key-of-ops-0123456789";
@@ -31,19 +32,6 @@ async fn call(
 
 fn name(sim: &Sim) -> String {
     sim.url.trim_end_matches('/').to_string()
-}
-
-/// A copy of the shipped workflows: the draft a test changes and publishes.
-fn draft() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("draft dir");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
-    for entry in std::fs::read_dir(shipped).expect("workflows dir") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
-    dir
 }
 
 async fn daemon(db: &TestDb, sims: &[&Sim], workflows: &Path) -> Daemon {
@@ -163,7 +151,7 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back(db: TestDb) {
     let slow = Sim::start(1500).await;
     let fast = Sim::start(20).await;
     let no_node = Sim::start_with(20, &["--without-node", "VAEDecode"]).await;
-    let dir = draft();
+    let dir = workflows_draft();
     let mut d = daemon(&db, &[&slow, &fast, &no_node], dir.path()).await;
     let conn = db.connect().await;
     let v1 = publish(&d).await;
@@ -389,7 +377,7 @@ async fn a_release_is_deployed_one_at_a_time_and_rolled_back_postgres() {
 #[actix_web::test]
 async fn a_deployment_no_backend_passes_fails() {
     let no_node = Sim::start_with(20, &["--without-node", "VAEDecode"]).await;
-    let dir = draft();
+    let dir = workflows_draft();
     let db = TestDb::sqlite();
     let d = daemon(&db, &[&no_node], dir.path()).await;
     let v = publish(&d).await;
@@ -420,7 +408,7 @@ async fn a_deployment_no_backend_passes_fails() {
 #[actix_web::test]
 async fn a_deployment_killed_midway_is_resumed_on_restart() {
     let slow = Sim::start(3000).await;
-    let dir = draft();
+    let dir = workflows_draft();
     let db = TestDb::sqlite();
     let mut d = daemon(&db, &[&slow], dir.path()).await;
     let v = publish(&d).await;
@@ -465,7 +453,7 @@ async fn a_deployment_killed_midway_is_resumed_on_restart() {
 #[actix_web::test]
 async fn a_task_no_up_backend_passed_waits_and_says_why() {
     let sim = Sim::start(20).await;
-    let dir = draft();
+    let dir = workflows_draft();
     let db = TestDb::sqlite();
     let d = daemon(&db, &[&sim], dir.path()).await;
     let conn = db.connect().await;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::support::daemon::{self, Daemon, DaemonConfig};
 use crate::support::db::TestDb;
 use crate::support::sim::Sim;
+use crate::support::workflows_draft;
 use comfyd::access::hash_key;
 
 const OPS: &str = "key-of-ops-0123456789";
@@ -24,19 +25,6 @@ async fn call(
 ) -> (u16, Value) {
     let (status, _, body) = daemon::call(d, method, path, key, body).await;
     (status, body)
-}
-
-/// A copy of the shipped workflows: the draft a test changes.
-fn draft() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("draft dir");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
-    for entry in std::fs::read_dir(shipped).expect("workflows dir") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
-    dir
 }
 
 /// A workflow using the simulator's cleaner node class (which `--without-cleaner` lacks).
@@ -75,7 +63,7 @@ async fn releases_are_published_listed_and_shown(db: TestDb) {
     // simulators, one without the cleaner node class.
     let sim = Sim::start(50).await;
     let bare = Sim::start_with(50, &["--without-cleaner"]).await;
-    let dir = draft();
+    let dir = workflows_draft();
     let keys = format!("ops:admin:{},app:submit:{}", hash_key(OPS), hash_key(APP));
     let d = Daemon::start(DaemonConfig {
         endpoints: vec![sim.url.clone()],
@@ -307,7 +295,7 @@ fn release_cli(db_url: &str, draft: &Path, args: &[&str]) -> (bool, String) {
 async fn the_cli_publishes_and_lists_releases() {
     // Arrange
     let db = TestDb::sqlite();
-    let dir = draft();
+    let dir = workflows_draft();
 
     // Act + Assert: a new release, then the same one.
     let (ok, out) = release_cli(db.url(), dir.path(), &["publish", "--note", "from the cli"]);

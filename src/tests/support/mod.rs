@@ -81,3 +81,17 @@ pub async fn assert_one_terminal_event(db: &sea_orm::DatabaseConnection, id: &st
         events.iter().map(|e| &e.kind).collect::<Vec<_>>()
     );
 }
+
+/// A copy of the shipped workflows folder in a temporary folder: a draft a test may change and
+/// publish as a release.
+pub fn workflows_draft() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("draft dir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
+    for entry in std::fs::read_dir(shipped).expect("workflows dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
